@@ -1,0 +1,33 @@
+# Two commands get a new user going on a fresh machine:
+#   make sweep   the main job: a Ray Tune sweep on the embedded synthetic faces (CPU)
+#   make test    the whole test suite, slow end-to-end tests included
+# Both create .venv and install the project into it when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: sweep test bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision pinned to the releases this machine serves from disk; any
+	# torch>=2.3 works (see pyproject.toml) when you install by hand.
+	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" || $(PY) -m pip install --quiet torch torchvision
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+sweep: $(STAMP)
+	$(PY) -m sweep.run --cluster clusters/local.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

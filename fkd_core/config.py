@@ -1,0 +1,158 @@
+"""TrialConfig: the one frozen dataclass that flows from the sweep into fkd_core.
+
+Defaults reproduce the study's training recipe (batch 64, Adam 1e-3, ReduceLROnPlateau x0.7 on
+the validation loss, early stopping with patience 20, up to 200 epochs) with the study's *defects
+switched off*: shuffled split, masked missing keypoints, exact rotation, per-face CGD. The backbone
+default is the CPU-sized ``small_cnn`` so that every default runs on a laptop without weights.
+
+    >>> TrialConfig(**{"backbone": "resnet18", "shape": "cgd", "alpha": 0.01})
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+Split = Literal["shuffle", "tail"]
+Missing = Literal["mask", "ffill", "drop"]
+BaseLoss = Literal["mse", "wing", "soft_wing"]
+ShapeTerm = Literal["none", "cgd", "seed_cgd"]
+Augment = Literal["none", "study", "study_exact", "full"]
+Optimizer = Literal["adam", "adamw", "sgd"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    # --- data -----------------------------------------------------------------------------
+    data: str = "synthetic"
+    """Kaggle training CSV (.csv, .csv.gz, .zip), image-folder CSV, or "synthetic"."""
+    synth_n: int = 2000
+    """Synthetic faces to generate when data == "synthetic" (enough for a CPU sweep)."""
+    synth_pose: float = 1.0
+    """Synthetic pose variation: 0 = rigid faces, 1 = Kaggle-like, 2 = strongly posed."""
+    synth_seed: int = 0
+    """Seed of the synthetic generator (the data set, not the trial)."""
+    val_fraction: float = 0.15
+    """Fraction of rows held out for validation."""
+    split: Split = "shuffle"
+    """"shuffle": seeded shuffle (correct). "tail": the file's last rows (the study's defect)."""
+    split_seed: int = 0
+    """Seed of the split; equal across losses so that comparisons are paired."""
+    missing: Missing = "mask"
+    """"mask": exclude missing keypoints. "ffill": the study's forward fill. "drop": complete rows only."""
+
+    # --- model ----------------------------------------------------------------------------
+    backbone: str = "small_cnn"
+    """Name in fkd_core.models.BACKBONES (resnet50, densenet121, resnet18, mobilenet_v3_small, small_cnn)."""
+    pretrained: bool = False
+    """Load ImageNet weights through torchvision (must be in the torch cache when offline)."""
+    dropout: float = 0.1
+    """Dropout before the linear head, as in the study."""
+
+    # --- loss: base + alpha * shape --------------------------------------------------------
+    loss: BaseLoss = "mse"
+    """Base loss in pixels."""
+    shape: ShapeTerm = "none"
+    """Shape term: "cgd" (per face, DESIGN.md), "seed_cgd" (the study's batch-wide sum), or none."""
+    alpha: float = 0.0
+    """Weight of the shape term; 0 means no shape term. The study used 0.01."""
+
+    # --- augmentation ---------------------------------------------------------------------
+    augment: Augment = "none"
+    """"none", "study" (rotation, noise, brightness), "study_exact" (study + its rotation bug), "full"."""
+    rotation_deg: float = 20.0
+    """Rotation range +-deg (the study: 20)."""
+    noise_var: float = 0.1
+    """Variance of additive Gaussian noise on [0, 1] images (the study: 0.1)."""
+    brightness_low: float = 0.5
+    """Lower brightness factor (the study: x0.5)."""
+    brightness_high: float = 1.5
+    """Upper brightness factor (the study: x1.5)."""
+    flip_p: float = 0.5
+    """Probability of a horizontal flip ("full" only)."""
+    scale_range: float = 0.1
+    """Random zoom of +-scale_range ("full" only)."""
+    shift_px: float = 4.0
+    """Random shift of +-shift_px pixels ("full" only)."""
+
+    # --- optimisation ---------------------------------------------------------------------
+    optimizer: Optimizer = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_epochs: int = 200
+    patience: int = 20
+    """Early stopping: epochs without a better validation RMSE."""
+    lr_factor: float = 0.7
+    """ReduceLROnPlateau factor on the validation loss (the study: 0.7)."""
+    lr_patience: int = 5
+    """ReduceLROnPlateau patience in epochs."""
+
+    # --- runtime --------------------------------------------------------------------------
+    seed: int = 0
+    """Seed of initialisation, batch order and augmentation."""
+    device: str = "auto"
+    """"auto" (cuda if available), "cpu", "cuda", "cuda:1", ..."""
+    precision: Precision = "auto"
+    """"auto": bf16 autocast on CUDA, fp32 on CPU."""
+    channels_last: bool = True
+    """channels_last memory format on CUDA (ignored on CPU, where it is slower for these nets)."""
+    compile: bool = False
+    """torch.compile the model (pays off only for long trials on GPU)."""
+
+    def __post_init__(self) -> None:
+        for name, allowed in _LITERALS.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"TrialConfig.{name}={value!r}; valid: {list(allowed)}")
+        _check(0.0 < self.val_fraction < 1.0, "val_fraction", "in (0, 1)")
+        _check(self.alpha >= 0.0, "alpha", ">= 0")
+        _check(self.batch_size >= 1, "batch_size", ">= 1")
+        _check(self.max_epochs >= 1, "max_epochs", ">= 1")
+        _check(self.lr > 0.0, "lr", "> 0")
+        _check(self.synth_n >= 10, "synth_n", ">= 10")
+        _check(self.synth_pose >= 0.0, "synth_pose", ">= 0")
+        _check(0.0 < self.brightness_low <= self.brightness_high, "brightness_low", "in (0, brightness_high]")
+        _check(0.0 <= self.flip_p <= 1.0, "flip_p", "in [0, 1]")
+
+    @property
+    def uses_shape(self) -> bool:
+        """True when the objective has a shape term with a non-zero weight."""
+        return self.shape != "none" and self.alpha > 0.0
+
+    @property
+    def loss_label(self) -> str:
+        """Human label of the objective, e.g. "mse", "mse+0.01*cgd"."""
+        return f"{self.loss}+{self.alpha:g}*{self.shape}" if self.uses_shape else self.loss
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        return dataclasses.replace(self, **changes)
+
+
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "split": get_args(Split),
+    "missing": get_args(Missing),
+    "loss": get_args(BaseLoss),
+    "shape": get_args(ShapeTerm),
+    "augment": get_args(Augment),
+    "optimizer": get_args(Optimizer),
+    "precision": get_args(Precision),
+}
+
+
+def _check(ok: bool, name: str, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"TrialConfig.{name} must be {expected}")
+
+
+def config_fields() -> dict[str, type]:
+    """Field name -> Python type of its values (for typed Parquet columns)."""
+    kinds = {}
+    for f in dataclasses.fields(TrialConfig):
+        default = f.default
+        kinds[f.name] = type(default)
+    return kinds

@@ -1,0 +1,1 @@
+"""Ray Tune + Optuna sweeps over fkd_core.train: the only package that imports ray or optuna."""
