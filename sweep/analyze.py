@@ -110,8 +110,14 @@ def alpha_levels(trials: pd.DataFrame) -> pd.Series:
     return alpha
 
 
+# alpha_level of a shape arm pooled over all its α (no α level had two seeds to average).
+POOLED = -1.0
+
+
 def alpha_text(level: float, binned: bool) -> str:
-    if level <= 0:
+    if level == POOLED:
+        return "all sampled α, pooled"
+    if not level > 0:
         return "0"
     return f"[{level:g}, {level * 10:g})" if binned else f"{level:g}"
 
@@ -164,10 +170,24 @@ def replicate_means(rows: pd.DataFrame, column: str) -> pd.Series:
 
 
 def best_alpha(rows: pd.DataFrame) -> float:
-    """The α level of a shape arm whose mean objective over replicates is lowest."""
-    means = {lvl: replicate_means(g, best(M.OBJECTIVE)).mean()
-             for lvl, g in rows.groupby("alpha_level")}
-    return min(sorted(means), key=lambda lvl: means[lvl])
+    """The α level of a shape arm whose mean objective over replicates is lowest.
+
+    Only levels with at least two replicates compete: a single seed's lucky value would
+    otherwise win. When no level has two (a sampled α, few seeds), the arm is pooled over all
+    its α (POOLED): MSE+CGD at the α the sampler chose, which still pairs seed by seed.
+    """
+    levels = {lvl: replicate_means(g, best(M.OBJECTIVE)) for lvl, g in rows.groupby("alpha_level")}
+    if len(levels) == 1:
+        return next(iter(levels))
+    eligible = {lvl: m.mean() for lvl, m in levels.items() if m.size >= 2}
+    if not eligible:
+        return POOLED
+    return min(sorted(eligible), key=lambda lvl: eligible[lvl])
+
+
+def arm_at(rows: pd.DataFrame, level: float) -> pd.DataFrame:
+    """The trials of a shape arm at one α level (all of them when pooled)."""
+    return rows if level == POOLED else rows[rows["alpha_level"] == level]
 
 
 def compare(base: pd.DataFrame, shaped: pd.DataFrame, metric: str) -> dict[str, MeanCI]:
@@ -194,7 +214,7 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
         for shape in sorted(set(c["arm"]) - {"base"}) or [""]:
             arm = c[c["arm"] == shape]
             alpha = best_alpha(arm) if len(arm) else math.nan
-            chosen = arm[arm["alpha_level"] == alpha]
+            chosen = arm_at(arm, alpha)
             for metric in M.VAL_METRICS:
                 r = compare(base, chosen, metric)
                 rows.append({"cell": cell, "shape": shape, "alpha_level": alpha,
@@ -712,7 +732,9 @@ def build_report(trials: pd.DataFrame, epochs: pd.DataFrame, root: str,
     r.add("## 1. Does the shape term beat the base loss?", "", answer_sentence(head, phrase), "",
           headline_markdown(head, binned) if len(head) else "_no finished trials_", "",
           "The best α is chosen by mean val RMSE on the same validation data it is scored on, "
-          "which slightly favours the shape arm when several α were tried.", "")
+          "which slightly favours the shape arm when several α were tried."
+          + (" Where no α level had two seeds, the shape arm is pooled over all its sampled α "
+             "(one value per seed)." if (head.get("alpha_level") == POOLED).any() else ""), "")
     r.figure(figure_paired(head, out, binned), "paired differences",
              "Paired-difference figure skipped: no cell has both arms on a common seed.")
     r.add("## 2. α response", "")

@@ -214,6 +214,28 @@ def test_continuous_alpha_is_binned_by_decade(tmp_path: Path) -> None:
     assert analyze.is_binned(t)
 
 
+def test_sampled_alpha_without_repeats_is_pooled() -> None:
+    """The quick space: one trial per seed and arm, α sampled in a different decade each time."""
+    rows = []
+    for seed, alpha in zip(SEEDS, (0.002, 0.03, 0.5)):
+        rows.append(_trial_row(len(rows), TrialConfig(seed=seed), "completed",
+                               (3.0 + seed, 0.07, 2.5), 8, True))
+        rows.append(_trial_row(len(rows), TrialConfig(seed=seed, shape="cgd", alpha=alpha),
+                               "completed", (2.9 + seed, 0.07, 2.2), 8, True))
+    head = analyze.headline(analyze.prepare(pd.DataFrame(rows)))
+    rmse = head[head["metric"] == M.VAL_RMSE].iloc[0]
+    assert rmse["alpha_level"] == analyze.POOLED and rmse["diff_n"] == 3
+    assert rmse["diff_mean"] == pytest.approx(-0.1) and rmse["diff_high"] < 0
+
+
+def test_reads_through_pyarrow_filesystems(results: Path) -> None:
+    """A URI goes through pyarrow.fs (file:// here; s3:// and gs:// take the same path)."""
+    local = analyze.read_parquet(str(results), "trials.parquet")
+    remote = analyze.read_parquet(results.as_uri(), "trials.parquet")
+    pd.testing.assert_frame_equal(local, remote)
+    assert analyze.default_out("s3://bucket/runs/quick/") == Path("analysis/quick")
+
+
 def test_cli_writes_report(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "elsewhere"
     assert analyze.main([str(results), "--out", str(out)]) == 0
