@@ -201,6 +201,11 @@ def _ci_columns(prefix: str, ci: MeanCI) -> dict[str, float]:
             f"{prefix}_n": ci.n}
 
 
+HEADLINE_COLUMNS = ["cell", "shape", "alpha_level", "base_label", "shape_label", "metric",
+                    *(f"{arm}_{part}" for arm in ("base", "shape", "diff")
+                      for part in ("mean", "low", "high", "n"))]
+
+
 def headline(t: pd.DataFrame) -> pd.DataFrame:
     """One row per (cell, shape term, metric) over the ok trials: base vs shape at best α.
 
@@ -221,7 +226,7 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
                              "base_label": _first_label(base), "shape_label": _first_label(chosen),
                              "metric": metric, **_ci_columns("base", r["base"]),
                              **_ci_columns("shape", r["shape"]), **_ci_columns("diff", r["diff"])})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
 
 
 def _first_label(rows: pd.DataFrame) -> str:
@@ -282,8 +287,12 @@ def answer_sentence(head: pd.DataFrame, phrase: str) -> str:
     return (f"**{lead}:** on {phrase}, {who} at its best α had a lower validation RMSE than "
             f"{top['base_label']} in {lo} of {len(rmse)} cells, a higher one in {hi}, and no "
             f"difference its paired 95% CI over seeds separates from zero in {un} (largest "
-            f"paired change: {top['cell']}, {top_ci.fmt(3)} px over {top_ci.n} seeds), while "
+            f"paired change: {top['cell']}, {top_ci.fmt(3)} px {_over(top_ci.n)}), while "
             f"its shape error was lower in {slo}, higher in {shi} and indistinguishable in {sun}.")
+
+
+def _over(n: int) -> str:
+    return f"over {n} seeds" if n > 1 else "from a single seed, so no CI"
 
 
 # --- figures ------------------------------------------------------------------------------
@@ -350,26 +359,26 @@ def _alpha_panel(ax, rows: pd.DataFrame, metric: str, color: Any, cell: str) -> 
 def figure_alpha(t: pd.DataFrame, out: Path) -> str | None:
     """RMSE and shape error against α (log axis), one row per backbone."""
     ok = t[t["outcome"] == "ok"]
-    if not (ok["arm"] != "base").any():
+    shaped = ok[ok["arm"] != "base"]
+    if shaped.empty:
         return None
-    backbones = sorted(ok["backbone"].unique())
-    groups = sorted(ok.groupby(["cell", "arm"]).groups)
+    groups = sorted(shaped.groupby(["cell", "arm"]).groups)  # one line per (cell, shape term)
     colors = _colors([f"{cell} {arm}" for cell, arm in groups])
+    backbones = sorted(ok["backbone"].unique())
+    # Pad the log axis: a grid with a single α would otherwise give it zero width.
+    xlim = (shaped["alpha"].min() / 3, shaped["alpha"].max() * 3)
     fig = new_figure(12, 3.6 * len(backbones))
-    axes = np.atleast_2d(fig.subplots(len(backbones), 2, squeeze=False))
-    for i, bb in enumerate(backbones):
+    axes = fig.subplots(len(backbones), 2, squeeze=False)
+    for row, bb in zip(axes, backbones):
         for cell, arm in groups:
-            rows = ok[(ok["cell"] == cell) & (ok["arm"].isin(["base", arm]))]
-            if arm == "base" or rows["backbone"].iloc[0] != bb:
-                continue
-            for ax, metric in zip(axes[i], (M.VAL_RMSE, M.VAL_SHAPE)):
-                _alpha_panel(ax, rows, metric, colors[f"{cell} {arm}"], cell)
-        for ax, metric in zip(axes[i], (M.VAL_RMSE, M.VAL_SHAPE)):
-            ax.set_xscale("log")
-            ax.set_xlabel("α (weight of the shape term, log scale)")
-            ax.set_ylabel(METRIC_LABELS[metric])
-            ax.set_title(f"{bb}: {METRIC_LABELS[metric]} vs α")
-        axes[i][0].legend(fontsize=7)
+            rows = ok[(ok["cell"] == cell) & ok["arm"].isin(["base", arm])]
+            if rows["backbone"].iloc[0] == bb:
+                for ax, metric in zip(row, (M.VAL_RMSE, M.VAL_SHAPE)):
+                    _alpha_panel(ax, rows, metric, colors[f"{cell} {arm}"], cell)
+        for ax, metric in zip(row, (M.VAL_RMSE, M.VAL_SHAPE)):
+            ax.set(xscale="log", xlim=xlim, xlabel="α (weight of the shape term, log scale)",
+                   ylabel=METRIC_LABELS[metric], title=f"{bb}: {METRIC_LABELS[metric]} vs α")
+        row[0].legend(fontsize=7)
     fig.suptitle("α response: dots = trials, line = mean over seeds per α, dashed = base loss")
     return save(fig, out / "fig2_alpha_response.png")
 
