@@ -26,6 +26,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -613,17 +614,35 @@ def importance_markdown(t: pd.DataFrame, params: Sequence[str]) -> str:
 
 # --- prediction figure ------------------------------------------------------------------
 
-def resolve_checkpoint(trial: pd.Series, root: str) -> str | None:
-    """The trial's best.pt on this machine: as recorded, relative to the results folder, or
-    the conventional checkpoints/<trial_id>/best.pt. None when none exists here."""
+def resolve_checkpoint(trial: pd.Series, root: str, scratch: str) -> str | None:
+    """A local path to the trial's best.pt, or None when it is not reachable.
+
+    sweep.results records it relative to the results folder (checkpoints/<trial_id>/best.pt);
+    a bucket's copy is fetched into scratch, a local one is used where it lies.
+    """
     recorded = str(trial.get("best_checkpoint") or "")
-    if "://" in root:
-        return recorded if recorded and os.path.exists(recorded) else None
-    for path in (recorded, os.path.join(root, recorded),
-                 os.path.join(root, "checkpoints", str(trial["trial_id"]), "best.pt")):
-        if path and os.path.isfile(path):
+    if not recorded:
+        return None
+    if "://" in root or "://" in recorded:
+        uri = recorded if "://" in recorded else f"{root.rstrip('/')}/{recorded}"
+        return fetch(uri, os.path.join(scratch, str(trial["trial_id"]), "best.pt"))
+    for path in (os.path.join(root, recorded), recorded):
+        if os.path.isfile(path):
             return path
     return None
+
+
+def fetch(uri: str, local: str) -> str | None:
+    """Copy one file from an s3:// / gs:// (or file://) URI to local; None when it is absent."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    pafs.copy_files(path, local, source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return local
 
 
 def trial_config(trial: pd.Series) -> TrialConfig:
@@ -651,24 +670,26 @@ def figure_predictions(trial: pd.Series, checkpoint: str, out: Path) -> str:
 def prediction_section(t: pd.DataFrame, root: str, out: Path) -> list[str]:
     """Markdown lines of section 5; each trial missing a checkpoint or data gets a note."""
     ok = t[t["outcome"] == "ok"]
-    lines = []
-    for arm in ["base"] + sorted(set(ok["arm"]) - {"base"}):
-        rows = ok[ok["arm"] == arm]
-        if rows.empty:
-            continue
-        trial = rows.loc[rows[best(M.OBJECTIVE)].idxmin()]
-        what = f"best {trial['objective_label']} trial `{trial['trial_id']}`"
-        ckpt = resolve_checkpoint(trial, root)
-        if ckpt is None:
-            lines.append(f"- {what}: figure skipped, its best checkpoint is not available here.")
-            continue
-        try:
-            lines.append(f"- {what}:\n\n  ![{what}]({figure_predictions(trial, ckpt, out)})")
-        # A missing data file or a checkpoint from another version must not cost the rest of
-        # the report: the reason goes into the report instead.
-        except Exception as exc:  # noqa: BLE001
-            lines.append(f"- {what}: figure skipped ({type(exc).__name__}: {exc}).")
+    with tempfile.TemporaryDirectory(prefix="fkd-analyze-") as scratch:
+        lines = [_prediction_line(ok[ok["arm"] == arm], root, out, scratch)
+                 for arm in ["base"] + sorted(set(ok["arm"]) - {"base"})
+                 if (ok["arm"] == arm).any()]
     return lines or ["- no finished trial to draw."]
+
+
+def _prediction_line(rows: pd.DataFrame, root: str, out: Path, scratch: str) -> str:
+    """The figure of the best trial of one arm, or a line saying why it is skipped."""
+    trial = rows.loc[rows[best(M.OBJECTIVE)].idxmin()]
+    what = f"best {trial['objective_label']} trial `{trial['trial_id']}`"
+    ckpt = resolve_checkpoint(trial, root, scratch)
+    if ckpt is None:
+        return f"- {what}: figure skipped, its best checkpoint is not available here."
+    try:
+        return f"- {what}:\n\n  ![{what}]({figure_predictions(trial, ckpt, out)})"
+    # A missing data file or a checkpoint from another version must not cost the rest of the
+    # report: the reason goes into the report instead.
+    except Exception as exc:  # noqa: BLE001
+        return f"- {what}: figure skipped ({type(exc).__name__}: {exc})."
 
 
 # --- report -------------------------------------------------------------------------------

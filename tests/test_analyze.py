@@ -236,6 +236,24 @@ def test_reads_through_pyarrow_filesystems(results: Path) -> None:
     assert analyze.default_out("s3://bucket/runs/quick/") == Path("analysis/quick")
 
 
+def test_checkpoint_found_locally_or_fetched(tmp_path: Path) -> None:
+    ckpt = tmp_path / "res" / "checkpoints" / "t007" / "best.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    trial = pd.Series({"trial_id": "t007", "best_checkpoint": "checkpoints/t007/best.pt"})
+    scratch = tmp_path / "scratch"
+    local = analyze.resolve_checkpoint(trial, str(tmp_path / "res"), str(scratch))
+    assert local == str(ckpt)
+    fetched = analyze.resolve_checkpoint(trial, (tmp_path / "res").as_uri(), str(scratch))
+    assert fetched is not None and fetched.startswith(str(scratch))
+    assert Path(fetched).read_bytes() == b"weights"
+    gone = trial.copy()
+    gone["best_checkpoint"] = "checkpoints/t999/best.pt"
+    assert analyze.resolve_checkpoint(gone, (tmp_path / "res").as_uri(), str(scratch)) is None
+    gone["best_checkpoint"] = ""
+    assert analyze.resolve_checkpoint(gone, str(tmp_path / "res"), str(scratch)) is None
+
+
 def test_cli_writes_report(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "elsewhere"
     assert analyze.main([str(results), "--out", str(out)]) == 0
