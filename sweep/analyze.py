@@ -17,6 +17,9 @@ How trials are grouped (see ``cell_columns``):
 - *replicate*: (seed, split_seed, synth_seed). Trials sharing a replicate key within an arm are
   averaged first, so a CI is over independent seeds and a paired difference matches the same
   seed and split in both arms.
+- *best α*: per cell and shape term, the α level whose mean val RMSE over replicates is lowest,
+  among levels with ≥ 2 replicates. A sampled (log-uniform) α is grouped into decades first;
+  when still no level has two replicates, the arm is pooled over all its α.
 - *metrics*: each trial's values at its best epoch (``best_val_*`` columns, the epoch the best
   checkpoint holds). Failed (error) and diverged trials are counted and listed, never averaged.
 """
@@ -283,9 +286,10 @@ def answer_sentence(head: pd.DataFrame, phrase: str) -> str:
             else "Not shown" if not lo and not hi else "It depends on the cell")
     labels = sorted(set(rmse["shape_label"]))
     who = labels[0] if len(labels) == 1 else "the shape-aware loss"
+    where = "over its sampled α" if (rmse["alpha_level"] == POOLED).all() else "at its best α"
     top = rmse.loc[rmse["diff_mean"].abs().idxmax()]
     top_ci = MeanCI(top["diff_mean"], top["diff_low"], top["diff_high"], int(top["diff_n"]))
-    return (f"**{lead}:** on {phrase}, {who} at its best α had a lower validation RMSE than "
+    return (f"**{lead}:** on {phrase}, {who} {where} had a lower validation RMSE than "
             f"{top['base_label']} in {lo} of {len(rmse)} cells, a higher one in {hi}, and no "
             f"difference its paired 95% CI over seeds separates from zero in {un} (largest "
             f"paired change: {top['cell']}, {top_ci.fmt(3)} px {_over(top_ci.n)}), while "
@@ -651,20 +655,28 @@ def trial_config(trial: pd.Series) -> TrialConfig:
 
 def figure_predictions(trial: pd.Series, checkpoint: str, out: Path) -> str:
     """Predicted (and true) keypoints on the first validation faces of the trial's own split."""
-    from fkd_core import data as fdata
-    from fkd_core import predict as fpredict
+    from fkd_core.data import load_for_config
+    from fkd_core.predict import load_model, plot_predictions, predict
+    from fkd_core.train import training_split
 
     cfg = trial_config(trial)
-    data = fdata.load_for_config(cfg)
-    _, val_idx = fdata.split_indices(len(data), cfg.val_fraction, cfg.split_seed, cfg.split)
-    faces = data.subset(val_idx[:N_PREDICTION_FACES])
-    model = fpredict.load_model(checkpoint, device="cpu")
-    pred = fpredict.predict(model, faces.images, device="cpu")
+    _, val = training_split(load_for_config(cfg), cfg)  # the rows this trial validated on
+    faces = val.subset(np.arange(min(N_PREDICTION_FACES, len(val))))
+    model, _ = load_model(checkpoint, device="cpu")
+    pred = predict(model, faces.images)
+    errors = face_rmse(pred.numpy(), faces.keypoints.numpy())
     name = f"fig5_predictions_{trial['arm']}.png"
-    fpredict.plot_predictions(faces.images, pred, faces.keypoints, path=str(out / name),
-                              title=f"{trial['objective_label']} {_curve_label(trial)}, "
-                                    f"{trial['cell']}: predicted (red) vs true (green)")
+    plot_predictions(faces.images, pred, faces.keypoints, path=out / name,
+                     labels=[f"val face {i}: RMSE {e:.2f} px" for i, e in enumerate(errors)],
+                     title=f"{_curve_label(trial)}, {trial['cell']}, val RMSE "
+                           f"{trial[best(M.VAL_RMSE)]:.2f} px")
     return name
+
+
+def face_rmse(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """RMSE per face over its present coordinates: pred, target [N, K, 2] px, NaN = missing."""
+    sq = (pred - target) ** 2
+    return np.sqrt(np.nanmean(sq.reshape(len(sq), -1), axis=1))
 
 
 def prediction_section(t: pd.DataFrame, root: str, out: Path) -> list[str]:
