@@ -1,0 +1,137 @@
+"""Cluster files: where a sweep runs and how it joins Ray.
+
+Three kinds of file are accepted by ``--cluster``:
+
+- ``clusters/local.yaml`` (this project's small schema, ``kind: local``): start Ray in this
+  process with the cores, GPUs and dashboard binding it names.
+- a ``ray up`` file (``clusters/aws.yaml``, ``clusters/gcp.yaml``; recognised by ``provider``):
+  the sweep runs on the head node of a cluster started with ``ray up`` and joins it with
+  ``ray.init(address="auto")``.
+- a KubeRay manifest (``clusters/kuberay.yaml``; ``apiVersion: ray.io/...``): the same, from the
+  RayJob's driver.
+
+    >>> spec = load_cluster("clusters/local.yaml")
+    >>> spec.kind, spec.dashboard_host
+    ('local', '127.0.0.1')
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Kind = Literal["local", "ray_up", "kuberay"]
+
+# A GPU per trial this large packs four 96x96 trials on a card; Ray does not isolate their memory.
+PACKED_GPU_FRACTION = 0.25
+
+
+class ClusterError(ValueError):
+    """A cluster file that cannot be used; the message is one line for users."""
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    path: str
+    kind: Kind
+    num_cpus: int | None = None
+    """Cores Ray may use on a local machine (None: all)."""
+    num_gpus: int | None = None
+    """GPUs Ray may use on a local machine (None: all it detects)."""
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | str = "auto"
+    """A fraction packs several trials per GPU; "auto" = PACKED_GPU_FRACTION when GPUs exist."""
+    results_dir: str = "results"
+    dashboard_host: str = "127.0.0.1"
+    include_dashboard: bool = False
+    object_store_mb: int | None = None
+    max_trials_at_once: int | None = None
+    """What the cluster file says it can hold at once (ray up / KubeRay), None for local."""
+
+    @property
+    def multi_node(self) -> bool:
+        """Trials may run on other machines, so checkpoints need shared storage."""
+        return self.kind != "local"
+
+
+_LOCAL_KEYS = {f.name for f in dataclasses.fields(ClusterSpec)} - {"path", "max_trials_at_once"}
+
+
+def load_cluster(path: str) -> ClusterSpec:
+    """Read a cluster file of any accepted kind (see the module docstring)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ClusterError(f"{path}: no such cluster file")
+    raw = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ClusterError(f"{path}: expected a YAML mapping")
+    if "provider" in raw:
+        return ClusterSpec(path=path, kind="ray_up", gpus_per_trial="auto",
+                           max_trials_at_once=_ray_up_capacity(raw))
+    if str(raw.get("apiVersion", "")).startswith("ray.io/"):
+        return ClusterSpec(path=path, kind="kuberay", gpus_per_trial="auto",
+                           max_trials_at_once=_kuberay_capacity(raw))
+    return _local(path, raw)
+
+
+def _local(path: str, raw: dict[str, Any]) -> ClusterSpec:
+    if raw.get("kind", "local") != "local":
+        raise ClusterError(f"{path}: kind must be 'local' (or give a `ray up` file or a "
+                           "KubeRay manifest)")
+    unknown = sorted(set(raw) - _LOCAL_KEYS)
+    if unknown:
+        raise ClusterError(f"{path}: unknown keys {unknown}; valid: {sorted(_LOCAL_KEYS)}")
+    values = {k: v for k, v in raw.items() if v is not None}
+    gpus = values.get("gpus_per_trial", "auto")
+    if gpus != "auto" and not (isinstance(gpus, (int, float)) and gpus >= 0):
+        raise ClusterError(f"{path}: gpus_per_trial must be 'auto' or a number >= 0, got {gpus!r}")
+    return ClusterSpec(path=path, **values)
+
+
+def _ray_up_capacity(raw: dict[str, Any]) -> int | None:
+    """Trials at once when every worker type is scaled to its max, one GPU-trial slot each."""
+    slots = 0
+    for node in (raw.get("available_node_types") or {}).values():
+        gpus = (node.get("resources") or {}).get("GPU", 0)
+        slots += int(node.get("max_workers", 0)) * int(gpus / PACKED_GPU_FRACTION)
+    return slots or None
+
+
+def _kuberay_capacity(raw: dict[str, Any]) -> int | None:
+    spec = raw.get("spec", {})
+    cluster = spec.get("rayClusterSpec", spec)
+    slots = 0
+    for group in cluster.get("workerGroupSpecs", []):
+        for container in group["template"]["spec"]["containers"]:
+            gpus = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+            slots += int(group.get("maxReplicas", 0)) * int(gpus / PACKED_GPU_FRACTION)
+    return slots or None
+
+
+def connect(spec: ClusterSpec) -> None:
+    """Start Ray on this machine (local) or join the running cluster (ray up, KubeRay)."""
+    import logging
+
+    import ray
+
+    if spec.multi_node:
+        ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
+        return
+    store = spec.object_store_mb * 2**20 if spec.object_store_mb else None
+    ray.init(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, object_store_memory=store,
+             include_dashboard=spec.include_dashboard, dashboard_host=spec.dashboard_host,
+             # Trials print nothing the sweep needs; their errors reach the results table.
+             logging_level=logging.WARNING, log_to_driver=False)
+
+
+def per_trial_resources(spec: ClusterSpec, cluster_gpus: float) -> dict[str, float]:
+    """Ray resources of one trial; "auto" GPUs pack trials when the cluster has GPUs."""
+    gpus = spec.gpus_per_trial
+    if gpus == "auto":
+        # A cloud cluster starts with no GPU worker up: trust the file's GPU worker types.
+        has_gpus = cluster_gpus > 0 or (spec.multi_node and spec.max_trials_at_once)
+        gpus = PACKED_GPU_FRACTION if has_gpus else 0.0
+    return {"cpu": float(spec.cpus_per_trial), "gpu": float(gpus)}

@@ -1,0 +1,372 @@
+"""Named search spaces, and user YAML files of the same form.
+
+A space is a small designed experiment plus an optional search:
+
+- ``fixed``: TrialConfig values shared by every trial.
+- ``axes``: categorical factors. A list gives values of the field named by the axis
+  (``backbone: [small_cnn, resnet18]``); a mapping gives named *bundles* of field values
+  (``protocol: {corrected: {split: shuffle, missing: mask}}``). Bundles are applied in axis order,
+  so a later axis overrides an earlier one.
+- ``seeds``: how many training seeds each cell is repeated over. The split seed stays fixed, so
+  trials of the same cell and seed differ only in the factor being compared (paired comparisons).
+- ``search``: continuous parameters that Optuna's seeded TPE samples, optionally only ``when``
+  other fields take given values (alpha exists only when a shape term is on).
+- ``grid``: true enqueues every cell x seed as a fixed Optuna point (``points_to_evaluate``), so a
+  designed experiment is reproduced exactly and its trials still live in the Optuna study;
+  ``search`` parameters of those cells are still sampled by TPE. False lets TPE pick the axes too.
+- ``asha``: grace period and reduction factor of ASHA on val_rmse_px, or null to run every trial
+  to ``max_epochs`` (designed comparisons need equal budgets, so the grids use null).
+
+Why grids go through Optuna rather than ``tune.grid_search``: one code path for every space, one
+Optuna study per sweep (optuna-dashboard shows all of them), and a grid may still search alpha.
+
+The trial seed is ``trial.number % seeds``: grid points are enqueued seed-minor so that the
+enqueue order gives every cell its seeds in turn, and TPE never "optimises" a seed.
+
+    >>> space = get_space("quick")
+    >>> len(space.cells())            # 2 backbones x 2 augmentations x 2 losses x 1 seed
+    8
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from fkd_core.config import TrialConfig, config_fields
+
+_SHAPE_ON = ["cgd", "seed_cgd"]
+
+# Backbone names of fkd_core.models.BACKBONES, listed here so that building a space never imports
+# torch; tests/test_spaces.py checks the two lists agree.
+BACKBONE_NAMES = ("small_cnn", "resnet18", "mobilenet_v3_small", "resnet50", "densenet121")
+
+SPACES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "description": "CPU-sized: small_cnn/resnet18 x augmentation none/study x MSE vs "
+                       "MSE + alpha*CGD, alpha log-uniform in [1e-3, 1] (TPE); ASHA.",
+        "grid": True,
+        "seeds": 1,
+        # 8 epochs of 1,000 synthetic faces keeps the default sweep under 10 minutes on 2 cores.
+        "max_epochs": 8,
+        "asha": {"grace_period": 2, "reduction_factor": 2},
+        "fixed": {"data": "synthetic", "synth_n": 1000, "patience": 10},
+        "axes": {"backbone": ["small_cnn", "resnet18"], "augment": ["none", "study"],
+                 "shape": ["none", "cgd"]},
+        "search": {"alpha": {"log_uniform": [1e-3, 1.0], "when": {"shape": _SHAPE_ON}}},
+    },
+    "study": {
+        "description": "The study's grid: resnet50/densenet121 x {MSE, MSE + 0.01*CGD} x "
+                       "augmentation {none, study}, paired seeds and splits, full budget.",
+        "grid": True,
+        "seeds": 3,
+        "max_epochs": 200,   # the study's recipe (early stopping, patience 20, ends it sooner)
+        "asha": None,
+        # pretrained stays False because offline machines have no ImageNet weights cached; a
+        # YAML copy of this space with `pretrained: true` repeats the study's initialisation.
+        "fixed": {"pretrained": False},
+        "axes": {"backbone": ["resnet50", "densenet121"], "augment": ["none", "study"],
+                 "objective": {"mse": {"shape": "none", "alpha": 0.0},
+                               "mse+0.01*cgd": {"shape": "cgd", "alpha": 0.01}}},
+        "search": {},
+    },
+    "full": {
+        "description": "Everything: every backbone, base loss, shape term, alpha, augmentation, "
+                       "learning rate and missing policy, searched by TPE with ASHA.",
+        "grid": False,
+        "seeds": 3,
+        "num_samples": 64,
+        "max_epochs": 60,
+        "asha": {"grace_period": 4, "reduction_factor": 3},
+        "fixed": {},
+        "axes": {"backbone": list(BACKBONE_NAMES), "loss": ["mse", "wing", "soft_wing"],
+                 "shape": ["none", "cgd", "seed_cgd"], "augment": ["none", "study", "full"],
+                 "missing": ["mask", "ffill"]},
+        "search": {"alpha": {"log_uniform": [1e-3, 1.0], "when": {"shape": _SHAPE_ON}},
+                   "lr": {"log_uniform": [1e-4, 3e-3]}},
+    },
+    "reproduce": {
+        "description": "The study's defects (seed_cgd, forward fill, its rotation formula, tail "
+                       "split) vs the corrected protocol, each with MSE vs MSE + CGD, paired seeds.",
+        "grid": True,
+        "seeds": 3,
+        "max_epochs": 30,
+        "asha": None,
+        "fixed": {"backbone": "small_cnn"},
+        "axes": {
+            "protocol": {
+                "study_defects": {"missing": "ffill", "augment": "study_exact", "split": "tail",
+                                  "shape": "seed_cgd", "alpha": 0.01},
+                # Per-face CGD is a mean in pixels, ~1e6 times smaller than the study's batch sum,
+                # so its alpha is 0.1 (about a tenth of the MSE's scale), not the study's 0.01.
+                "corrected": {"missing": "mask", "augment": "study", "split": "shuffle",
+                              "shape": "cgd", "alpha": 0.1},
+            },
+            # Overrides the protocol's shape term for the MSE arm (later axes win).
+            "objective": {"mse": {"shape": "none", "alpha": 0.0}, "mse+cgd": {}},
+        },
+        "search": {},
+    },
+    "rigidity": {
+        "description": "Synthetic faces with pose variation 0 (rigid) / 1 / 2 x MSE vs MSE + "
+                       "0.1*CGD: does CGD help rigid structures but not posed faces?",
+        "grid": True,
+        "seeds": 3,
+        "max_epochs": 20,
+        "asha": None,
+        "fixed": {"data": "synthetic", "synth_n": 2000, "backbone": "small_cnn"},
+        "axes": {"synth_pose": [0.0, 1.0, 2.0],
+                 "objective": {"mse": {"shape": "none", "alpha": 0.0},
+                               "mse+0.1*cgd": {"shape": "cgd", "alpha": 0.1}}},
+        "search": {},
+    },
+}
+
+_KEYS = ("name", "description", "grid", "seeds", "num_samples", "max_epochs", "asha", "fixed",
+         "axes", "search")
+_DATA_FIELDS = ("data", "synth_n", "synth_seed", "synth_pose")
+
+
+class SpaceError(ValueError):
+    """A space (named or YAML) that cannot be used; the message is one line for users."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A continuous parameter sampled by TPE, optionally only when other fields match."""
+
+    low: float
+    high: float
+    log: bool
+    when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def applies(self, fields: Mapping[str, Any]) -> bool:
+        return all(fields.get(k, _default(k)) in allowed for k, allowed in self.when.items())
+
+
+@dataclass(frozen=True)
+class Asha:
+    grace_period: int
+    reduction_factor: float
+
+
+@dataclass(frozen=True)
+class Space:
+    """A resolved search space; see the module docstring for the meaning of each part."""
+
+    name: str
+    description: str
+    fixed: Mapping[str, Any]
+    axes: Mapping[str, Mapping[Any, Mapping[str, Any]]]   # axis -> label -> field values
+    search: Mapping[str, Param]
+    seeds: int
+    max_epochs: int
+    grid: bool
+    asha: Asha | None
+    num_samples: int | None = None   # None: one trial per grid point (grid) or 16 (search)
+
+    @property
+    def trials(self) -> int:
+        """Trials a sweep runs unless told otherwise."""
+        if self.num_samples is not None:
+            return self.num_samples
+        return len(self.cells()) if self.grid else 16
+
+    def combos(self) -> list[dict[str, Any]]:
+        """Every combination of axis labels, first axis outermost."""
+        names = list(self.axes)
+        return [dict(zip(names, c)) for c in itertools.product(*(list(self.axes[n]) for n in names))]
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Grid points in enqueue order: axis labels, each repeated `seeds` times (seed-minor)."""
+        return [c for c in self.combos() for _ in range(self.seeds)] if self.grid else []
+
+    def fields(self, picks: Mapping[str, Any], seed: int) -> dict[str, Any]:
+        """TrialConfig fields of one trial from its axis labels and search values."""
+        out = {**self.fixed, "max_epochs": self.max_epochs, "seed": seed}
+        for axis, label in picks.items():
+            if axis in self.axes:
+                out.update(self.axes[axis][label])
+        out.update({k: v for k, v in picks.items() if k in self.search})
+        return out
+
+    def data_configs(self) -> list[TrialConfig]:
+        """One TrialConfig per distinct data set the space can ask for (search params at low)."""
+        seen: dict[str, TrialConfig] = {}
+        for picks in self.combos():
+            cfg = TrialConfig(**self.fields(picks, seed=0))
+            seen.setdefault(data_key(cfg), cfg)
+        return list(seen.values())
+
+    def with_overrides(self, *, fixed: Mapping[str, Any] | None = None, seeds: int | None = None,
+                       max_epochs: int | None = None, num_samples: int | None = None) -> "Space":
+        """A copy with command-line overrides; fixed values replace axes of the same field."""
+        fixed = dict(fixed or {})
+        axes = {a: v for a, v in self.axes.items() if a not in fixed}
+        space = dataclasses.replace(
+            self, fixed={**self.fixed, **fixed}, axes=axes,
+            seeds=seeds or self.seeds, max_epochs=max_epochs or self.max_epochs,
+            num_samples=num_samples if num_samples is not None else self.num_samples)
+        _check_cells(space, f"space {self.name}")
+        return space
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form (``from_dict(space.to_dict())`` gives the same space)."""
+        return {
+            "name": self.name, "description": self.description, "grid": self.grid,
+            "seeds": self.seeds, "num_samples": self.num_samples, "max_epochs": self.max_epochs,
+            "asha": dataclasses.asdict(self.asha) if self.asha else None,
+            "fixed": dict(self.fixed),
+            "axes": {a: ({lab: dict(f) for lab, f in v.items()} if _is_bundle_axis(a, v)
+                         else list(v)) for a, v in self.axes.items()},
+            "search": {k: {("log_uniform" if p.log else "uniform"): [p.low, p.high],
+                           **({"when": {w: list(a) for w, a in p.when.items()}} if p.when else {})}
+                       for k, p in self.search.items()},
+        }
+
+
+def get_space(name_or_path: str) -> Space:
+    """A named space, or a YAML file of the same form. Unknown names list the valid ones."""
+    if name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise SpaceError(f"{path}: no such space file")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise SpaceError(f"{path}: expected a mapping of {list(_KEYS)}")
+        return from_dict({"name": path.stem, **raw}, origin=str(path))
+    if name_or_path not in SPACES:
+        raise SpaceError(f"unknown space {name_or_path!r}; valid: {sorted(SPACES)} "
+                         "or a .yaml file")
+    return from_dict({"name": name_or_path, **SPACES[name_or_path]}, origin=name_or_path)
+
+
+def from_dict(raw: Mapping[str, Any], origin: str = "space") -> Space:
+    """Validate the YAML form; every error names the origin and the offending key."""
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise SpaceError(f"{origin}: unknown keys {unknown}; valid: {list(_KEYS)}")
+    fixed = dict(raw.get("fixed") or {})
+    _check_fields(fixed, f"{origin}: fixed")
+    axes = {name: _axis(name, values, f"{origin}: axes.{name}")
+            for name, values in (raw.get("axes") or {}).items()}
+    search = {name: _param(name, spec, f"{origin}: search.{name}")
+              for name, spec in (raw.get("search") or {}).items()}
+    asha = raw.get("asha")
+    space = Space(
+        name=str(raw.get("name", origin)), description=str(raw.get("description", "")),
+        fixed=fixed, axes=axes, search=search, seeds=_positive(raw.get("seeds", 1), origin, "seeds"),
+        max_epochs=_positive(raw.get("max_epochs", fixed.get("max_epochs", 30)), origin, "max_epochs"),
+        grid=bool(raw.get("grid", True)),
+        asha=Asha(int(asha["grace_period"]), float(asha["reduction_factor"])) if asha else None,
+        num_samples=raw.get("num_samples"))
+    _check_cells(space, origin)
+    return space
+
+
+class Sampler:
+    """Optuna define-by-run space: suggests the axes and search params, computes nothing.
+
+    A callable object rather than a closure so that Tune can pickle it with the searcher.
+    """
+
+    def __init__(self, space: Space):
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        picks: dict[str, Any] = {}
+        for axis, labels in self.space.axes.items():
+            picks[axis] = trial.suggest_categorical(axis, list(labels))
+        chosen = self.space.fields(picks, seed=0)
+        for name, param in self.space.search.items():
+            if param.applies(chosen):
+                picks[name] = trial.suggest_float(name, param.low, param.high, log=param.log)
+        seed = trial.number % self.space.seeds
+        trial.set_user_attr("seed", seed)
+        # The Tune config: Optuna's picks (what was searched) plus the complete TrialConfig
+        # fields under "cfg", which the trainable turns into TrialConfig(**config["cfg"]).
+        return {"cfg": self.space.fields(picks, seed=seed)}
+
+
+def data_key(cfg: TrialConfig) -> str:
+    """Identity of the data set a trial trains on: trials with equal keys share one copy."""
+    if cfg.data == "synthetic":
+        return f"synthetic(n={cfg.synth_n},seed={cfg.synth_seed},pose={cfg.synth_pose:g})"
+    return cfg.data
+
+
+# --- validation helpers -------------------------------------------------------------------
+
+def _axis(name: str, values: Any, where: str) -> dict[Any, dict[str, Any]]:
+    if isinstance(values, Mapping):
+        for label, bundle in values.items():
+            _check_fields(dict(bundle or {}), f"{where}.{label}")
+        return {label: dict(bundle or {}) for label, bundle in values.items()}
+    if not isinstance(values, list) or not values:
+        raise SpaceError(f"{where}: expected a non-empty list of values or a mapping of bundles")
+    _check_fields({name: values[0]}, where)
+    return {v: {name: v} for v in values}
+
+
+def _param(name: str, spec: Any, where: str) -> Param:
+    _check_fields({name: 1.0}, where)
+    if name in _DATA_FIELDS:
+        raise SpaceError(f"{where}: data fields must be axes or fixed (each data set is "
+                         "loaded once per sweep)")
+    kind = "log_uniform" if "log_uniform" in spec else "uniform"
+    if kind not in spec or len(spec[kind]) != 2:
+        raise SpaceError(f"{where}: expected {{log_uniform: [low, high]}} or {{uniform: [low, high]}}")
+    low, high = (float(x) for x in spec[kind])
+    if not low < high or (kind == "log_uniform" and low <= 0):
+        raise SpaceError(f"{where}: need 0 < low < high for log_uniform, low < high otherwise")
+    when = {k: tuple(v if isinstance(v, list) else [v]) for k, v in (spec.get("when") or {}).items()}
+    _check_fields({k: _default(k) for k in when}, f"{where}.when")
+    return Param(low, high, kind == "log_uniform", when)
+
+
+def _check_fields(values: Mapping[str, Any], where: str) -> None:
+    known = config_fields()
+    bad = sorted(k for k in values if k not in known or k == "seed")
+    if bad:
+        hint = " (seeds come from `seeds`)" if "seed" in bad else ""
+        raise SpaceError(f"{where}: unknown TrialConfig fields {bad}{hint}")
+
+
+def _check_cells(space: Space, origin: str) -> None:
+    """Build the TrialConfig of every cell so that a bad value fails before Ray starts."""
+    low = {k: p.low for k, p in space.search.items()}
+    try:
+        for picks in space.combos():
+            TrialConfig(**space.fields({**picks, **low}, seed=0))
+    except (TypeError, ValueError) as err:
+        raise SpaceError(f"{origin}: {err}") from None
+
+
+def _positive(value: Any, origin: str, key: str) -> int:
+    if not isinstance(value, int) or value < 1:
+        raise SpaceError(f"{origin}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def _is_bundle_axis(name: str, axis: Mapping[Any, Mapping[str, Any]]) -> bool:
+    return any(dict(fields) != {name: label} for label, fields in axis.items())
+
+
+def _default(name: str) -> Any:
+    return getattr(TrialConfig(), name)
+
+
+def describe(space: Space) -> str:
+    """One line per part, for --help and the sweep's first lines."""
+    axes = ", ".join(f"{a}={list(v)}" for a, v in space.axes.items())
+    search = ", ".join(f"{k}~{'log' if p.log else ''}U[{p.low:g},{p.high:g}]"
+                       for k, p in space.search.items())
+    asha = (f"ASHA grace {space.asha.grace_period} x{space.asha.reduction_factor:g}"
+            if space.asha else "no early stopping by ASHA")
+    return (f"{space.name}: {axes}; {search or 'nothing searched'}; {space.seeds} seed(s); "
+            f"{space.max_epochs} epochs; {asha}")
+

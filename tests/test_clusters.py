@@ -1,0 +1,97 @@
+"""clusters/*.yaml: ray up files pass Ray's own validator offline; KubeRay and local files hold
+what sweep.run and Kubernetes need."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweep.cluster import ClusterError, load_cluster, per_trial_resources
+
+CLUSTERS = Path(__file__).resolve().parents[1] / "clusters"
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_ray_up_files_pass_rays_validator(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((CLUSTERS / name).read_text())
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)
+    # The facts that bite: the default max_workers (2) caps the cluster; the default
+    # setup_commands install a nightly Ray.
+    assert raw["max_workers"] >= 4
+    assert any('ray[default,tune]==2.60.0' in c for c in prepared["setup_commands"])
+    assert any("pip install" in c and "fkd-sweep" in c for c in prepared["setup_commands"])
+    assert "." in raw["file_mounts"].values()
+    types = raw["available_node_types"]
+    assert types[raw["head_node_type"]]["resources"].get("GPU", 0) == 0
+    workers = [t for n, t in types.items() if n != raw["head_node_type"]]
+    assert workers and all(t["resources"]["GPU"] >= 1 for t in workers)
+    text = (CLUSTERS / name).read_text().lower()
+    assert "secret" not in text and "aws_access_key" not in text and "private_key" not in text
+
+
+def test_aws_workers_are_spot_and_gcp_workers_preemptible():
+    aws = yaml.safe_load((CLUSTERS / "aws.yaml").read_text())["available_node_types"]
+    gcp = yaml.safe_load((CLUSTERS / "gcp.yaml").read_text())["available_node_types"]
+    assert aws["gpu_spot"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert gcp["gpu_preemptible"]["node_config"]["scheduling"]["preemptible"] is True
+
+
+def test_an_unknown_top_level_key_is_rejected_by_rays_validator():
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((CLUSTERS / "aws.yaml").read_text())
+    raw["num_samples"] = 8
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(raw))
+
+
+def test_kuberay_manifest_has_a_gpu_worker_group_and_the_sweep_entrypoint():
+    doc = yaml.safe_load((CLUSTERS / "kuberay.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] in ("RayJob", "RayCluster")
+    cluster = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    assert cluster["rayVersion"] == "2.60.0"
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    assert head["template"]["spec"]["containers"][0]["image"]
+    gpu_groups = [g for g in cluster["workerGroupSpecs"]
+                  if int(g["template"]["spec"]["containers"][0]["resources"]["limits"]
+                         .get("nvidia.com/gpu", 0)) >= 1]
+    assert gpu_groups
+    for group in gpu_groups:
+        assert group["groupName"] and group["maxReplicas"] >= group["minReplicas"] >= 0
+        assert group["template"]["spec"]["containers"][0]["image"]
+    if doc["kind"] == "RayJob":
+        assert "sweep.run" in doc["spec"]["entrypoint"] and "--storage" in doc["spec"]["entrypoint"]
+
+
+def test_local_file_is_read_with_loopback_dashboard():
+    spec = load_cluster(str(CLUSTERS / "local.yaml"))
+    assert spec.kind == "local" and not spec.multi_node
+    assert spec.dashboard_host == "127.0.0.1" and spec.results_dir == "results"
+    assert per_trial_resources(spec, cluster_gpus=0) == {"cpu": 1.0, "gpu": 0.0}
+    assert per_trial_resources(spec, cluster_gpus=1)["gpu"] == 0.25
+
+
+@pytest.mark.parametrize("name,kind", [("aws.yaml", "ray_up"), ("gcp.yaml", "ray_up"),
+                                       ("kuberay.yaml", "kuberay")])
+def test_cloud_files_join_a_running_cluster_with_packed_gpus(name, kind):
+    spec = load_cluster(str(CLUSTERS / name))
+    assert spec.kind == kind and spec.multi_node
+    assert spec.max_trials_at_once == 32          # 8 GPU workers x 4 trials each
+    # No GPU worker is up when the sweep starts; the file's GPU worker types decide.
+    assert per_trial_resources(spec, cluster_gpus=0)["gpu"] == 0.25
+
+
+def test_bad_local_file_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("kind: local\ncpus: 4\n")
+    with pytest.raises(ClusterError, match=r"unknown keys \['cpus'\]"):
+        load_cluster(str(path))
+    with pytest.raises(ClusterError, match="no such cluster file"):
+        load_cluster(str(tmp_path / "missing.yaml"))

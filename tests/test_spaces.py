@@ -1,0 +1,161 @@
+"""sweep.spaces: named spaces, YAML files, the define-by-run sampler."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from fkd_core.config import TrialConfig
+from sweep.spaces import (BACKBONE_NAMES, SPACES, Sampler, SpaceError, data_key, from_dict,
+                          get_space)
+
+EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("sweep/spaces/*.yaml"))
+
+
+def _configs(space) -> list[TrialConfig]:
+    """TrialConfigs of the grid cells, seeds as the sampler assigns them (number % seeds)."""
+    return [TrialConfig(**space.fields(cell, seed=i % space.seeds))
+            for i, cell in enumerate(space.cells())]
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_every_named_space_builds_valid_trials(name):
+    space = get_space(name)
+    assert space.trials >= 1
+    for cfg in _configs(space):
+        assert cfg.max_epochs == space.max_epochs
+    assert from_dict(space.to_dict()) == space
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_yaml_spaces_load(path):
+    assert get_space(str(path)).cells()
+
+
+def test_backbone_names_match_the_model_registry():
+    from fkd_core.models import BACKBONES
+
+    assert sorted(BACKBONE_NAMES) == sorted(BACKBONES)
+
+
+@pytest.mark.parametrize("name,cells", [("quick", 8), ("study", 24), ("reproduce", 12),
+                                        ("rigidity", 18)])
+def test_grid_sizes(name, cells):
+    assert len(get_space(name).cells()) == cells
+
+
+def test_study_grid_is_paired_across_losses():
+    cfgs = _configs(get_space("study"))
+    pairs = Counter((c.backbone, c.augment, c.seed, c.split_seed) for c in cfgs)
+    assert set(pairs.values()) == {2}            # every cell x seed has MSE and MSE + CGD
+    assert {c.loss_label for c in cfgs} == {"mse", "mse+0.01*cgd"}
+    assert {c.seed for c in cfgs} == {0, 1, 2} and {c.split_seed for c in cfgs} == {0}
+    assert {c.backbone for c in cfgs} == {"resnet50", "densenet121"}
+
+
+def test_reproduce_sets_the_study_defects_against_the_corrected_protocol():
+    cfgs = _configs(get_space("reproduce"))
+    defects = [c for c in cfgs if c.split == "tail"]
+    corrected = [c for c in cfgs if c.split == "shuffle"]
+    assert len(defects) == len(corrected) == 6
+    assert {(c.missing, c.augment) for c in defects} == {("ffill", "study_exact")}
+    assert {(c.missing, c.augment) for c in corrected} == {("mask", "study")}
+    assert {c.loss_label for c in defects} == {"mse", "mse+0.01*seed_cgd"}
+    assert {c.loss_label for c in corrected} == {"mse", "mse+0.1*cgd"}
+    assert all(c.shape == "none" for c in cfgs if c.loss_label == "mse")
+
+
+def test_rigidity_needs_one_data_set_per_pose():
+    space = get_space("rigidity")
+    assert sorted(c.synth_pose for c in space.data_configs()) == [0.0, 1.0, 2.0]
+    assert len({data_key(c) for c in _configs(space)}) == 3
+
+
+def _study(space, seed=0):
+    return optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+
+
+def test_sampler_suggests_alpha_only_when_a_shape_term_is_on():
+    space = get_space("full")
+    study, sampler = _study(space), Sampler(space)
+    for _ in range(40):
+        trial = study.ask()
+        cfg = TrialConfig(**sampler(trial)["cfg"])
+        if cfg.shape == "none":
+            assert "alpha" not in trial.params and cfg.alpha == 0.0
+        else:
+            assert 1e-3 <= trial.params["alpha"] <= 1.0 and cfg.alpha == trial.params["alpha"]
+        assert cfg.seed == trial.number % space.seeds
+        study.tell(trial, 1.0)
+
+
+def test_enqueued_cells_are_run_as_given_and_tpe_is_seeded():
+    space = get_space("quick").with_overrides(seeds=2)
+
+    def draw(seed):
+        study = _study(space, seed)
+        for cell in space.cells():
+            study.enqueue_trial(cell)
+        out = []
+        for _ in space.cells():
+            trial = study.ask()
+            out.append(Sampler(space)(trial)["cfg"])
+            study.tell(trial, 1.0)
+        return out
+
+    first = draw(0)
+    assert first == draw(0)                                     # reproducible
+    assert [c["alpha"] for c in first if "alpha" in c] != \
+        [c["alpha"] for c in draw(1) if "alpha" in c]           # the seed matters
+    for cell, cfg in zip(space.cells(), first):
+        assert {k: cfg[k] for k in cell} == cell
+    assert [c["seed"] for c in first] == [0, 1] * len(space.combos())   # seeds paired per cell
+
+
+def test_overrides_fix_a_field_and_drop_its_axis():
+    space = get_space("quick").with_overrides(fixed={"backbone": "small_cnn", "data": "x.csv"},
+                                              max_epochs=3, seeds=2, num_samples=5)
+    assert "backbone" not in space.axes and space.trials == 5
+    cfgs = _configs(space)
+    assert {c.backbone for c in cfgs} == {"small_cnn"} and {c.max_epochs for c in cfgs} == {3}
+    assert {c.data for c in cfgs} == {"x.csv"}
+
+
+def test_yaml_file_round_trip(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in get_space("quick").to_dict().items()
+                                    if k != "name"}))
+    assert get_space(str(path)) == dataclasses.replace(get_space("quick"), name="mine")
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"axes": {"backbone": ["small_cnn"]}, "colour": 1}, "unknown keys ['colour']"),
+    ({"axes": {"bogus_field": [1, 2]}}, "unknown TrialConfig fields ['bogus_field']"),
+    ({"fixed": {"seed": 3}}, "seeds come from `seeds`"),
+    ({"axes": {"augment": ["none", "sideways"]}}, "TrialConfig.augment='sideways'"),
+    ({"search": {"alpha": {"log_uniform": [0, 1]}}}, "0 < low < high"),
+    ({"search": {"synth_pose": {"uniform": [0, 2]}}}, "data fields must be axes or fixed"),
+    ({"seeds": 0}, "seeds must be a positive integer"),
+])
+def test_bad_spaces_fail_with_one_line_naming_the_file(raw, message):
+    with pytest.raises(SpaceError) as err:
+        from_dict(raw, origin="my.yaml")
+    assert message in str(err.value) and str(err.value).startswith("my.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_space_name_lists_the_valid_ones():
+    with pytest.raises(SpaceError, match="valid: \\['full', 'quick', 'reproduce'"):
+        get_space("quik")
+
+
+def test_alpha_search_is_log_uniform_over_the_range():
+    space = get_space("quick")
+    param = space.search["alpha"]
+    assert param.log and math.isclose(param.low, 1e-3) and param.high == 1.0
+    assert not param.applies({"shape": "none"}) and param.applies({"shape": "cgd"})
