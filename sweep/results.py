@@ -1,0 +1,356 @@
+"""trials.parquet and epochs.parquet of a sweep, written atomically, local or s3:// / gs://.
+
+``ResultsWriter`` is a Tune callback: it collects every epoch row as it arrives and rewrites both
+files (temporary file, then rename) whenever a trial finishes and when the sweep ends, so a crash
+never leaves a half-written file nor loses a finished trial. It also copies the best checkpoint
+of the best trials to ``<results>/checkpoints/<trial_id>/best.pt`` for prediction figures.
+The columns are documented in results/README.md.
+
+    >>> import pandas as pd
+    >>> trials = pd.read_parquet("results/fkd-yt15-quick/trials.parquet")
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import posixpath
+import subprocess
+import uuid
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from ray.tune import Callback
+
+from fkd_core import metrics as M
+from fkd_core.config import TrialConfig, config_fields
+from sweep.spaces import data_key
+from sweep.trainable import DEVICE, DEVICE_NAME
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+STATUSES = ("completed", "asha_stopped", "early_stopped", "diverged", "error")
+# Best checkpoints kept per arm (base loss + shape term, any alpha): enough for prediction
+# figures of the best trials without keeping hundreds of models.
+KEEP_CHECKPOINTS = 3
+
+_ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+_METRIC_TYPES = {M.EPOCH: pa.int64(), M.DIVERGED: pa.bool_()}
+
+
+def trial_schema() -> pa.Schema:
+    """Column types of trials.parquet: ids, status, every TrialConfig field, metrics, provenance."""
+    cols = [("trial_id", pa.string()), ("experiment", pa.string()), ("status", pa.string()),
+            ("error", pa.string())]
+    cols += [(name, _ARROW[kind]) for name, kind in config_fields().items()]
+    cols += [("loss_label", pa.string())]
+    cols += [(f"best_{m}", pa.float64()) for m in M.VAL_METRICS] + [("best_epoch", pa.int64())]
+    cols += [(f"final_{m}", pa.float64()) for m in M.VAL_METRICS]
+    cols += [("epochs", pa.int64()), ("wall_seconds", pa.float64()), ("node", pa.string()),
+             (DEVICE_NAME, pa.string()), ("data_source", pa.string()), ("data_hash", pa.string()),
+             ("data_synthetic", pa.bool_()), ("best_checkpoint", pa.string()),
+             ("versions", pa.string()), ("git_commit", pa.string())]
+    # `device` is both a TrialConfig field and the device used: it holds the resolved one
+    # ("cpu", "cuda:0"), still a valid TrialConfig value.
+    return pa.schema(cols)
+
+
+def epoch_schema() -> pa.Schema:
+    return pa.schema([("trial_id", pa.string())]
+                     + [(k, _METRIC_TYPES.get(k, pa.float64())) for k in M.EPOCH_ROW_KEYS])
+
+
+# --- one trial's record -------------------------------------------------------------------
+
+def trial_status(rows: list[dict[str, Any]], max_epochs: int, *, error: str | None,
+                 stopped_by_tune: bool) -> str:
+    """How a trial ended, from its rows and how Tune ended it (module README lists them).
+
+    ``stopped_by_tune``: the last row was marked done by Tune (ASHA's or the stopper's decision)
+    rather than the trial returning on its own (train's early stopping or max_epochs).
+    """
+    if error is not None:
+        return "error"
+    if any(r.get(M.DIVERGED) for r in rows):
+        return "diverged"
+    epochs = max((int(r[M.EPOCH]) for r in rows), default=0)
+    if epochs >= max_epochs:
+        return "completed"
+    return "asha_stopped" if stopped_by_tune else "early_stopped"
+
+
+def metric_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best (at the epoch of the lowest finite val RMSE, the epoch best.pt holds) and final metrics."""
+    out: dict[str, Any] = {f"{p}_{m}": math.nan for p in ("best", "final") for m in M.VAL_METRICS}
+    out.update(best_epoch=None, epochs=len(rows))
+    if not rows:
+        return out
+    ordered = sorted(rows, key=lambda r: r[M.EPOCH])
+    finite = [r for r in ordered if math.isfinite(r[M.VAL_RMSE])]
+    best = min(finite, key=lambda r: r[M.VAL_RMSE]) if finite else None
+    for m in M.VAL_METRICS:
+        out[f"final_{m}"] = float(ordered[-1][m])
+        out[f"best_{m}"] = float(best[m]) if best else (math.inf if m == M.VAL_RMSE else math.nan)
+    out.update(best_epoch=int(best[M.EPOCH]) if best else None, epochs=int(ordered[-1][M.EPOCH]))
+    return out
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    source: str
+    content_hash: str
+    synthetic: bool
+
+
+def trial_record(*, trial_id: str, experiment: str, cfg: TrialConfig, rows: list[dict[str, Any]],
+                 status: str, error: str | None, wall_seconds: float, node: str, device: str,
+                 device_name: str, data: DataInfo, best_checkpoint: str, versions: str,
+                 git_commit: str) -> dict[str, Any]:
+    """One row of trials.parquet."""
+    fields = {**cfg.to_dict(), "device": device or cfg.device}
+    return {"trial_id": trial_id, "experiment": experiment, "status": status, "error": error or "",
+            **fields, "loss_label": cfg.loss_label, **metric_summary(rows),
+            "wall_seconds": wall_seconds, "node": node, DEVICE_NAME: device_name,
+            "data_source": data.source, "data_hash": data.content_hash,
+            "data_synthetic": data.synthetic, "best_checkpoint": best_checkpoint,
+            "versions": versions, "git_commit": git_commit}
+
+
+# --- files -------------------------------------------------------------------------------
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a local path or an s3:// / gs:// URI."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    import os
+
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def write_atomic(table: pa.Table, uri: str) -> None:
+    """Write a Parquet file so that readers see the old file or the new one, never half of one."""
+    fs, path = filesystem(uri)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, path)
+
+
+def read_table(uri: str) -> pa.Table | None:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    return pq.read_table(path, filesystem=fs)
+
+
+def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    rows = list(rows)
+    return pa.table({f.name: pa.array([_cell(r.get(f.name), f.type) for r in rows], type=f.type)
+                     for f in schema}, schema=schema)
+
+
+def _cell(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_floating(kind):
+        return float(value)
+    if pa.types.is_integer(kind):
+        return int(value)
+    if pa.types.is_boolean(kind):
+        return bool(value)
+    return str(value)
+
+
+def copy_file(src_fs: pafs.FileSystem, src: str, dest_uri: str) -> None:
+    fs, dest = filesystem(dest_uri)
+    fs.create_dir(posixpath.dirname(dest), recursive=True)
+    pafs.copy_files(src, dest, source_filesystem=src_fs, destination_filesystem=fs)
+
+
+def delete_dir(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+
+
+# --- provenance --------------------------------------------------------------------------
+
+def versions() -> str:
+    """JSON of the versions that decide a trial's numbers."""
+    packages = ("fkd-sweep", "torch", "torchvision", "numpy", "ray", "optuna", "pandas", "pyarrow")
+    found = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = ""
+    return json.dumps(found, sort_keys=True)
+
+
+def git_commit() -> str:
+    """HEAD of this checkout, with "-dirty" when tracked files differ; "" outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    try:
+        head = git("rev-parse", "HEAD")
+        return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# --- the Tune callback -------------------------------------------------------------------
+
+class ResultsWriter(Callback):
+    """Collects epoch rows, records each trial when it ends, rewrites both Parquet files.
+
+    Holds only plain data, because Tune pickles callbacks with the experiment; ``setup`` reloads
+    what earlier runs of the same experiment wrote, so ``--resume`` keeps them.
+    """
+
+    def __init__(self, results_uri: str, experiment: str, data: Mapping[str, DataInfo], *,
+                 log: Callable[[str], None] | None = print, total: int | None = None):
+        self.results_uri = results_uri.rstrip("/")
+        self.experiment = experiment
+        self.data = dict(data)
+        self.log = log
+        self.total = total
+        self.versions = versions()
+        self.git_commit = git_commit()
+        self.rows: dict[str, dict[int, dict[str, Any]]] = {}
+        self.records: dict[str, dict[str, Any]] = {}
+        self.last_done: dict[str, bool] = {}
+        self.devices: dict[str, tuple[str, str]] = {}
+
+    def uri(self, name: str) -> str:
+        return f"{self.results_uri}/{name}"
+
+    # Tune hooks ---------------------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        trials, epochs = read_table(self.uri(TRIALS_FILE)), read_table(self.uri(EPOCHS_FILE))
+        for rec in trials.to_pylist() if trials is not None else []:
+            self.records[rec["trial_id"]] = rec
+        for row in epochs.to_pylist() if epochs is not None else []:
+            self.rows.setdefault(row.pop("trial_id"), {})[int(row[M.EPOCH])] = row
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        row = {k: result.get(k) for k in M.EPOCH_ROW_KEYS}
+        self.rows.setdefault(trial.trial_id, {})[int(row[M.EPOCH])] = row
+        # Tune marks the result it decides to stop on as done before callbacks see it; a trial
+        # that returns on its own ends with a duplicate result callbacks never see.
+        self.last_done[trial.trial_id] = bool(result.get("done"))
+        self.devices[trial.trial_id] = (result.get(DEVICE, ""), result.get(DEVICE_NAME, ""))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.record(trial, error=None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.record(trial, error=_error_message(trial))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.log:
+            epoch = max(self.rows.get(trial.trial_id, {0: None}))
+            self.log(f"      {trial.trial_id} failed after epoch {epoch} "
+                     f"({_error_message(trial)}); retrying from its last checkpoint")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.write()
+
+    # recording ----------------------------------------------------------------------------
+    def record(self, trial: Any, error: str | None) -> None:
+        cfg = TrialConfig(**trial.config["cfg"])
+        rows = list(self.rows.get(trial.trial_id, {}).values())
+        last = trial.last_result or {}
+        status = trial_status(rows, cfg.max_epochs, error=error,
+                              stopped_by_tune=self.last_done.get(trial.trial_id, False))
+        device, device_name = self.devices.get(trial.trial_id, ("", ""))
+        rec = trial_record(
+            trial_id=trial.trial_id, experiment=self.experiment, cfg=cfg, rows=rows, status=status,
+            error=error, wall_seconds=float(last.get("time_total_s", 0.0)),
+            node=str(last.get("hostname", "")), device=device, device_name=device_name,
+            data=self.data[data_key(cfg)], best_checkpoint=self._keep_best(trial),
+            versions=self.versions, git_commit=self.git_commit)
+        self.records[trial.trial_id] = rec
+        self._prune_checkpoints()
+        self.write()
+        if self.log:
+            self.log(progress_line(rec, len(self.records), self.total))
+
+    def _keep_best(self, trial: Any) -> str:
+        """Copy best.pt of the trial's last checkpoint into the results folder."""
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return ""
+        src = posixpath.join(checkpoint.path, "best.pt")
+        if checkpoint.filesystem.get_file_info(src).type != pafs.FileType.File:
+            return ""
+        rel = f"checkpoints/{trial.trial_id}/best.pt"
+        copy_file(checkpoint.filesystem, src, self.uri(rel))
+        return rel
+
+    def _prune_checkpoints(self) -> None:
+        """Keep best.pt only for the KEEP_CHECKPOINTS best trials of each arm."""
+        by_arm: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for rec in self.records.values():
+            if rec["best_checkpoint"]:
+                shape = rec["shape"] if rec["alpha"] > 0 else "none"
+                by_arm.setdefault((rec["loss"], shape), []).append(rec)
+        for recs in by_arm.values():
+            recs.sort(key=lambda r: _sort_key(r["best_val_rmse_px"]))
+            for rec in recs[KEEP_CHECKPOINTS:]:
+                delete_dir(self.uri(posixpath.dirname(rec["best_checkpoint"])))
+                rec["best_checkpoint"] = ""
+
+    def merge_rows(self, trial_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Add rows Tune kept in its own files (epochs reported before a --resume)."""
+        known = self.rows.setdefault(trial_id, {})
+        for row in rows:
+            known.setdefault(int(row[M.EPOCH]), {k: row.get(k) for k in M.EPOCH_ROW_KEYS})
+
+    def refresh_metrics(self) -> None:
+        """Recompute best/final metrics of recorded trials from their (merged) rows."""
+        for trial_id, rec in self.records.items():
+            rows = list(self.rows.get(trial_id, {}).values())
+            if rows:
+                rec.update(metric_summary(rows))
+
+    def write(self) -> None:
+        write_atomic(to_table(self.records.values(), trial_schema()), self.uri(TRIALS_FILE))
+        epochs = [{"trial_id": t, **row} for t, by_epoch in self.rows.items()
+                  for _, row in sorted(by_epoch.items())]
+        write_atomic(to_table(epochs, epoch_schema()), self.uri(EPOCHS_FILE))
+
+
+def _sort_key(value: float | None) -> float:
+    return math.inf if value is None or math.isnan(value) else value
+
+
+def _error_message(trial: Any) -> str:
+    """The last line of the trial's traceback (e.g. "RuntimeError: boom"), or its class."""
+    text = ""
+    try:
+        if trial.error_file:
+            with open(trial.error_file) as f:
+                text = f.read()
+    except OSError:
+        pass
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "trial failed")[:500]
+
+
+def progress_line(rec: Mapping[str, Any], done: int, total: int | None) -> str:
+    """One compact line per finished trial."""
+    count = f"[{done:>3}/{total}]" if total else f"[{done:>3}]"
+    best = rec["best_val_rmse_px"]
+    score = f"best {best:6.3f} px @{rec['best_epoch']}" if best is not None and math.isfinite(best) \
+        else "no finite val RMSE"
+    error = f"  {rec['error']}" if rec["error"] else ""
+    return (f"{count} {rec['trial_id']} {rec['backbone']:<12} {rec['loss_label']:<22} "
+            f"aug={rec['augment']:<6} seed={rec['seed']}  {score}  {rec['status']} after "
+            f"{rec['epochs']} ep, {rec['wall_seconds']:.0f}s{error}")
+

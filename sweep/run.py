@@ -1,0 +1,476 @@
+"""Run a sweep: Ray Tune schedules fkd_core.train trials, Optuna proposes them, ASHA stops the
+weak ones early, and every trial and epoch lands in Parquet.
+
+    python -m sweep.run --cluster clusters/local.yaml             # `quick` on synthetic faces
+    python -m sweep.run --cluster clusters/local.yaml --space rigidity --name synthetic-rigidity
+    python -m sweep.run --cluster clusters/local.yaml --data ../shared/data/fkd-yt15/training.csv.gz \
+        --name fkd-yt15-quick --seeds 3 --max-epochs 30
+    python -m sweep.run --cluster clusters/local.yaml --name fkd-yt15-quick --resume
+
+Writes <results-dir>/<name>/: trials.parquet, epochs.parquet, optuna.db (optuna-dashboard
+sqlite:///.../optuna.db), sweep.json (how it was run), checkpoints/<trial>/best.pt, ray/ (Tune's
+experiment: trial checkpoints and state for --resume). Read them with python -m sweep.analyze.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fkd_core import metrics as M
+from sweep import results as R
+from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
+from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
+from sweep.trainable import TrainFn, share, train_trial
+
+SWEEP_FILE = "sweep.json"
+OPTUNA_FILE = "optuna.db"
+# A trial that raises is retried this many times from its last checkpoint, then recorded as error.
+MAX_FAILURES = 2
+# Smoke test: the whole pipeline in well under 2 minutes on 2 cores.
+SMOKE = {"fixed": {"backbone": "small_cnn", "synth_n": 300}, "max_epochs": 2, "seeds": 1,
+         "num_samples": 4}
+_SYNTH_FIELDS = ("synth_n", "synth_seed", "synth_pose")
+
+
+class UsageError(ValueError):
+    """A problem with the command line or its files; reported as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a sweep needs once the command line and cluster file are resolved."""
+
+    name: str
+    space: Space
+    results_uri: str
+    """<results-dir>/<name>: a local folder or an s3:// / gs:// URI."""
+    storage_path: str
+    """Ray Tune's storage_path; the experiment lives in <storage_path>/<name>."""
+    resources: dict[str, float]
+    max_concurrent: int | None = None
+    resume: bool = False
+    tpe_seed: int = 0
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
+    def optuna_path(self) -> Path:
+        """SQLite file of the study: in the results folder, or a local cache for URIs."""
+        if "://" in self.results_uri:
+            return Path.home() / ".cache" / "fkd-sweep" / self.name / OPTUNA_FILE
+        return Path(self.results_uri) / OPTUNA_FILE
+
+
+@dataclass
+class Outcome:
+    settings: Settings
+    trials: Any                   # pandas DataFrame of trials.parquet
+    fit_seconds: float
+    paths: dict[str, str]
+
+
+# --- command line ------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every usage error here
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m sweep.run", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cluster", default="clusters/local.yaml",
+                   help="clusters/local.yaml (start Ray here), or a `ray up` file / KubeRay "
+                        "manifest (join the running cluster). Default: %(default)s")
+    p.add_argument("--space", default="quick",
+                   help="named space (quick, study, full, reproduce, rigidity) or a YAML file of "
+                        "the same form (sweep/spaces/). Default: %(default)s")
+    p.add_argument("--data", help="Kaggle training CSV (.csv/.csv.gz/.zip), image-folder CSV, or "
+                                  "'synthetic' (the embedded faces). Default: the space's data")
+    p.add_argument("--name", help="experiment name = results folder name. Default: "
+                                  "<space>-<data>-<date-time>; required with --resume")
+    p.add_argument("--num-samples", type=int, help="trials to run. Default: one per grid cell "
+                   "and seed; beyond that TPE proposes the rest")
+    p.add_argument("--max-epochs", type=int, help="epoch budget of every trial (and ASHA's max_t)")
+    p.add_argument("--seeds", type=int, help="training seeds per cell (paired across losses)")
+    p.add_argument("--cpus-per-trial", type=float, help="cores per trial (cluster file default)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU per trial; 0.25 packs four trials "
+                   "on one GPU (Ray does not isolate their memory). Default: cluster file")
+    p.add_argument("--storage", help="Ray Tune storage for trial checkpoints and experiment "
+                   "state: a path, s3://bucket/prefix or gs://bucket/prefix (needed on "
+                   "multi-node clusters). Default: <results-dir>/<name>/ray")
+    p.add_argument("--results-dir", help="where <name>/ goes: a path or an s3:// / gs:// URI. "
+                   "Default: the cluster file's results_dir, or --storage when it is a URI")
+    p.add_argument("--resume", action="store_true", help="continue the experiment --name after "
+                   "Ctrl-C or a crash: finished trials are kept, running ones resume from their "
+                   "checkpoints; the space and options come from its sweep.json")
+    p.add_argument("--smoke-test", action="store_true", help="4 tiny trials of 2 epochs "
+                   "(small_cnn, 300 synthetic faces): checks the whole pipeline in < 2 minutes")
+    p.add_argument("--tpe-seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    return p
+
+
+def resolve(args: argparse.Namespace, cluster: ClusterSpec, cluster_gpus: float,
+            cluster_cpus: float) -> Settings:
+    """Settings from the parsed command line, the cluster file and the cluster's size."""
+    if args.resume:
+        return _resumed(args, cluster)
+    space = _space(args)
+    name = args.name or f"{space.name}-{_data_tag(space)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    root = args.results_dir or (args.storage if args.storage and "://" in args.storage
+                                else cluster.results_dir)
+    results_uri = f"{root.rstrip('/')}/{name}"
+    if R.read_table(f"{results_uri}/{R.TRIALS_FILE}") is not None or \
+            _exists(f"{results_uri}/{SWEEP_FILE}"):
+        raise UsageError(f"{results_uri} already holds a sweep: add --resume to continue it, "
+                         "or pick another --name")
+    return Settings(name=name, space=space, results_uri=results_uri,
+                    storage_path=_storage(args, cluster, results_uri),
+                    resources=_resources(args, cluster, cluster_gpus),
+                    max_concurrent=_concurrency(args, cluster, cluster_gpus, cluster_cpus),
+                    tpe_seed=args.tpe_seed, command=sys.argv[:])
+
+
+def _space(args: argparse.Namespace) -> Space:
+    space = get_space(args.space)
+    fixed: dict[str, Any] = {}
+    num_samples, max_epochs, seeds = args.num_samples, args.max_epochs, args.seeds
+    if args.smoke_test:
+        fixed.update(SMOKE["fixed"])
+        num_samples = num_samples or SMOKE["num_samples"]
+        max_epochs, seeds = max_epochs or SMOKE["max_epochs"], seeds or SMOKE["seeds"]
+    if args.data:
+        fixed["data"] = args.data
+    for opt, value in (("--num-samples", num_samples), ("--max-epochs", max_epochs),
+                       ("--seeds", seeds)):
+        if value is not None and value < 1:
+            raise UsageError(f"{opt} must be >= 1, got {value}")
+    space = space.with_overrides(fixed=fixed, seeds=seeds, max_epochs=max_epochs,
+                                 num_samples=num_samples)
+    _check_data(space)
+    return space
+
+
+def _check_data(space: Space) -> None:
+    """A space that varies the synthetic generator means nothing on a real data set."""
+    data = space.fixed.get("data", "synthetic")
+    varied = sorted({f for axis in space.axes.values() for fields in axis.values()
+                     for f in fields if f in _SYNTH_FIELDS})
+    if data != "synthetic" and varied:
+        raise UsageError(f"space {space.name} varies {varied}, which only the synthetic faces "
+                         f"have; drop --data {data}")
+    if data != "synthetic" and "://" not in data and not Path(data).exists():
+        raise UsageError(f"--data {data}: no such file")
+
+
+def _data_tag(space: Space) -> str:
+    data = space.fixed.get("data", "synthetic")
+    return "synthetic" if data == "synthetic" else Path(data).name.split(".")[0]
+
+
+def _storage(args: argparse.Namespace, cluster: ClusterSpec, results_uri: str) -> str:
+    if args.storage:
+        return args.storage if "://" in args.storage else os.path.abspath(args.storage)
+    if cluster.multi_node:
+        raise UsageError(f"{cluster.path} is a multi-node cluster: pass --storage s3://... or "
+                         "gs://... (or an NFS path) so that every node reaches the checkpoints")
+    return f"{results_uri}/ray" if "://" in results_uri else os.path.abspath(f"{results_uri}/ray")
+
+
+def _resources(args: argparse.Namespace, cluster: ClusterSpec, cluster_gpus: float
+               ) -> dict[str, float]:
+    res = per_trial_resources(cluster, cluster_gpus)
+    if args.cpus_per_trial is not None:
+        res["cpu"] = args.cpus_per_trial
+    if args.gpus_per_trial is not None:
+        res["gpu"] = args.gpus_per_trial
+    if res["cpu"] <= 0 or res["gpu"] < 0:
+        raise UsageError(f"need --cpus-per-trial > 0 and --gpus-per-trial >= 0, got {res}")
+    if res["gpu"] > 0 and cluster_gpus == 0 and not cluster.multi_node:
+        raise UsageError(f"--gpus-per-trial {res['gpu']:g}: Ray sees no GPU on this machine")
+    return res
+
+
+def _concurrency(args: argparse.Namespace, cluster: ClusterSpec, cluster_gpus: float,
+                 cluster_cpus: float) -> int | None:
+    """Trials at once: what the machine holds (local) or the cluster file promises (cloud).
+
+    Tune lets a custom searcher have one pending trial unless told this, which would keep an
+    autoscaling cluster from growing more than a node at a time.
+    """
+    if cluster.multi_node:
+        return cluster.max_trials_at_once
+    res = _resources(args, cluster, cluster_gpus)
+    slots = int(cluster_cpus // res["cpu"])
+    if res["gpu"] > 0:
+        slots = min(slots, int(cluster_gpus // res["gpu"]))
+    return max(slots, 1)
+
+
+def _resumed(args: argparse.Namespace, cluster: ClusterSpec) -> Settings:
+    if not args.name:
+        raise UsageError("--resume needs --name (the folder under the results directory)")
+    clashing = [o for o, v in (("--space", args.space != "quick"), ("--data", args.data),
+                               ("--num-samples", args.num_samples), ("--seeds", args.seeds),
+                               ("--max-epochs", args.max_epochs),
+                               ("--smoke-test", args.smoke_test)) if v]
+    if clashing:
+        raise UsageError(f"--resume continues the sweep as saved in its {SWEEP_FILE}; "
+                         f"drop {' '.join(clashing)}")
+    root = args.results_dir or (args.storage if args.storage and "://" in args.storage
+                                else cluster.results_dir)
+    uri = f"{root.rstrip('/')}/{args.name}"
+    saved = _read_json(f"{uri}/{SWEEP_FILE}")
+    if saved is None:
+        raise UsageError(f"{uri}/{SWEEP_FILE} not found: nothing to resume under --name {args.name}")
+    return Settings(name=args.name, space=from_dict(saved["space"], origin=f"{uri}/{SWEEP_FILE}"),
+                    results_uri=uri, storage_path=saved["storage_path"],
+                    resources=saved["resources"], max_concurrent=saved["max_concurrent"],
+                    resume=True, tpe_seed=saved["tpe_seed"], command=sys.argv[:])
+
+
+# --- files next to the Parquet results ------------------------------------------------------
+
+def _exists(uri: str) -> bool:
+    fs, path = R.filesystem(uri)
+    import pyarrow.fs as pafs
+
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _read_json(uri: str) -> dict[str, Any] | None:
+    if not _exists(uri):
+        return None
+    fs, path = R.filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+def _write_json(uri: str, payload: dict[str, Any]) -> None:
+    fs, path = R.filesystem(uri)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(payload, indent=2, default=str).encode())
+
+
+def save_settings(s: Settings, data_sets: dict[str, R.DataInfo]) -> None:
+    _write_json(f"{s.results_uri}/{SWEEP_FILE}", {
+        "name": s.name, "space": s.space.to_dict(), "storage_path": s.storage_path,
+        "resources": s.resources, "max_concurrent": s.max_concurrent, "tpe_seed": s.tpe_seed,
+        "command": s.command, "data": {k: vars(v) for k, v in data_sets.items()},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z")})
+
+
+# --- the sweep ---------------------------------------------------------------------------
+
+def load_data(space: Space) -> dict[str, Any]:
+    """Each distinct data set of the space, loaded once, keyed by data_key."""
+    from fkd_core.data import load_for_config
+
+    return {data_key(cfg): load_for_config(cfg) for cfg in space.data_configs()}
+
+
+def data_info(data_sets: dict[str, Any]) -> dict[str, R.DataInfo]:
+    return {k: R.DataInfo(d.source, d.content_hash, bool(d.synthetic)) for k, d in data_sets.items()}
+
+
+def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | None = None,
+              callbacks: Sequence[Any] = (), log: Callable[[str], None] | None = print) -> Outcome:
+    """Run (or resume) the sweep on the Ray cluster this process is connected to."""
+    from ray import tune
+
+    info = data_info(data_sets)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, datasets={k: share(d) for k, d in data_sets.items()},
+                             train_fn=train_fn),
+        {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
+    if s.resume:
+        tuner = tune.Tuner.restore(s.experiment_path, trainable=trainable, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        save_settings(s, info)
+        tuner = _new_tuner(s, trainable, info, callbacks, log)
+    start = time.perf_counter()
+    grid = tuner.fit()
+    fit_seconds = time.perf_counter() - start
+    trials = _finalize(s, info, grid)
+    return Outcome(s, trials, fit_seconds, _paths(s))
+
+
+def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
+               callbacks: Sequence[Any], log: Callable[[str], None] | None) -> Any:
+    from ray import tune
+
+    space = s.space
+    writer = R.ResultsWriter(s.results_uri, s.name, info, log=log, total=space.trials)
+    scheduler = (tune.schedulers.ASHAScheduler(
+        time_attr=M.EPOCH, max_t=space.max_epochs, grace_period=space.asha.grace_period,
+        reduction_factor=space.asha.reduction_factor) if space.asha else tune.schedulers.FIFOScheduler())
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_searcher(s), scheduler=scheduler, num_samples=space.trials,
+            metric=M.OBJECTIVE, mode="min", max_concurrent_trials=s.max_concurrent,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=s.name, storage_path=s.storage_path, verbose=0, stop=_diverged,
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            # One checkpoint per trial: the latest, which holds best.pt too.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[writer, *callbacks]))
+
+
+def _searcher(s: Settings) -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s.optuna_path.parent.mkdir(parents=True, exist_ok=True)
+    # Concurrent trials: the constant liar keeps TPE from proposing what is already running.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=s.tpe_seed, constant_liar=True)
+    return OptunaSearch(
+        Sampler(s.space), metric=M.OBJECTIVE, mode="min", sampler=sampler, study_name=s.name,
+        storage=optuna.storages.RDBStorage(f"sqlite:///{s.optuna_path.resolve()}"),
+        # Only the grid points this sweep will run, so none waits forever in the study.
+        points_to_evaluate=s.space.cells()[:s.space.trials] or None)
+
+
+def _trial_name(trial: Any) -> str:
+    return trial.trial_id
+
+
+def _diverged(trial_id: str, result: dict[str, Any]) -> bool:
+    """Stopper: a diverged epoch ends the trial at once (train stops too; this makes sure)."""
+    return bool(result.get(M.DIVERGED))
+
+
+def _finalize(s: Settings, info: dict[str, R.DataInfo], grid: Any) -> Any:
+    """Merge every row Tune kept (also from before a --resume) and write the final files."""
+    writer = R.ResultsWriter(s.results_uri, s.name, info, log=None)
+    writer.setup()
+    for result in grid:
+        frame = result.metrics_dataframe
+        if frame is not None and M.EPOCH in frame and result.metrics:
+            writer.merge_rows(result.metrics["trial_id"], frame.to_dict("records"))
+    writer.refresh_metrics()
+    writer.write()
+    if "://" in s.results_uri and s.optuna_path.exists():
+        import pyarrow.fs as pafs
+
+        R.copy_file(pafs.LocalFileSystem(), str(s.optuna_path), f"{s.results_uri}/{OPTUNA_FILE}")
+    table = R.read_table(f"{s.results_uri}/{R.TRIALS_FILE}")
+    return table.to_pandas() if table is not None else None
+
+
+def _paths(s: Settings) -> dict[str, str]:
+    u = s.results_uri
+    return {"trials": f"{u}/{R.TRIALS_FILE}", "epochs": f"{u}/{R.EPOCHS_FILE}",
+            "optuna": f"{u}/{OPTUNA_FILE}", "settings": f"{u}/{SWEEP_FILE}",
+            "checkpoints": f"{u}/checkpoints/", "ray": s.experiment_path}
+
+
+# --- the end-of-sweep summary --------------------------------------------------------------
+
+def summary(outcome: Outcome) -> str:
+    """Best trials, MSE vs MSE + shape term, and the paths written."""
+    import pandas as pd
+
+    t = outcome.trials
+    lines = [f"\n{len(t)} trials in {outcome.fit_seconds:.0f} s: "
+             + ", ".join(f"{n} {st}" for st, n in t["status"].value_counts().items())]
+    ok = t[t[f"best_{M.VAL_RMSE}"].map(math.isfinite)]
+    cols = ["trial_id", "backbone", "augment", "loss_label", "seed", f"best_{M.VAL_RMSE}",
+            f"best_{M.VAL_NME}", f"best_{M.VAL_SHAPE}", "epochs", "status"]
+    lines += ["\nBest trials (val RMSE px):", ok.nsmallest(5, f"best_{M.VAL_RMSE}")[cols]
+              .to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+    arm = [f"{lo}+alpha*{sh}" if sh != "none" and a > 0 else lo
+           for lo, sh, a in zip(ok["loss"], ok["shape"], ok["alpha"])]
+    by_arm = ok.groupby(pd.Series(arm, index=ok.index, name="objective")).agg(trials=("trial_id", "size"),
+                                 best_rmse=(f"best_{M.VAL_RMSE}", "min"),
+                                 mean_rmse=(f"best_{M.VAL_RMSE}", "mean"),
+                                 mean_shape_err=(f"best_{M.VAL_SHAPE}", "mean"))
+    lines += ["\nCGD vs MSE (trials with a finite val RMSE; paired CIs: python -m sweep.analyze):",
+              by_arm.to_string(float_format=lambda v: f"{v:.4g}")]
+    lines += ["\nWrote:"] + [f"  {k:<12}{v}" for k, v in outcome.paths.items()]
+    lines += [f"\nNext: python -m sweep.analyze {outcome.settings.results_uri}   |   "
+              f"optuna-dashboard sqlite:///{outcome.settings.optuna_path.resolve()}"]
+    return "\n".join(lines)
+
+
+def header(s: Settings, data_sets: dict[str, Any]) -> str:
+    data = "; ".join(f"{d.source}{' (synthetic)' if d.synthetic else ''}, {len(d)} faces"
+                     for d in data_sets.values())
+    res = f"{s.resources['cpu']:g} CPU" + (f" + {s.resources['gpu']:g} GPU" if s.resources["gpu"] else "")
+    verb = "Resuming" if s.resume else "Sweep"
+    return (f"{verb} {s.name}: {s.space.trials} trials, {res} each, up to "
+            f"{s.max_concurrent or 'as many as fit'} at once\n  space {describe(s.space)}\n"
+            f"  data {data}\n  results {s.results_uri}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # num_to_keep=1 snapshots the experiment at each checkpoint on purpose; don't warn about it.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    try:
+        args = build_parser().parse_args(argv)
+        cluster = load_cluster(args.cluster)
+        if not args.resume:
+            _space(args)   # a bad space or data path fails before Ray starts
+    except (UsageError, ClusterError, SpaceError) as err:
+        print(f"sweep.run: error: {err}", file=sys.stderr)
+        return 2
+    import ray
+
+    connect(cluster)
+    try:
+        return _main(args, cluster)
+    except (UsageError, SpaceError) as err:
+        print(f"sweep.run: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        ray.shutdown()
+
+
+def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
+    import optuna
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    resources = ray.cluster_resources()
+    s = resolve(args, cluster, resources.get("GPU", 0.0), resources.get("CPU", 1.0))
+    data_sets = _load_or_fail(s.space)
+    print(header(s, data_sets), flush=True)
+    outcome = run_sweep(s, data_sets)
+    if outcome.trials is None or outcome.trials.empty:
+        print("No trial finished.", file=sys.stderr)
+        return 1
+    print(summary(outcome))
+    if len(outcome.trials) < s.space.trials:
+        print(f"\n{s.space.trials - len(outcome.trials)} trials did not finish: continue with "
+              f"python -m sweep.run --cluster {cluster.path} --name {s.name} --resume")
+    return 0
+
+
+def _load_or_fail(space: Space) -> dict[str, Any]:
+    from fkd_core.data import DataError
+
+    try:
+        return load_data(space)
+    except (DataError, FileNotFoundError) as err:
+        raise UsageError(str(err).splitlines()[0]) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

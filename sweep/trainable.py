@@ -1,0 +1,113 @@
+"""The Ray Tune trainable: one trial = one call of fkd_core.train.train.
+
+It turns the Tune config into ``TrialConfig(**config["cfg"])``, takes the trial's data set from
+the dict that ``tune.with_parameters`` shared through the object store (numpy arrays, mapped
+from shared memory without a copy), and turns train's ``report(row)`` into ``tune.report`` with
+the epoch's checkpoint directory. On a retry, Tune hands back the last checkpoint and training
+continues from it.
+
+    tune.with_parameters(train_trial, datasets={data_key(cfg): share(data)})
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fkd_core.config import TrialConfig
+from sweep.spaces import data_key
+
+# Extra keys every reported row carries besides fkd_core.metrics.EPOCH_ROW_KEYS.
+DEVICE = "device"
+DEVICE_NAME = "device_name"
+
+TrainFn = Callable[..., Any]
+
+
+def share(data: Any) -> Any:
+    """A copy of a KeypointData whose tensors are numpy arrays.
+
+    Ray maps numpy arrays straight from the node's shared-memory object store, so every trial
+    on a node reads one copy; torch tensors would be unpickled into each trial's own memory.
+    """
+    import torch
+
+    arrays = {f.name: getattr(data, f.name).numpy() for f in dataclasses.fields(data)
+              if isinstance(getattr(data, f.name), torch.Tensor)}
+    return _replace(data, arrays)
+
+
+def unshare(data: Any) -> Any:
+    """The KeypointData again, its tensors viewing the shared (read-only) arrays."""
+    import torch
+
+    with warnings.catch_warnings():
+        # The arrays are read-only views of shared memory; training never writes into them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = {f.name: torch.from_numpy(getattr(data, f.name)) for f in dataclasses.fields(data)
+                   if isinstance(getattr(data, f.name), np.ndarray)}
+    return _replace(data, tensors)
+
+
+def _replace(data: Any, values: dict[str, Any]) -> Any:
+    # object.__setattr__ on a shallow copy: replace() would rerun validation meant for tensors.
+    out = _shallow_copy(data)
+    for name, value in values.items():
+        object.__setattr__(out, name, value)
+    return out
+
+
+def _shallow_copy(data: Any) -> Any:
+    out = object.__new__(type(data))
+    for f in dataclasses.fields(data):
+        object.__setattr__(out, f.name, getattr(data, f.name))
+    return out
+
+
+def device_of(cfg: TrialConfig) -> tuple[str, str]:
+    """(device, its name) a trial trains on, as train resolves cfg.device."""
+    import torch
+
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return "cpu", platform.processor() or platform.machine()
+    index = torch.device("cuda" if cfg.device == "auto" else cfg.device).index or 0
+    return f"cuda:{index}", torch.cuda.get_device_name(index)
+
+
+def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
+                train_fn: TrainFn | None = None) -> None:
+    """Tune function trainable. ``train_fn`` defaults to fkd_core.train.train (tests swap it)."""
+    from ray import tune
+
+    if train_fn is None:
+        from fkd_core.train import train as train_fn
+    cfg = TrialConfig(**config["cfg"])
+    data = unshare(datasets[data_key(cfg)])
+    device, device_name = device_of(cfg)
+    # Local scratch for train's checkpoint.pt / best.pt; tune.report copies it to the trial's
+    # storage each epoch, so a retry on any node starts from the last reported epoch.
+    workdir = Path(tempfile.mkdtemp(prefix="fkd-trial-"))
+    try:
+        resume_from = _restore(tune.get_checkpoint(), workdir)
+
+        def report(row: dict[str, Any]) -> None:
+            tune.report({**row, DEVICE: device, DEVICE_NAME: device_name},
+                        checkpoint=tune.Checkpoint.from_directory(str(workdir)))
+
+        train_fn(cfg, data, report, checkpoint_dir=str(workdir), resume_from=resume_from)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _restore(checkpoint: Any, workdir: Path) -> str | None:
+    """Copy the last reported checkpoint (if any) into workdir; return it for resume_from."""
+    if checkpoint is None:
+        return None
+    checkpoint.to_directory(str(workdir))
+    return str(workdir)

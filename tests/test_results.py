@@ -1,0 +1,174 @@
+"""sweep.results: statuses, metric summaries, typed atomic Parquet, the writer callback, and the
+results/README.md examples."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fkd_core import metrics as M
+from fkd_core.config import TrialConfig, config_fields
+from sweep import results as R
+from sweep.spaces import data_key
+
+README = Path(__file__).resolve().parents[1] / "results" / "README.md"
+
+
+def row(epoch: int, rmse: float, diverged: bool = False) -> dict:
+    return {M.EPOCH: epoch, M.TRAIN_LOSS: rmse ** 2, M.VAL_LOSS: rmse ** 2, M.VAL_RMSE: rmse,
+            M.VAL_NME: rmse / 40, M.VAL_SHAPE: rmse / 2, M.LR: 1e-3, M.EPOCH_SECONDS: 1.0,
+            M.IMAGES_PER_S: 500.0, M.DIVERGED: diverged}
+
+
+@pytest.mark.parametrize("rows,kwargs,expected", [
+    ([row(1, 3.0)], {"error": "RuntimeError: boom", "stopped_by_tune": False}, "error"),
+    ([row(1, 3.0), row(2, math.inf, True)], {"error": None, "stopped_by_tune": True}, "diverged"),
+    ([row(e, 3.0) for e in range(1, 5)], {"error": None, "stopped_by_tune": True}, "completed"),
+    ([row(1, 3.0), row(2, 2.5)], {"error": None, "stopped_by_tune": True}, "asha_stopped"),
+    ([row(1, 3.0), row(2, 2.5)], {"error": None, "stopped_by_tune": False}, "early_stopped"),
+])
+def test_trial_status(rows, kwargs, expected):
+    assert R.trial_status(rows, max_epochs=4, **kwargs) == expected
+
+
+def test_metric_summary_takes_every_best_metric_at_the_best_epoch():
+    rows = [row(1, 5.0), row(2, 2.0), row(3, 4.0)]
+    rows[2][M.VAL_SHAPE] = 0.1          # a better shape error elsewhere is not the best epoch's
+    s = R.metric_summary(rows)
+    assert (s["best_epoch"], s["best_val_rmse_px"], s["best_val_shape_err_px"]) == (2, 2.0, 1.0)
+    assert s["best_val_nme"] == pytest.approx(2.0 / 40)
+    assert (s["final_val_rmse_px"], s["final_val_shape_err_px"], s["epochs"]) == (4.0, 0.1, 3)
+
+
+def test_metric_summary_of_a_trial_that_only_diverged():
+    s = R.metric_summary([row(1, math.inf, True)])
+    assert s["best_val_rmse_px"] == math.inf and s["best_epoch"] is None
+    assert math.isnan(s["best_val_nme"]) and s["epochs"] == 1
+
+
+def record(trial_id: str = "t1", cfg: TrialConfig | None = None, **kw) -> dict:
+    cfg = cfg or TrialConfig(shape="cgd", alpha=0.01, max_epochs=2)
+    base = dict(trial_id=trial_id, experiment="x", cfg=cfg, rows=[row(1, 3.0), row(2, 2.0)],
+                status="completed", error=None, wall_seconds=1.5, node="n", device="cpu",
+                device_name="x86_64", data=R.DataInfo("synthetic(n=2000)", "ab", True),
+                best_checkpoint="", versions="{}", git_commit="abc")
+    return R.trial_record(**{**base, **kw})
+
+
+def test_trials_table_is_typed_and_rebuilds_the_trial_config(tmp_path):
+    uri = str(tmp_path / "trials.parquet")
+    R.write_atomic(R.to_table([record()], R.trial_schema()), uri)
+    table = pq.read_table(uri)
+    kinds = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+    for name, kind in config_fields().items():
+        assert table.schema.field(name).type == kinds[kind], name
+    got = table.to_pylist()[0]
+    cfg = TrialConfig(**{k: got[k] for k in config_fields()})
+    assert cfg.loss_label == got["loss_label"] == "mse+0.01*cgd" and cfg.device == "cpu"
+    assert got["best_val_rmse_px"] == 2.0 and got["best_epoch"] == 2
+    assert list(tmp_path.iterdir()) == [tmp_path / "trials.parquet"]   # no temporary left
+
+
+def test_atomic_write_replaces_through_a_filesystem_uri(tmp_path):
+    uri = (tmp_path / "sub" / "epochs.parquet").as_uri()         # file:// takes the URI path
+    for n in (3, 5):
+        rows = [{"trial_id": "t", **row(e, 2.0)} for e in range(1, n + 1)]
+        R.write_atomic(R.to_table(rows, R.epoch_schema()), uri)
+        assert R.read_table(uri).num_rows == n
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["epochs.parquet"]
+
+
+def fake_trial(trial_id: str, cfg: TrialConfig, ckpt_dir: Path | None, error_file: str = ""):
+    import pyarrow.fs as pafs
+
+    checkpoint = SimpleNamespace(path=str(ckpt_dir), filesystem=pafs.LocalFileSystem()) \
+        if ckpt_dir else None
+    return SimpleNamespace(trial_id=trial_id, config={"cfg": cfg.to_dict()}, checkpoint=checkpoint,
+                           last_result={"time_total_s": 4.0, "hostname": "node-a"},
+                           error_file=error_file)
+
+
+def test_writer_records_trials_keeps_best_checkpoints_and_reloads(tmp_path):
+    cfg = TrialConfig(max_epochs=3)
+    info = {data_key(cfg): R.DataInfo("synthetic(n=2000)", "ab", True)}
+    out = tmp_path / "res"
+    writer = R.ResultsWriter(str(out), "x", info, log=None)
+    writer.setup()
+    for i in range(5):                                # 5 MSE trials: the 3 best keep best.pt
+        ckpt = tmp_path / f"ck{i}"
+        ckpt.mkdir()
+        (ckpt / "best.pt").write_bytes(b"w")
+        trial = fake_trial(f"t{i}", cfg.replace(seed=i), ckpt)
+        for e in range(1, 4):
+            writer.on_trial_result(0, [], trial, {**row(e, 10.0 - i - e), "done": False,
+                                                  "device": "cpu", "device_name": "x86"})
+        writer.on_trial_complete(0, [], trial)
+    err = tmp_path / "error.txt"
+    err.write_text("Traceback (most recent call last):\n  ...\nRuntimeError: boom\n")
+    bad = fake_trial("t9", cfg, None, str(err))
+    writer.on_trial_result(0, [], bad, {**row(1, 9.0), "done": False})
+    writer.on_trial_error(0, [], bad)
+
+    trials = R.read_table(str(out / R.TRIALS_FILE)).to_pandas().set_index("trial_id")
+    assert len(trials) == 6 and R.read_table(str(out / R.EPOCHS_FILE)).num_rows == 16
+    assert trials.loc["t9", "status"] == "error" and trials.loc["t9", "error"] == "RuntimeError: boom"
+    assert set(trials.loc[["t0", "t1", "t2", "t3", "t4"], "status"]) == {"completed"}
+    kept = trials[trials.best_checkpoint != ""].index
+    assert sorted(kept) == ["t2", "t3", "t4"]         # the lowest val RMSE
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["t2", "t3", "t4"]
+    assert trials.loc["t4", "node"] == "node-a" and trials.loc["t4", "wall_seconds"] == 4.0
+    assert json.loads(trials.loc["t4", "versions"])["pyarrow"] == pa.__version__
+
+    again = R.ResultsWriter(str(out), "x", info, log=None)
+    again.setup()                                     # what --resume starts from
+    assert len(again.records) == 6 and sum(len(r) for r in again.rows.values()) == 16
+
+
+def test_stopped_by_tune_comes_from_the_done_flag_of_the_last_result(tmp_path):
+    cfg = TrialConfig(max_epochs=8)
+    writer = R.ResultsWriter(str(tmp_path), "x", {data_key(cfg): R.DataInfo("s", "h", True)},
+                             log=None)
+    for trial_id, done in (("asha", True), ("early", False)):
+        trial = fake_trial(trial_id, cfg, None)
+        writer.on_trial_result(0, [], trial, {**row(1, 3.0), "done": False})
+        writer.on_trial_result(0, [], trial, {**row(2, 3.0), "done": done})
+        writer.on_trial_complete(0, [], trial)
+    assert writer.records["asha"]["status"] == "asha_stopped"
+    assert writer.records["early"]["status"] == "early_stopped"
+
+
+def _readme_block(lang: str) -> str:
+    return re.search(rf"```{lang}\n(.*?)```", README.read_text(), re.S).group(1)
+
+
+@pytest.fixture
+def results_folder(tmp_path, monkeypatch):
+    """results/quick-synthetic/ as the README's examples expect, under a temporary cwd."""
+    folder = tmp_path / "results" / "quick-synthetic"
+    recs = [record("a", TrialConfig(max_epochs=2)),
+            record("b", TrialConfig(shape="cgd", alpha=0.1, max_epochs=2)),
+            record("c", TrialConfig(shape="cgd", alpha=0.1, max_epochs=2), status="error")]
+    R.write_atomic(R.to_table(recs, R.trial_schema()), str(folder / R.TRIALS_FILE))
+    rows = [{"trial_id": t, **row(e, 3.0 - e)} for t in "abc" for e in (1, 2)]
+    R.write_atomic(R.to_table(rows, R.epoch_schema()), str(folder / R.EPOCHS_FILE))
+    monkeypatch.chdir(tmp_path)
+    return folder
+
+
+def test_readme_duckdb_example_runs(results_folder):
+    duckdb = pytest.importorskip("duckdb")
+    got = duckdb.sql(_readme_block("sql")).fetchall()
+    # small_cnn without and with a shape term; the errored trial is left out.
+    assert got == [("small_cnn", False, 1, 2.0, 1.0, 2), ("small_cnn", True, 1, 2.0, 1.0, 2)]
+
+
+def test_readme_pandas_example_runs(results_folder, capsys):
+    namespace: dict = {}
+    exec(_readme_block("python"), namespace)
+    assert len(namespace["curve"]) == 6 and len(namespace["ok"]) == 2
