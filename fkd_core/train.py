@@ -1,0 +1,502 @@
+"""One trial: train a keypoint regressor on tensors that live on the device, report every epoch.
+
+    python -m fkd_core.train --data synthetic --backbone small_cnn --loss cgd --alpha 0.01 \\
+        --augment study --epochs 20 --out runs/cgd        # progress on stderr, files in runs/cgd
+    python -m fkd_core.train --data ../shared/data/fkd-yt15/training.csv.gz --epochs 5 --json
+
+    >>> from fkd_core.train import train
+    >>> summary = train(TrialConfig(max_epochs=2), load_for_config(cfg), report=rows.append)
+
+The whole data set is moved to the device once as uint8; a batch is an index slice of it,
+converted and augmented there, so there are no DataLoader workers and no per-step host->device
+copy. Losses and metrics are summed on the device and read back once per epoch: no per-step
+host sync, so the GPU never waits on Python.
+
+Validation is always scored against the original labels with missing keypoints masked, whatever
+``cfg.missing`` does to the training targets: every missing policy is judged on the same targets.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from fkd_core import augment, metrics
+from fkd_core.config import TrialConfig
+from fkd_core.data import KeypointData, apply_missing, load_for_config, split_indices
+from fkd_core.losses import Loss, build_objective, parse_loss_spec
+from fkd_core.models import BACKBONES, WeightsUnavailable, build_model
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+_CHECKPOINT_FORMAT = 1
+Report = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainSummary:
+    """How a trial ended; ``epochs`` counts every epoch run, across resumes."""
+
+    best_val_rmse_px: float
+    best_val_nme: float
+    best_val_shape_err_px: float
+    best_epoch: int
+    final_val_rmse_px: float
+    final_val_nme: float
+    final_val_shape_err_px: float
+    epochs: int
+    stopped: str            # "max_epochs" | "early_stop" | "diverged"
+    wall_seconds: float
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- setup -------------------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as torch.device understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA ("auto") or when asked; None = plain fp32 (CPU bf16 is slower there)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def training_split(data: KeypointData, cfg: TrialConfig) -> tuple[KeypointData, KeypointData]:
+    """(train, val) rows. The missing policy touches the training rows only.
+
+    "ffill" fills over the whole file before the split, in file order, as the study did, so a
+    training face can inherit a validation face's points; validation keeps its true labels.
+    """
+    train_idx, val_idx = split_indices(len(data), cfg.val_fraction, cfg.split_seed, cfg.split)
+    source = apply_missing(data, "ffill") if cfg.missing == "ffill" else data
+    train_rows = source.subset(train_idx)
+    if cfg.missing == "drop":
+        train_rows = apply_missing(train_rows, "drop")
+    if len(train_rows) == 0 or len(val_idx) == 0:
+        raise ValueError(f"{data.source}: {len(train_rows)} training and {len(val_idx)} validation "
+                         f"rows after split={cfg.split!r}, missing={cfg.missing!r}; need at least one each")
+    return train_rows, data.subset(val_idx)
+
+
+def mean_face(keypoints: Tensor, image_size: int) -> Tensor:
+    """[K, 2] mean of each present keypoint over faces; the image centre for a never-present one."""
+    present = torch.isfinite(keypoints)
+    total = torch.where(present, keypoints, 0.0).sum(dim=0)
+    count = present.sum(dim=0)
+    return torch.where(count > 0, total / count.clamp(min=1), image_size / 2.0)
+
+
+def _optimizer(cfg: TrialConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+# --- one epoch ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Batches:
+    """Device tensors of one split: images uint8 [N, 1, S, S], keypoints float32 [N, K, 2] px."""
+
+    images: Tensor
+    keypoints: Tensor
+
+    @classmethod
+    def of(cls, data: KeypointData, device: torch.device) -> "Batches":
+        return cls(data.images.to(device, torch.uint8), data.keypoints.to(device, torch.float32))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def slice(self, idx: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
+        """(images float [B, 1, S, S] in [0, 1], keypoints [B, K, 2]) at the indices idx [B]."""
+        x = self.images.index_select(0, idx).float().div_(255.0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.keypoints.index_select(0, idx)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What the inner loop needs, so that it never reads the whole config."""
+
+    batch_size: int
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    augment: augment.AugmentParams | None
+    flip_perm: list[int]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Loss,
+                    data: Batches, steps: StepSettings, batch_gen: torch.Generator,
+                    aug_gen: torch.Generator) -> Tensor:
+    """One pass over data in a random order; returns the mean batch loss as a device scalar."""
+    model.train()
+    device = data.images.device
+    order = torch.randperm(len(data), generator=batch_gen, device=device)
+    loss_sum = torch.zeros((), device=device)
+    n_batches = 0
+    for start in range(0, len(data), steps.batch_size):
+        x, y = data.slice(order[start:start + steps.batch_size], steps.channels_last)
+        if steps.augment is not None:
+            x, y = augment.augment_batch(x, y, steps.augment, steps.flip_perm, aug_gen)
+        with _autocast(device, steps.amp_dtype):
+            pred = model(x)
+        loss = objective(pred.float(), y, torch.isfinite(y).all(dim=-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach()
+        n_batches += 1
+    return loss_sum / max(n_batches, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, objective: Loss, data: Batches, steps: StepSettings,
+             norm_pair: tuple[int, int] | None) -> dict[str, Any]:
+    """Validation loss and metrics over data in batches of the training size (seed_cgd's value
+    depends on the batch size, so val_loss stays comparable with train_loss)."""
+    model.eval()
+    device = data.images.device
+    acc = metrics.MetricAccumulator(norm_pair, device)
+    for start in range(0, len(data), steps.batch_size):
+        idx = torch.arange(start, min(start + steps.batch_size, len(data)), device=device)
+        x, y = data.slice(idx, steps.channels_last)
+        with _autocast(device, steps.amp_dtype):
+            pred = model(x).float()
+        mask = torch.isfinite(y).all(dim=-1)
+        acc.update(pred, y, mask, objective(pred, y, mask))
+    return acc.compute()
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    """Write-then-rename, so a reader (or a crash) never sees half a checkpoint."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, Any], best: bool) -> None:
+    """checkpoint.pt every epoch, plus best.pt when the epoch improved the best val RMSE."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _atomic_write(directory / CHECKPOINT, buffer.getvalue())
+    if best:
+        _atomic_write(directory / BEST, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file, or checkpoint.pt inside a directory; tensors and plain types only."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint file")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _rng_state(device: torch.device, batch_gen: torch.Generator, aug_gen: torch.Generator) -> dict:
+    state = {"cpu": torch.get_rng_state(), "batches": batch_gen.get_state(), "augment": aug_gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device, batch_gen: torch.Generator,
+                   aug_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["cpu"])
+    batch_gen.set_state(state["batches"])
+    aug_gen.set_state(state["augment"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# --- the trial ---------------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    """What survives an epoch boundary (and a checkpoint): best, last, patience counter, time."""
+
+    epoch: int = 0
+    best: dict[str, float] = dataclasses.field(default_factory=lambda: {
+        metrics.VAL_RMSE: math.inf, metrics.VAL_NME: math.inf, metrics.VAL_SHAPE: math.inf})
+    best_epoch: int = 0
+    last: dict[str, float] = dataclasses.field(default_factory=lambda: {
+        metrics.VAL_RMSE: math.inf, metrics.VAL_NME: math.inf, metrics.VAL_SHAPE: math.inf})
+    since_best: int = 0
+    wall_seconds: float = 0.0
+
+    def update(self, row: dict[str, Any]) -> bool:
+        """Record an epoch's row; True when it is the best so far."""
+        self.epoch = row[metrics.EPOCH]
+        self.last = {k: row[k] for k in metrics.VAL_METRICS}
+        if row[metrics.VAL_RMSE] < self.best[metrics.VAL_RMSE]:
+            self.best, self.best_epoch, self.since_best = dict(self.last), self.epoch, 0
+            return True
+        self.since_best += 1
+        return False
+
+    def patience_spent(self, patience: int) -> bool:
+        """Keras semantics: stop after `patience` epochs without a better val RMSE (0: the first)."""
+        return self.since_best > 0 and self.since_best >= patience
+
+    def summary(self, stopped: str, device: torch.device) -> TrainSummary:
+        return TrainSummary(
+            best_val_rmse_px=self.best[metrics.VAL_RMSE], best_val_nme=self.best[metrics.VAL_NME],
+            best_val_shape_err_px=self.best[metrics.VAL_SHAPE], best_epoch=self.best_epoch,
+            final_val_rmse_px=self.last[metrics.VAL_RMSE], final_val_nme=self.last[metrics.VAL_NME],
+            final_val_shape_err_px=self.last[metrics.VAL_SHAPE], epochs=self.epoch, stopped=stopped,
+            wall_seconds=self.wall_seconds, device=str(device))
+
+
+def _epoch_row(epoch: int, train_loss: float, val: dict[str, Any], lr: float, seconds: float,
+               images_per_s: float) -> dict[str, Any]:
+    """The reported row; a non-finite loss or metric becomes inf with diverged=True."""
+    values = {metrics.TRAIN_LOSS: train_loss, metrics.VAL_LOSS: val["loss"],
+              metrics.VAL_RMSE: val["rmse_px"], metrics.VAL_NME: val["nme"],
+              metrics.VAL_SHAPE: val["shape_err_px"]}
+    diverged = not all(math.isfinite(values[k]) for k in (metrics.TRAIN_LOSS, metrics.VAL_LOSS,
+                                                          metrics.VAL_RMSE))
+    if diverged:  # inf, not NaN: ASHA and Optuna cannot handle NaN (DESIGN.md)
+        values = {k: math.inf for k in values}
+    return {metrics.EPOCH: epoch, **values, metrics.LR: lr, metrics.EPOCH_SECONDS: seconds,
+            metrics.IMAGES_PER_S: images_per_s, metrics.DIVERGED: diverged}
+
+
+def _checkpoint_state(model: nn.Module, optimizer, scheduler, progress: Progress, rng: dict,
+                      cfg: TrialConfig, data: KeypointData) -> dict[str, Any]:
+    return {
+        "format": _CHECKPOINT_FORMAT, "epoch": progress.epoch,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "rng": rng,
+        "progress": dataclasses.asdict(progress),
+        "mean_face": model.mean_face.detach().cpu(), "image_size": data.images.shape[-1],
+        "num_keypoints": data.schema.num_keypoints, "schema": data.schema.name,
+        "config": cfg.to_dict(),
+        "data": {"source": data.source, "content_hash": data.content_hash, "synthetic": data.synthetic},
+    }
+
+
+def _check_resumable(state: dict[str, Any], cfg: TrialConfig, data: KeypointData) -> None:
+    saved = state["config"]
+    if state.get("format") != _CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {state.get('format')!r}; this version reads {_CHECKPOINT_FORMAT}")
+    if saved["backbone"] != cfg.backbone or state["num_keypoints"] != data.schema.num_keypoints:
+        raise ValueError(f"checkpoint is {saved['backbone']} with {state['num_keypoints']} keypoints; "
+                         f"the trial is {cfg.backbone} with {data.schema.num_keypoints}")
+
+
+def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
+          checkpoint_dir: str | None = None, resume_from: str | None = None) -> TrainSummary:
+    """Run one trial and call ``report(row)`` once per epoch (keys: metrics.EPOCH_ROW_KEYS).
+
+    Args:
+        cfg: every knob of the trial.
+        data: the whole labelled set; split and missing policy are applied here.
+        report: called after the epoch's checkpoint (if any) is written.
+        checkpoint_dir: write checkpoint.pt each epoch (and best.pt on improvement) there.
+        resume_from: a directory holding checkpoint.pt; training continues at its next epoch.
+
+    Returns:
+        TrainSummary; stopped is "max_epochs", "early_stop" or "diverged".
+    """
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    train_rows, val_rows = training_split(data, cfg)
+    image_size = data.images.shape[-1]
+    model = build_model(cfg.backbone, data.schema.num_keypoints, pretrained=cfg.pretrained,
+                        dropout=cfg.dropout, mean_face=mean_face(train_rows.keypoints, image_size),
+                        image_size=image_size).to(device)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(cfg, model.parameters())
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    batch_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    progress = Progress()
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=device)
+        _check_resumable(state, cfg, data)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], device, batch_gen, aug_gen)
+        progress = Progress(**state["progress"])
+    steps = StepSettings(
+        batch_size=cfg.batch_size, amp_dtype=autocast_dtype(cfg.precision, device),
+        channels_last=channels_last,
+        augment=None if cfg.augment == "none" else augment.params_for(cfg),
+        flip_perm=data.schema.flip_permutation())
+    net = torch.compile(model) if cfg.compile else model
+    objective = build_objective(cfg)
+    train_data, val_data = Batches.of(train_rows, device), Batches.of(val_rows, device)
+    wall_before = progress.wall_seconds   # time of the epochs before a resume
+    stopped = "early_stop" if progress.patience_spent(cfg.patience) else "max_epochs"
+    for epoch in range(progress.epoch + 1, cfg.max_epochs + 1):
+        if stopped == "early_stop":   # also when a resumed trial had already run out of patience
+            break
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(net, optimizer, objective, train_data, steps, batch_gen, aug_gen).item()
+        train_seconds = time.perf_counter() - t0
+        val = evaluate(net, objective, val_data, steps, data.schema.norm_pair) \
+            if math.isfinite(train_loss) else {"loss": math.inf, "rmse_px": math.inf,
+                                               "nme": math.inf, "shape_err_px": math.inf}
+        row = _epoch_row(epoch, train_loss, val, lr, time.perf_counter() - t0,
+                         len(train_data) / max(train_seconds, 1e-9))
+        if row[metrics.DIVERGED]:
+            # Stop at once and keep the last good checkpoint: resuming NaN weights is useless.
+            progress.epoch, progress.last = epoch, {k: math.inf for k in metrics.VAL_METRICS}
+            progress.wall_seconds = wall_before + time.perf_counter() - start
+            report(row)
+            return progress.summary("diverged", device)
+        improved = progress.update(row)
+        scheduler.step(row[metrics.VAL_LOSS])
+        progress.wall_seconds = wall_before + time.perf_counter() - start
+        if checkpoint_dir is not None:
+            rng = _rng_state(device, batch_gen, aug_gen)
+            save_checkpoint(checkpoint_dir, _checkpoint_state(model, optimizer, scheduler, progress,
+                                                              rng, cfg, data), improved)
+        report(row)
+        if progress.patience_spent(cfg.patience):
+            stopped = "early_stop"
+    progress.wall_seconds = wall_before + time.perf_counter() - start
+    return progress.summary(stopped, device)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line + exit 2, not the usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = TrialConfig()
+    p = _Parser(prog="python -m fkd_core.train", description="Train one keypoint model.")
+    p.add_argument("--data", default=defaults.data, help="training CSV (Kaggle or image-folder) or 'synthetic'")
+    p.add_argument("--backbone", default=defaults.backbone)
+    p.add_argument("--loss", default="mse", help="mse | wing | soft_wing | cgd | seed_cgd | wing+cgd ...")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="weight of the shape term (default 0.01, the study's, when --loss has one)")
+    p.add_argument("--augment", default=defaults.augment, help="none | study | study_exact | full")
+    p.add_argument("--epochs", type=int, default=defaults.max_epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--patience", type=int, default=defaults.patience)
+    p.add_argument("--missing", default=defaults.missing, help="mask | ffill | drop")
+    p.add_argument("--split", default=defaults.split, help="shuffle | tail")
+    p.add_argument("--synth-n", type=int, default=defaults.synth_n, help="faces when --data synthetic")
+    p.add_argument("--pretrained", action="store_true", help="ImageNet weights (torch cache)")
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", default=None, help="folder for best.pt, checkpoint.pt, metrics.csv, "
+                                               "summary.json (default runs/<time>-<backbone>-<loss>)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrialConfig:
+    base, shape = parse_loss_spec(args.loss)
+    alpha = (0.01 if shape != "none" else 0.0) if args.alpha is None else args.alpha
+    return TrialConfig(data=args.data, backbone=args.backbone, loss=base, shape=shape, alpha=alpha,
+                       augment=args.augment, max_epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, patience=args.patience, missing=args.missing, split=args.split,
+                       synth_n=args.synth_n, pretrained=args.pretrained, device=args.device,
+                       seed=args.seed)
+
+
+def _progress_line(row: dict[str, Any], max_epochs: int, tag: str) -> str:
+    flag = "  DIVERGED" if row[metrics.DIVERGED] else ""
+    return (f"[{tag}] epoch {row[metrics.EPOCH]:>3}/{max_epochs}  train_loss {row[metrics.TRAIN_LOSS]:.4g}"
+            f"  val_rmse {row[metrics.VAL_RMSE]:.3f} px  nme {row[metrics.VAL_NME]:.4f}"
+            f"  shape {row[metrics.VAL_SHAPE]:.3f} px  lr {row[metrics.LR]:.2g}"
+            f"  {row[metrics.EPOCH_SECONDS]:.1f} s  {row[metrics.IMAGES_PER_S]:.0f} img/s{flag}")
+
+
+def _strict_json(values: dict[str, Any]) -> str:
+    """JSON without Infinity/NaN tokens (strict parsers reject them): non-finite -> null."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+    return json.dumps(clean)
+
+
+def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
+    with open(out / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(metrics.EPOCH_ROW_KEYS))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        if cfg.backbone not in BACKBONES:   # before minutes of data loading, not after
+            raise ValueError(f"Unknown backbone {cfg.backbone!r}; valid: {sorted(BACKBONES)}")
+        out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.backbone}-{cfg.loss_label}")
+        if args.resume and not (out / CHECKPOINT).is_file():
+            raise FileNotFoundError(f"{out / CHECKPOINT}: nothing to resume (--resume needs --out)")
+        data = load_for_config(cfg)
+        tag = "synthetic" if data.synthetic else Path(data.source).name
+        print(f"[{tag}] {data.source}: {len(data)} faces, {data.schema.name}; {cfg.backbone}, "
+              f"loss {cfg.loss_label}, augment {cfg.augment}, device {resolve_device(cfg.device)}; "
+              f"writing to {out}", file=sys.stderr)
+        rows: list[dict[str, Any]] = []
+
+        def report(row: dict[str, Any]) -> None:
+            rows.append(row)
+            print(_progress_line(row, cfg.max_epochs, tag), file=sys.stderr, flush=True)
+
+        summary = train(cfg, data, report, checkpoint_dir=str(out),
+                        resume_from=str(out) if args.resume else None)
+    except (ValueError, OSError, WeightsUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    _write_metrics(out, rows)
+    (out / "summary.json").write_text(_strict_json(summary.to_dict()) + "\n")
+    print(f"[{tag}] {summary.stopped} after {summary.epochs} epochs: best val RMSE "
+          f"{summary.best_val_rmse_px:.3f} px at epoch {summary.best_epoch}; best model {out / BEST}",
+          file=sys.stderr)
+    if args.json:
+        print(_strict_json(summary.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""predict: a Kaggle submission from a real (one-epoch) checkpoint, and the prediction figure."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fkd_core import predict as predict_module
+from fkd_core.config import TrialConfig
+from fkd_core.data import load_dataset
+from fkd_core.schema import KAGGLE15
+from fkd_core.train import BEST, train
+
+N_TEST = 5
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    faces = load_dataset("synthetic", synth_n=120, synth_seed=0)
+    train(TrialConfig(synth_n=120, batch_size=32, max_epochs=1, device="cpu"), faces,
+          lambda row: None, checkpoint_dir=str(out))
+    return out / BEST
+
+
+@pytest.fixture(scope="module")
+def test_csv(tmp_path_factory):
+    """A Kaggle test.csv (ImageId,Image) of synthetic faces."""
+    images = load_dataset("synthetic", synth_n=N_TEST, synth_seed=7).images
+    pixels = images.reshape(N_TEST, -1).numpy()
+    path = tmp_path_factory.mktemp("kaggle") / "test.csv"
+    pd.DataFrame({"ImageId": np.arange(1, N_TEST + 1),
+                  "Image": [" ".join(map(str, row)) for row in pixels]}).to_csv(path, index=False)
+    return path
+
+
+def _lookup(path) -> pd.DataFrame:
+    rows = [(img, name) for img in (1, 3, 5) for name in KAGGLE15.columns[::3]]
+    table = pd.DataFrame(rows, columns=["ImageId", "FeatureName"])
+    table.insert(0, "RowId", np.arange(1, len(table) + 1))
+    table.to_csv(path, index=False)
+    return table
+
+
+def test_submission_has_one_row_per_lookup_row_within_the_image(checkpoint, test_csv, tmp_path):
+    lookup = _lookup(tmp_path / "IdLookupTable.csv")
+    out = tmp_path / "submission.csv"
+    code = predict_module.main(["--checkpoint", str(checkpoint), "--images", str(test_csv),
+                                "--lookup", str(tmp_path / "IdLookupTable.csv"), "--out", str(out),
+                                "--device", "cpu"])
+    assert code == 0
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == ["RowId", "Location"]
+    assert sub["RowId"].tolist() == lookup["RowId"].tolist()
+    assert sub["Location"].between(0, 96).all()
+
+
+def test_submission_without_lookup_covers_every_image_and_feature(checkpoint, test_csv, tmp_path):
+    out = tmp_path / "submission.csv"
+    assert predict_module.main(["--checkpoint", str(checkpoint), "--images", str(test_csv),
+                                "--out", str(out), "--device", "cpu"]) == 0
+    sub = pd.read_csv(out)
+    assert list(sub.columns) == ["RowId", "ImageId", "FeatureName", "Location"]
+    assert len(sub) == N_TEST * 30
+    assert sub["FeatureName"].iloc[:30].tolist() == list(KAGGLE15.columns)
+
+
+def test_locations_are_clipped_to_the_image():
+    pred = torch.tensor([[[-5.0, 50.0]] * 15])
+    pred[0, 1] = torch.tensor([120.0, 96.0])
+    table = predict_module.submission(pred, ["1"], KAGGLE15, 96)
+    assert table["Location"].min() == 0.0 and table["Location"].max() == 96.0
+
+
+def test_unknown_lookup_feature_is_one_line_exit_2(checkpoint, test_csv, tmp_path, capsys):
+    pd.DataFrame({"RowId": [1], "ImageId": [1], "FeatureName": ["chin_x"]}).to_csv(
+        tmp_path / "lookup.csv", index=False)
+    code = predict_module.main(["--checkpoint", str(checkpoint), "--images", str(test_csv),
+                                "--lookup", str(tmp_path / "lookup.csv"), "--out",
+                                str(tmp_path / "s.csv"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "chin_x" in err[0] and "row 1" in err[0]
+
+
+def test_model_round_trip_and_plot(checkpoint, tmp_path):
+    model = predict_module.load_model(checkpoint)
+    faces = load_dataset("synthetic", synth_n=6, synth_seed=3)
+    pred = predict_module.predict(model, faces.images, device="cpu")
+    assert pred.shape == (6, 15, 2) and torch.isfinite(pred).all()
+    path = predict_module.plot_predictions(faces.images, pred, faces.keypoints,
+                                           path=tmp_path / "faces.png", title="synthetic faces")
+    assert path.stat().st_size > 10_000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

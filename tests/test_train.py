@@ -1,0 +1,160 @@
+"""train(): real epochs on small synthetic sets; divergence, checkpoints, resume, host syncs, CLI."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from fkd_core import metrics, train as train_module
+from fkd_core.config import TrialConfig
+from fkd_core.data import load_dataset
+from fkd_core.train import BEST, CHECKPOINT, load_checkpoint, train
+
+# Small and fast: 8 training steps of 24 faces per epoch on the CPU.
+FAST = dict(synth_n=224, batch_size=24, device="cpu", patience=50)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return load_dataset("synthetic", synth_n=FAST["synth_n"], synth_seed=0)
+
+
+def _timeless(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in (metrics.EPOCH_SECONDS, metrics.IMAGES_PER_S)}
+
+
+def test_two_epochs_lower_the_loss_and_report_each_epoch(faces):
+    rows: list[dict] = []
+    summary = train(TrialConfig(**FAST, max_epochs=2), faces, rows.append)
+    assert [r[metrics.EPOCH] for r in rows] == [1, 2]
+    assert all(tuple(r) == metrics.EPOCH_ROW_KEYS for r in rows)
+    assert rows[1][metrics.TRAIN_LOSS] < rows[0][metrics.TRAIN_LOSS]
+    assert not any(r[metrics.DIVERGED] for r in rows)
+    assert summary.epochs == 2 and summary.stopped == "max_epochs"
+    assert summary.best_val_rmse_px == min(r[metrics.VAL_RMSE] for r in rows)
+    assert 0.0 < summary.final_val_nme < 1.0          # kaggle15 has a normalising pair
+
+
+@pytest.mark.parametrize("changes", [
+    dict(shape="seed_cgd", alpha=1e38),               # loss is inf from the first step
+    dict(optimizer="sgd", lr=1e4),                     # weights explode to NaN within the epoch
+])
+def test_exploding_loss_ends_as_diverged(faces, tmp_path, changes):
+    rows: list[dict] = []
+    summary = train(TrialConfig(**FAST, max_epochs=5, **changes), faces, rows.append,
+                    checkpoint_dir=str(tmp_path))
+    assert len(rows) == 1 and rows[0][metrics.DIVERGED] is True
+    assert rows[0][metrics.VAL_RMSE] == math.inf and rows[0][metrics.TRAIN_LOSS] == math.inf
+    assert summary.stopped == "diverged" and summary.epochs == 1
+    assert summary.best_val_rmse_px == math.inf
+    assert not (tmp_path / CHECKPOINT).exists()        # NaN weights are never saved
+
+
+def test_early_stopping_on_validation_rmse(faces, monkeypatch):
+    # Scripted validation RMSEs: best at epoch 2, then two epochs without improvement.
+    script = iter([5.0, 4.0, 4.5, 4.0, 3.0, 2.0])
+
+    def scripted_evaluate(*args, **kwargs):
+        rmse = next(script)
+        return {"loss": rmse ** 2, "rmse_px": rmse, "nme": 0.1, "shape_err_px": 1.0}
+
+    monkeypatch.setattr(train_module, "evaluate", scripted_evaluate)
+    rows: list[dict] = []
+    summary = train(TrialConfig(**{**FAST, "patience": 2}, max_epochs=6), faces, rows.append)
+    assert summary.stopped == "early_stop"
+    assert summary.epochs == len(rows) == 4 and summary.best_epoch == 2
+    assert summary.best_val_rmse_px == 4.0 and summary.final_val_rmse_px == 4.0
+
+
+def test_resume_continues_with_identical_weights_and_is_reproducible(faces, tmp_path):
+    cfg = TrialConfig(**FAST, max_epochs=3, augment="study", dropout=0.3)
+    straight: list[dict] = []
+    train(cfg, faces, straight.append, checkpoint_dir=str(tmp_path / "a"))
+    first: list[dict] = []
+    train(cfg.replace(max_epochs=2), faces, first.append, checkpoint_dir=str(tmp_path / "b"))
+    # Same config, same seed: the same numbers (CPU is deterministic here).
+    assert [_timeless(r) for r in first] == [_timeless(r) for r in straight[:2]]
+    resumed: list[dict] = []
+    summary = train(cfg, faces, resumed.append, checkpoint_dir=str(tmp_path / "b"),
+                    resume_from=str(tmp_path / "b"))
+    assert [r[metrics.EPOCH] for r in resumed] == [3]
+    assert _timeless(resumed[0]) == _timeless(straight[2])
+    assert summary.epochs == 3
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b" / CHECKPOINT)
+    assert a["epoch"] == b["epoch"] == 3
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    best = torch.load(tmp_path / "a" / BEST, weights_only=True)
+    assert best["epoch"] == best["progress"]["best_epoch"]
+    assert best["schema"] == "kaggle15" and best["config"]["backbone"] == "small_cnn"
+
+
+_SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")
+
+
+def _count_host_syncs(monkeypatch) -> dict[str, int]:
+    """Count tensor->host reads made directly by fkd_core code (torch's own internals excluded:
+    Adam reads its CPU step counter, which is no device sync)."""
+    counts = {"n": 0}
+    for name in _SYNC_METHODS:
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, _original=original, **kwargs):
+            if "fkd_core" in sys._getframe(1).f_code.co_filename:
+                counts["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return counts
+
+
+@pytest.mark.parametrize("augment", ["none", "full"])
+def test_no_host_sync_per_step(faces, monkeypatch, augment):
+    """Host reads per epoch must not grow with the number of steps."""
+    counts = _count_host_syncs(monkeypatch)
+    per_run = []
+    for batch_size in (56, 14):                        # 4 and 14 training steps per epoch
+        counts["n"] = 0
+        train(TrialConfig(**{**FAST, "batch_size": batch_size}, max_epochs=1, augment=augment),
+              faces, lambda row: None)
+        per_run.append(counts["n"])
+    assert per_run[0] == per_run[1], f"host reads grew with steps: {per_run}"
+    assert per_run[0] <= 4
+
+
+def test_checkpoint_holds_only_plain_types(faces, tmp_path):
+    train(TrialConfig(**FAST, max_epochs=1), faces, lambda row: None, checkpoint_dir=str(tmp_path))
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)      # raises on any object
+    assert set(state) >= {"model", "optimizer", "scheduler", "epoch", "rng", "progress",
+                          "mean_face", "schema", "config"}
+    assert state["mean_face"].shape == (15, 2)
+
+
+def test_cli_trains_writes_files_and_prints_json_last(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = train_module.main(["--data", "synthetic", "--synth-n", "120", "--epochs", "1",
+                              "--loss", "wing+cgd", "--batch-size", "32", "--device", "cpu",
+                              "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["epochs"] == 1 and summary["stopped"] == "max_epochs"
+    assert summary["best_val_rmse_px"] > 0
+    assert "synthetic" in captured.err
+    assert (out / BEST).is_file() and (out / "metrics.csv").is_file() and (out / "summary.json").is_file()
+    assert load_checkpoint(out / BEST)["config"]["shape"] == "cgd"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--loss", "huber"],
+    ["--data", "/nonexistent/training.csv", "--epochs", "1"],
+    ["--backbone", "vgg16", "--synth-n", "20", "--epochs", "1"],
+])
+def test_cli_bad_input_is_one_line_and_exit_2(argv, tmp_path, capsys):
+    code = train_module.main(argv + ["--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error:")
