@@ -421,6 +421,8 @@ def best_trials(t: pd.DataFrame) -> pd.DataFrame:
 
 def figure_curves(t: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> str | None:
     """Train/val loss and val RMSE per epoch of the best trial of each arm, one row per cell."""
+    from matplotlib.ticker import MaxNLocator
+
     bests = best_trials(t)
     cells = list(dict.fromkeys(bests.sort_values(best(M.OBJECTIVE))["cell"]))[:MAX_CURVE_CELLS]
     if not cells or epochs.empty:
@@ -438,8 +440,10 @@ def figure_curves(t: pd.DataFrame, epochs: pd.DataFrame, out: Path) -> str | Non
             ax_rmse.plot(e[M.EPOCH], e[M.VAL_RMSE], color=c, label=lab)
         ax_loss.set_yscale("log")
         ax_loss.set(title=f"{cell}: loss (objective, incl. α·shape term)", xlabel="epoch",
-                    ylabel="loss (px², log scale)")
+                    ylabel="objective (MSE in px² + α·shape, log scale)")
         ax_rmse.set(title=f"{cell}: validation RMSE", xlabel="epoch", ylabel="val RMSE (px)")
+        for ax in (ax_loss, ax_rmse):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_loss.legend(fontsize=7)
         ax_rmse.legend(fontsize=7)
     fig.suptitle("Learning curves of the best trial of each loss, per cell")
@@ -605,15 +609,15 @@ def importance_markdown(t: pd.DataFrame, params: Sequence[str]) -> str:
     eps = importance_ranking(ok, params, best(M.OBJECTIVE))
     try:
         ped = optuna_importance(t, params) if len(ok) >= 10 else None
-        ped_note = "" if ped is not None else " (PED-ANOVA skipped: fewer than 10 finished trials)"
+        ped_note = "" if ped is not None else "PED-ANOVA skipped: fewer than 10 finished trials."
     except (ValueError, RuntimeError) as exc:  # e.g. too few distinct values for a parameter
-        ped, ped_note = None, f" (PED-ANOVA failed: {exc})"
+        ped, ped_note = None, f"PED-ANOVA failed: {exc}."
     lines = ["| rank | parameter | ε² (variance of val RMSE explained) | Optuna PED-ANOVA |",
              "|---|---|---|---|"]
     for i, (p, e) in enumerate(eps.items(), 1):
         ped_text = f"{ped[p]:.3f}" if ped is not None else "—"
         lines.append(f"| {i} | {p} | {e:.3f} | {ped_text} |")
-    return "\n".join(lines) + ped_note
+    return "\n".join(lines) + (f"\n\n{ped_note.strip()}" if ped_note else "")
 
 
 # --- prediction figure ------------------------------------------------------------------
@@ -662,7 +666,7 @@ def figure_predictions(trial: pd.Series, checkpoint: str, out: Path) -> str:
     cfg = trial_config(trial)
     _, val = training_split(load_for_config(cfg), cfg)  # the rows this trial validated on
     faces = val.subset(np.arange(min(N_PREDICTION_FACES, len(val))))
-    model, _ = load_model(checkpoint, device="cpu")
+    model = load_model(checkpoint, device="cpu")
     pred = predict(model, faces.images)
     errors = face_rmse(pred.numpy(), faces.keypoints.numpy())
     name = f"fig5_predictions_{trial['arm']}.png"
@@ -697,7 +701,7 @@ def _prediction_line(rows: pd.DataFrame, root: str, out: Path, scratch: str) -> 
     if ckpt is None:
         return f"- {what}: figure skipped, its best checkpoint is not available here."
     try:
-        return f"- {what}:\n\n  ![{what}]({figure_predictions(trial, ckpt, out)})"
+        return f"- {what}:\n\n  ![predictions]({figure_predictions(trial, ckpt, out)})"
     # A missing data file or a checkpoint from another version must not cost the rest of the
     # report: the reason goes into the report instead.
     except Exception as exc:  # noqa: BLE001

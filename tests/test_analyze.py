@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -264,33 +263,34 @@ def test_cli_writes_report(results: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end(tmp_path: Path) -> None:
-    """A real smoke sweep, then its analysis; the headline again equals pandas' numbers."""
-    pytest.importorskip("sweep.run")
+    """A real smoke sweep (Ray, Optuna, training, checkpoints), then its analysis: the headline
+    equals pandas' numbers, every figure is a PNG, and the prediction figures are drawn."""
     root = Path(__file__).resolve().parents[1]
-    name = f"analyze-smoke-{tmp_path.name}"
     cmd = [sys.executable, "-m", "sweep.run", "--cluster", "clusters/local.yaml", "--smoke-test",
-           "--name", name, "--storage", str(tmp_path / "storage")]
-    subprocess.run(cmd, cwd=root, check=True, timeout=600)
-    folder = next((tmp_path / "storage").rglob("trials.parquet"), None)
-    folder = folder.parent if folder else root / "results" / name
-    try:
-        report = analyze.analyze(str(folder), str(tmp_path / "report"))
-        text = report.read_text()
-        assert ("synthetic" in text.lower()) == bool(
-            pd.read_parquet(folder / "trials.parquet")["data_synthetic"].any())
-        for name_png in re.findall(r"\]\((fig[^)]+\.png)\)", text):
-            assert (tmp_path / "report" / name_png).stat().st_size > 1000
-        _check_headline_against_pandas(folder, tmp_path / "report" / "headline.csv")
-    finally:
-        if folder.parent == root / "results":
-            shutil.rmtree(folder, ignore_errors=True)
+           "--name", "smoke", "--results-dir", str(tmp_path)]
+    subprocess.run(cmd, cwd=root, check=True, timeout=600, capture_output=True)
+    folder, out = tmp_path / "smoke", tmp_path / "report"
+    text = analyze.analyze(str(folder), str(out)).read_text()
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert ("synthetic" in text.lower()) == bool(trials["data_synthetic"].any())
+    figures = re.findall(r"\]\((fig[^)]+\.png)\)", text)
+    assert {"fig5_predictions_base.png", "fig5_predictions_cgd.png"} <= set(figures), text
+    for name in figures:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG" and (out / name).stat().st_size > 10_000
+    _check_headline_against_pandas(folder, out / "headline.csv")
 
 
 def _check_headline_against_pandas(folder: Path, headline_csv: Path) -> None:
-    trials = analyze.prepare(pd.read_parquet(folder / "trials.parquet"))
-    ok = trials[trials["outcome"] == "ok"]
-    head = pd.read_csv(headline_csv, keep_default_na=False, na_values=[""])
-    for _, row in head[head["metric"] == M.VAL_RMSE].iterrows():
-        base = ok[(ok["cell"] == row["cell"]) & (ok["arm"] == "base")]
-        mean = base.groupby(["seed", "split_seed", "synth_seed"])["best_val_rmse_px"].mean().mean()
-        assert row["base_mean"] == pytest.approx(mean, rel=1e-9, nan_ok=True)
+    """Each cell's base-arm and paired numbers recomputed from the Parquet file with pandas."""
+    trials = pd.read_parquet(folder / "trials.parquet")
+    ok = trials[trials["status"].isin(["completed", "asha_stopped", "early_stopped"])]
+    head = pd.read_csv(headline_csv)
+    assert len(head) == 3 * ok["augment"].nunique()  # the smoke space: cells = augmentations
+    for _, row in head.iterrows():
+        col = f"best_{row['metric']}"
+        cell = ok[ok["augment"] == row["cell"]]
+        base = cell[cell["shape"] == "none"].groupby("seed")[col].mean()
+        shaped = cell[cell["shape"] == "cgd"].groupby("seed")[col].mean()
+        assert row["base_mean"] == pytest.approx(base.mean(), rel=1e-12)
+        assert row["shape_mean"] == pytest.approx(shaped.mean(), rel=1e-12)
+        assert row["diff_mean"] == pytest.approx((shaped - base).dropna().mean(), abs=1e-12)
