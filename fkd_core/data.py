@@ -684,7 +684,7 @@ def load_dataset(source: str, *, image_size: int = 96, cache_dir: str | None = N
     store = _Cache(Path(cache_dir) if cache_dir else default_cache_dir()) if cache else None
     known = store.known_digest(path) if store else None
     if known and (hit := store.load(known, image_size, source)):
-        return hit
+        return _mark_synthetic(path, hit)
     raw = path.read_bytes()
     layout = _layout(path, _header_line(path, raw))
     if layout.kind == "kaggle":
@@ -702,7 +702,18 @@ def load_dataset(source: str, *, image_size: int = 96, cache_dir: str | None = N
             store.save(data)
     if store and layout.kind == "kaggle":  # a folder's images can change behind its CSV's back
         store.remember(path, digest)
-    return data
+    return _mark_synthetic(path, data)
+
+
+def synthetic_marker(path: str | Path) -> Path:
+    """The sidecar that `python -m fkd_core.synth` writes next to a CSV of synthetic faces, so
+    that a file of generated faces is still labelled synthetic when read back."""
+    path = Path(path)
+    return path.with_name(path.name + ".synthetic.json")
+
+
+def _mark_synthetic(path: Path, data: KeypointData) -> KeypointData:
+    return replace(data, synthetic=True) if synthetic_marker(path).is_file() else data
 
 
 
