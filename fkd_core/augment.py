@@ -1,0 +1,289 @@
+"""Batched augmentation on the batch's own device: one affine warp for the whole batch, no
+per-image Python loop and no DataLoader workers.
+
+    >>> params = params_for(TrialConfig(augment="full"))
+    >>> x, y = augment_batch(x, y, params, KAGGLE15.flip_permutation(), generator)
+    # x: float [B, 1, S, S] in [0, 1]; y: [B, K, 2] px, NaN = missing (kept NaN)
+
+Transforms: rotation by a uniform angle in +-rotation_deg about the image centre, small zoom and
+shift, horizontal flip (which also swaps the schema's left/right keypoints) -- all one affine map
+per image, applied to the pixels with ``affine_grid``/``grid_sample`` and to the keypoints with
+the same matrix; keypoints that leave the frame become NaN (missing). Then brightness scaling and
+additive Gaussian noise (given as a variance on [0, 1] images), both clipped to [0, 1].
+
+Policies (``POLICIES``):
+- ``none``: nothing.
+- ``study``: the study's transforms -- rotation +-20 deg, noise of variance 0.1, brightness x0.5 or
+  x1.5 -- with keypoints rotated *correctly*. Like the study's augmented copies, each image is
+  either left alone or gets exactly one of the three (uniformly).
+- ``study_exact``: ``study`` with the study's rotation defect, to reproduce its numbers: the image
+  is rotated correctly, but the keypoints are moved with
+      x' = c + (x - c) cos t - (y - c) sin t
+      y' = c + (x' - c) sin t + (y - c) cos t        <- uses the already-rotated x'
+  so y is wrong by (x' - x) sin t: up to several pixels at 20 deg (see ``rotate_offsets``).
+- ``full``: ``study`` (correct rotation) + horizontal flip + zoom/shift, each transform applied
+  independently with probability ``apply_p`` (flip with ``flip_p``).
+
+Coordinates use the pixel-index convention (pixel centre (row i, col j) = (x=j, y=i)); the
+rotation centre is c = (S - 1) / 2, the centre of the image.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fkd_core.config import TrialConfig
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Knobs and switches of one augmentation policy (see the module docstring)."""
+
+    rotation_deg: float = 20.0
+    """Rotation range +-deg (the study: 20)."""
+    noise_var: float = 0.1
+    """Variance of the additive Gaussian noise on [0, 1] images (the study: 0.1, sigma ~0.32)."""
+    brightness_low: float = 0.5
+    """Lowest brightness factor (the study: x0.5)."""
+    brightness_high: float = 1.5
+    """Highest brightness factor (the study: x1.5)."""
+    flip_p: float = 0.5
+    """Probability of a horizontal flip."""
+    scale_range: float = 0.1
+    """Zoom factor drawn in [1 - scale_range, 1 + scale_range]."""
+    shift_px: float = 4.0
+    """Shift drawn in [-shift_px, shift_px] px on each axis."""
+    rotate: bool = False
+    noise: bool = False
+    brightness: bool = False
+    flip: bool = False
+    scale_shift: bool = False
+    exact_rotation: bool = True
+    """False = the study's defect: keypoint y computed from the already-rotated x."""
+    one_of: bool = False
+    """Study style: each image is the original or gets exactly one of rotate / noise / brightness
+    (brightness then x low or x high), as the study's augmented copies did."""
+    apply_p: float = 0.5
+    """Otherwise: the probability with which each enabled transform is applied to an image."""
+
+    @property
+    def geometric(self) -> bool:
+        return self.rotate or self.flip or self.scale_shift
+
+    @property
+    def active(self) -> bool:
+        return self.geometric or self.noise or self.brightness
+
+
+_POLICY_SWITCHES: dict[str, dict[str, bool]] = {
+    "none": {},
+    "study": {"rotate": True, "noise": True, "brightness": True, "one_of": True},
+    "study_exact": {"rotate": True, "noise": True, "brightness": True, "one_of": True, "exact_rotation": False},
+    "full": {"rotate": True, "noise": True, "brightness": True, "flip": True, "scale_shift": True},
+}
+POLICIES = tuple(_POLICY_SWITCHES)
+
+
+def policy(name: str, **knobs: float) -> AugmentParams:
+    """AugmentParams of a named policy, with optional knob overrides (rotation_deg=..., ...)."""
+    if name not in _POLICY_SWITCHES:
+        raise ValueError(f"Unknown augmentation policy {name!r}; valid: {list(POLICIES)}")
+    return AugmentParams(**_POLICY_SWITCHES[name], **knobs)
+
+
+def params_for(cfg: TrialConfig) -> AugmentParams:
+    """The trial's policy (cfg.augment) with its knobs."""
+    return policy(cfg.augment, rotation_deg=cfg.rotation_deg, noise_var=cfg.noise_var,
+                  brightness_low=cfg.brightness_low, brightness_high=cfg.brightness_high,
+                  flip_p=cfg.flip_p, scale_range=cfg.scale_range, shift_px=cfg.shift_px)
+
+
+# --- deterministic building blocks ------------------------------------------------------------
+
+
+def rotate_offsets(d: Tensor, angle: Tensor, exact: bool = True) -> Tensor:
+    """Rotate offsets from the centre d [B, K, 2] by angle [B] (radians, y down).
+
+    exact=False reproduces the study: y' is computed from the already-rotated x'.
+    """
+    cos, sin = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
+    dx, dy = d[..., 0], d[..., 1]
+    x = cos * dx - sin * dy
+    y = sin * (x if not exact else dx) + cos * dy
+    return torch.stack([x, y], dim=-1)
+
+
+def _grid(inv: Tensor, offset: Tensor, size: int) -> Tensor:
+    """[B, S, S, 2] sampling grid of the affine map (inv [B, 2, 2], offset [B, 2]) in normalised
+    coordinates (align_corners=True): a column term plus a row term, one full-size add
+    (F.affine_grid's batched matmul is several times slower on CPU)."""
+    base = torch.linspace(-1.0, 1.0, size, dtype=inv.dtype, device=inv.device)
+    cols = inv[:, None, None, :, 0] * base.view(1, 1, size, 1)                       # [B, 1, S, 2]
+    rows = inv[:, None, None, :, 1] * base.view(1, size, 1, 1) + offset[:, None, None, :]  # [B, S, 1, 2]
+    return cols + rows
+
+
+def _inverse_map(angle: Tensor, scale: Tensor, shift: Tensor, mirror: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Output -> input map for grid_sample, F R^T (p' - c - t) / scale, in normalised coordinates.
+
+    With align_corners=True normalised coordinates are pixel offsets from c times 2 / (S - 1), so
+    the linear part is unchanged and only the shift is rescaled. Returns inv [B, 2, 2], offset [B, 2].
+    """
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    inv = torch.stack([torch.stack([mirror * cos, mirror * sin], -1),
+                       torch.stack([-sin, cos], -1)], 1) / scale[:, None, None]
+    offset = -(inv @ (shift * (2.0 / (size - 1)))[..., None])[..., 0]
+    return inv, offset
+
+
+def move_keypoints(keypoints: Tensor, angle: Tensor, scale: Tensor, shift: Tensor, flip: Tensor,
+                   flip_perm: Sequence[int], size: int, exact_rotation: bool = True) -> Tensor:
+    """keypoints [B, K, 2] under p' = c + scale * R(angle) F (p - c) + shift (see warp); NaN for
+    keypoints outside the frame (beyond the outer pixel edges)."""
+    c = (size - 1) / 2.0
+    mirror = torch.where(flip, -1.0, 1.0).to(keypoints.dtype)
+    d = (keypoints - c) * torch.stack([mirror, torch.ones_like(mirror)], -1)[:, None, :]
+    moved = c + scale[:, None, None] * rotate_offsets(d, angle, exact_rotation) + shift[:, None, :]
+    moved = torch.where(flip[:, None, None], moved[:, list(flip_perm)], moved)
+    outside = ((moved < -0.5) | (moved > size - 0.5)).any(dim=-1, keepdim=True)
+    return moved.masked_fill(outside, math.nan)
+
+
+def warp_images(images: Tensor, angle: Tensor, scale: Tensor, shift: Tensor, flip: Tensor) -> Tensor:
+    """images [B, C, S, S] under the same map as move_keypoints (bilinear, zeros outside)."""
+    size = images.shape[-1]
+    mirror = torch.where(flip, -1.0, 1.0).to(images.dtype)
+    inv, offset = _inverse_map(angle, scale, shift, mirror, size)
+    return F.grid_sample(images, _grid(inv, offset, size), mode="bilinear", padding_mode="zeros",
+                         align_corners=True)
+
+
+def warp(images: Tensor, keypoints: Tensor, angle: Tensor, scale: Tensor, shift: Tensor, flip: Tensor,
+         flip_perm: Sequence[int], exact_rotation: bool = True) -> tuple[Tensor, Tensor]:
+    """Apply p' = c + scale * R(angle) F (p - c) + shift to images and keypoints.
+
+    Args:
+        images: float [B, C, S, S]; keypoints: [B, K, 2] px (NaN = missing).
+        angle: [B] radians; scale: [B]; shift: [B, 2] px; flip: bool [B] (F mirrors x, and the
+            mirrored face's keypoints are relabelled with flip_perm).
+        exact_rotation: False moves the keypoints with the study's defect (the image is always
+            rotated correctly).
+
+    Returns:
+        images [B, C, S, S] (zeros where the warp leaves the frame) and keypoints [B, K, 2] with
+        NaN for keypoints outside the frame.
+    """
+    moved = move_keypoints(keypoints, angle, scale, shift, flip, flip_perm, images.shape[-1], exact_rotation)
+    return warp_images(images, angle, scale, shift, flip), moved
+
+
+def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
+    """images [B, C, S, S] in [0, 1] times factor [B], clipped to [0, 1]."""
+    return (images * factor[:, None, None, None]).clamp_(0.0, 1.0)
+
+
+def add_noise(images: Tensor, sigma: Tensor, generator: torch.Generator) -> Tensor:
+    """images plus Gaussian noise of standard deviation sigma [B] (0 = untouched), clipped."""
+    noise = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device)
+    return noise.mul_(sigma[:, None, None, None]).add_(images).clamp_(0.0, 1.0)
+
+
+def _on_rows(images: Tensor, rows: Tensor, fn) -> Tensor:
+    """fn(images[i], i) for the rows i where rows [B] is True; fn must leave the other rows
+    unchanged when given them (their parameters are the identity). On the CPU only the selected
+    rows are computed when they are at most half (the study's policies touch a quarter of the
+    images per transform); on an accelerator always all rows, because selecting rows would
+    stall the device on nonzero()."""
+    if images.device.type != "cpu":
+        return fn(images, slice(None))
+    idx = rows.nonzero().flatten()
+    if len(idx) == 0:
+        return images
+    if 2 * len(idx) > len(rows):  # gathering and scattering rows would cost more than it saves
+        return fn(images, slice(None))
+    out = images.clone()
+    out[idx] = fn(images[idx], idx)
+    return out
+
+
+# --- random draws -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """Per-image random parameters [B]: which transforms apply and their amounts."""
+
+    angle: Tensor
+    scale: Tensor
+    shift: Tensor      # [B, 2]
+    flip: Tensor       # bool
+    brightness: Tensor
+    sigma: Tensor
+
+
+def _uniform(b: int, low: float, high: float, gen: torch.Generator) -> Tensor:
+    return low + (high - low) * torch.rand(b, generator=gen, device=gen.device)
+
+
+def _which(params: AugmentParams, b: int, gen: torch.Generator) -> dict[str, Tensor]:
+    """bool [B] per photometric/rotation transform: does it apply to the image?"""
+    enabled = [n for n in ("rotate", "noise", "brightness") if getattr(params, n)]
+    if params.one_of:  # 0 = the original, k = the k-th enabled transform, uniformly
+        choice = torch.randint(0, len(enabled) + 1, (b,), generator=gen, device=gen.device)
+        return {n: choice == k + 1 for k, n in enumerate(enabled)}
+    return {n: torch.rand(b, generator=gen, device=gen.device) < params.apply_p for n in enabled}
+
+
+def _draw(params: AugmentParams, b: int, gen: torch.Generator) -> _Draws:
+    which = _which(params, b, gen)
+    off = torch.zeros(b, dtype=torch.bool, device=gen.device)
+    rotate, noise, bright = (which.get(n, off) for n in ("rotate", "noise", "brightness"))
+    theta = math.radians(params.rotation_deg)
+    angle = torch.where(rotate, _uniform(b, -theta, theta, gen), 0.0)
+    zoom = params.scale_shift & (torch.rand(b, generator=gen, device=gen.device) < params.apply_p)
+    scale = torch.where(zoom, _uniform(b, 1 - params.scale_range, 1 + params.scale_range, gen), 1.0)
+    shift = torch.where(zoom[:, None], _uniform(2 * b, -params.shift_px, params.shift_px, gen).view(b, 2), 0.0)
+    flip = params.flip & (torch.rand(b, generator=gen, device=gen.device) < params.flip_p)
+    if params.one_of:  # the study's two copies: x low or x high
+        pick = torch.rand(b, generator=gen, device=gen.device) < 0.5
+        factor = torch.where(pick, params.brightness_low, params.brightness_high)
+    else:
+        factor = _uniform(b, params.brightness_low, params.brightness_high, gen)
+    return _Draws(angle, scale, shift, flip, torch.where(bright, factor, 1.0),
+                  torch.where(noise, math.sqrt(params.noise_var), 0.0))
+
+
+def augment_batch(images: Tensor, keypoints: Tensor, params: AugmentParams, flip_perm: Sequence[int],
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Augment one batch where it lies (CPU or GPU); random draws come from generator.
+
+    Args:
+        images: float [B, 1, S, S] in [0, 1]. keypoints: [B, K, 2] px, NaN = missing.
+        params: the policy (params_for(cfg)). flip_perm: schema.flip_permutation().
+
+    Returns:
+        (images, keypoints) of the same shapes, dtype and device; NaN stays NaN, keypoints that
+        leave the frame become NaN.
+    """
+    if not params.active:
+        return images, keypoints
+    d = _draw(params, images.shape[0], generator)
+    d = _Draws(*(t.to(images.device) for t in (d.angle, d.scale, d.shift, d.flip, d.brightness, d.sigma)))
+    if params.geometric:
+        keypoints = move_keypoints(keypoints, d.angle.to(keypoints.dtype), d.scale.to(keypoints.dtype),
+                                   d.shift.to(keypoints.dtype), d.flip, flip_perm, images.shape[-1],
+                                   params.exact_rotation)
+        moved = (d.angle != 0) | (d.scale != 1) | (d.shift != 0).any(dim=1) | d.flip
+        dt = images.dtype
+        images = _on_rows(images, moved, lambda x, i: warp_images(
+            x, d.angle[i].to(dt), d.scale[i].to(dt), d.shift[i].to(dt), d.flip[i]))
+    if params.brightness:
+        images = adjust_brightness(images, d.brightness.to(images.dtype))
+    if params.noise:
+        images = _on_rows(images, d.sigma > 0, lambda x, i: add_noise(x, d.sigma[i].to(x.dtype), generator))
+    return images, keypoints

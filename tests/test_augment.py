@@ -1,0 +1,150 @@
+"""Batched augmentation: exact geometry, flip relabelling, the study's rotation defect, policies."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fkd_core import augment
+from fkd_core.augment import add_noise, adjust_brightness, augment_batch, params_for, policy, warp
+from fkd_core.config import TrialConfig
+from fkd_core.schema import KAGGLE15
+
+S = 96
+C = (S - 1) / 2  # rotation centre in pixel-index coordinates
+PERM = KAGGLE15.flip_permutation()
+
+
+def _identity(b: int) -> dict[str, torch.Tensor]:
+    return {"angle": torch.zeros(b), "scale": torch.ones(b), "shift": torch.zeros(b, 2),
+            "flip": torch.zeros(b, dtype=torch.bool)}
+
+
+def _blobs(keypoints: torch.Tensor, sigma: float = 1.2) -> torch.Tensor:
+    """float [B, 1, S, S]: a Gaussian spot at every keypoint [B, K, 2]."""
+    ys, xs = torch.meshgrid(torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32),
+                            indexing="ij")
+    d2 = (xs - keypoints[..., 0, None, None]) ** 2 + (ys - keypoints[..., 1, None, None]) ** 2
+    return torch.exp(-d2 / (2 * sigma ** 2)).amax(dim=1, keepdim=True)
+
+
+def _centroid(image: torch.Tensor, x: float, y: float, radius: int = 3) -> tuple[float, float]:
+    cx, cy = round(x), round(y)
+    win = image[cy - radius:cy + radius + 1, cx - radius:cx + radius + 1]
+    ys, xs = torch.meshgrid(torch.arange(cy - radius, cy + radius + 1.0),
+                            torch.arange(cx - radius, cx + radius + 1.0), indexing="ij")
+    return float((win * xs).sum() / win.sum()), float((win * ys).sum() / win.sum())
+
+
+def test_rotation_by_90_degrees_moves_a_known_keypoint_exactly():
+    image = torch.zeros(1, 1, S, S)
+    image[0, 0, 47, 58] = 1.0                        # the pixel at x=58, y=47
+    keypoints = torch.tensor([[[58.0, 47.0]]])       # offset (10.5, -0.5) from the centre
+    args = _identity(1) | {"angle": torch.tensor([math.pi / 2])}
+    out, moved = warp(image, keypoints, **args, flip_perm=[0])
+    # y points down, so +90 deg turns +x into +y: (c + 0.5, c + 10.5) = (48, 58).
+    assert torch.allclose(moved, torch.tensor([[[48.0, 58.0]]]), atol=1e-4)
+    assert out[0, 0, 58, 48].item() == pytest.approx(1.0, abs=1e-4)
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_flip_swaps_left_and_right_eye_centres():
+    keypoints = torch.full((1, 15, 2), 50.0)
+    keypoints[0, 0] = torch.tensor([60.0, 40.0])    # left eye centre (subject's left, image right)
+    keypoints[0, 1] = torch.tensor([30.0, 41.0])    # right eye centre
+    image = _blobs(keypoints)
+    args = _identity(1) | {"flip": torch.tensor([True])}
+    out, moved = warp(image, keypoints, **args, flip_perm=PERM)
+    assert moved[0, 0].tolist() == pytest.approx([S - 1 - 30.0, 41.0])   # the mirrored right eye
+    assert moved[0, 1].tolist() == pytest.approx([S - 1 - 60.0, 40.0])
+    assert torch.allclose(out, image.flip(-1), atol=1e-5)
+
+
+@pytest.mark.parametrize("scale, shift", [(1.0, (0.0, 0.0)), (1.1, (3.0, -2.0))])
+def test_rotated_landmark_pixels_stay_under_the_rotated_keypoints(scale, shift):
+    keypoints = torch.tensor([[[30.0, 35.0], [66.0, 34.0], [48.0, 60.0], [35.0, 75.0], [62.0, 76.0]]])
+    args = {"angle": torch.tensor([math.radians(20)]), "scale": torch.tensor([scale]),
+            "shift": torch.tensor([shift]), "flip": torch.tensor([False])}
+    out, moved = warp(_blobs(keypoints), keypoints, **args, flip_perm=list(range(5)))
+    for x, y in moved[0].tolist():
+        cx, cy = _centroid(out[0, 0], x, y)
+        assert abs(cx - x) < 0.2 and abs(cy - y) < 0.2
+
+
+def test_study_exact_reproduces_the_y_from_rotated_x_defect():
+    keypoints = torch.tensor([[[20.0, 30.0], [80.0, 70.0]]])
+    theta = math.radians(20)
+    args = _identity(1) | {"angle": torch.tensor([theta])}
+    out_ok, good = warp(_blobs(keypoints), keypoints, **args, flip_perm=[0, 1])
+    out_bad, bad = warp(_blobs(keypoints), keypoints, **args, flip_perm=[0, 1], exact_rotation=False)
+    assert torch.equal(out_ok, out_bad)              # the image is rotated correctly either way
+    for (x, y), (bx, by) in zip(keypoints[0].tolist(), bad[0].tolist()):
+        x_rot = C + (x - C) * math.cos(theta) - (y - C) * math.sin(theta)
+        y_bug = C + (x_rot - C) * math.sin(theta) + (y - C) * math.cos(theta)
+        assert (bx, by) == pytest.approx((x_rot, y_bug), abs=1e-4)
+    assert torch.allclose(good[..., 0], bad[..., 0])
+    assert (good[..., 1] - bad[..., 1]).abs().max() > 2.0   # pixels off, away from the drawn spots
+
+
+def test_keypoints_leaving_the_frame_become_nan_and_nan_stays_nan():
+    keypoints = torch.tensor([[[2.0, 50.0], [float("nan"), float("nan")], [50.0, 50.0]]])
+    args = _identity(1) | {"shift": torch.tensor([[-5.0, 0.0]])}
+    _, moved = warp(torch.zeros(1, 1, S, S), keypoints, **args, flip_perm=[0, 1, 2])
+    assert torch.isnan(moved[0, 0]).all() and torch.isnan(moved[0, 1]).all()
+    assert moved[0, 2].tolist() == pytest.approx([45.0, 50.0])
+
+
+def test_noise_variance_and_brightness_clipping():
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.full((2, 1, S, S), 0.5)
+    noisy = add_noise(flat, torch.tensor([0.05, 0.0]), gen)
+    assert noisy[0].std().item() == pytest.approx(0.05, rel=0.05)
+    assert torch.equal(noisy[1], flat[1])
+    bright = adjust_brightness(torch.tensor([0.2, 0.9]).view(2, 1, 1, 1).expand(2, 1, S, S), torch.tensor([1.5, 1.5]))
+    assert bright[0].max().item() == pytest.approx(0.3) and bright[1].max().item() == 1.0
+
+
+def test_params_for_maps_the_config():
+    p = params_for(TrialConfig(augment="study_exact", rotation_deg=10.0, noise_var=0.05))
+    assert p.rotate and p.noise and p.brightness and not p.flip and not p.exact_rotation
+    assert p.rotation_deg == 10.0 and p.noise_var == 0.05
+    assert params_for(TrialConfig(augment="study")).exact_rotation
+    full = params_for(TrialConfig(augment="full", flip_p=0.3))
+    assert full.flip and full.scale_shift and full.flip_p == 0.3 and not full.one_of
+    assert not params_for(TrialConfig()).active
+    assert set(augment.POLICIES) == {"none", "study", "study_exact", "full"}
+    with pytest.raises(ValueError, match="valid"):
+        policy("everything")
+
+
+@pytest.mark.parametrize("name", ["none", "study", "study_exact", "full"])
+def test_augment_batch_keeps_shapes_range_and_is_seeded(name):
+    from fkd_core.synth import generate
+
+    images, keypoints = generate(32, seed=1)
+    x = images.float() / 255
+    keypoints[3, 5] = float("nan")
+    run = lambda: augment_batch(x, keypoints, policy(name), PERM, torch.Generator().manual_seed(7))
+    (xa, ka), (xb, kb) = run(), run()
+    assert xa.shape == x.shape and ka.shape == keypoints.shape and xa.dtype == x.dtype
+    assert torch.equal(xa, xb) and torch.equal(ka.nan_to_num(-1), kb.nan_to_num(-1))
+    assert 0.0 <= xa.min() and xa.max() <= 1.0
+    assert torch.isnan(ka[3]).all(dim=1).sum() >= 1   # a flip may relabel it, never fill it
+    if name == "none":
+        assert xa is x and ka is keypoints
+
+
+def test_study_policy_gives_each_image_at_most_one_transform():
+    """Like the study's copies: a quarter originals, a quarter rotated, noisy, brightened each."""
+    b = 400
+    x = torch.full((b, 1, S, S), 0.5)
+    keypoints = torch.full((b, 15, 2), 40.0)
+    xa, ka = augment_batch(x, keypoints, policy("study"), PERM, torch.Generator().manual_seed(3))
+    rotated = (ka.nan_to_num(0) != keypoints).any(dim=2).any(dim=1)
+    centre = xa[:, 0, 30:66, 30:66]                 # rotation leaves the image centre at 0.5
+    brightened = ((centre - 0.25).abs().amax(dim=(1, 2)) < 1e-6) | ((centre - 0.75).abs().amax(dim=(1, 2)) < 1e-6)
+    noisy = centre.std(dim=(1, 2)) > 0.1
+    assert not (rotated & noisy).any() and not (rotated & brightened).any() and not (noisy & brightened).any()
+    for group in (rotated, noisy, brightened):
+        assert 0.15 < group.float().mean() < 0.35
