@@ -457,17 +457,21 @@ def _curve_label(trial: pd.Series) -> str:
 
 def figure_budget(t: pd.DataFrame, out: Path) -> str:
     """Epochs per trial by status, and the epochs used against the full budget."""
+    from matplotlib.ticker import MaxNLocator
+
     statuses = sorted(t["status"].astype(str).unique())
     colors = _colors(statuses)
     fig = new_figure(12, 4.2)
     ax_hist, ax_bar = fig.subplots(1, 2)
     top = int(max(t["max_epochs"].max(), t["epochs"].max(), 1))
-    bins = np.arange(0.5, top + 1.5, max(1, top // 40))
+    bins = np.arange(-0.5, top + 1.5, max(1, top // 40))  # from 0: trials that never reported
     data = [t.loc[t["status"] == s, "epochs"].to_numpy(float) for s in statuses]
     ax_hist.hist(data, bins=bins, stacked=True, color=[colors[s] for s in statuses],
                  label=statuses)
     ax_hist.set(xlabel="epochs run by the trial", ylabel="trials",
-                title="Epochs per trial (ASHA stops cluster at its rungs)")
+                title="Epochs per trial by how it ended (ASHA stops sit at its rungs)")
+    ax_hist.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_hist.legend(fontsize=8)
     left = 0.0
     for s in statuses:
