@@ -69,8 +69,15 @@ class DataError(ValueError):
 
 
 def _fail(path: str | Path, row: int | str, column: str, expected: str, got: str) -> DataError:
-    where = "header" if row == 0 else (row if isinstance(row, str) else f"row {row}")
-    return DataError(f"{path}: {where}, column {column}: expected {expected}, got {got}")
+    """DataError '<file>: row R, column C: expected X, got Y' (row 0 = the header; a str row
+    names another place, e.g. "archive"; an empty column is left out)."""
+    where = ["header" if row == 0 else row if isinstance(row, str) else f"row {row}"]
+    where += [f"column {column}"] if column else []
+    return DataError(f"{path}: {', '.join(where)}: expected {expected}, got {got}")
+
+
+class _Truncated(DataError):
+    """A compressed stream that ends early; the reader adds the row where it ends."""
 
 
 @dataclass(frozen=True)
@@ -173,9 +180,9 @@ def _gunzip(path: Path, raw: bytes) -> Iterator[bytes]:
                 d = zlib.decompressobj(wbits=31)
                 yield d.decompress(rest)
     except zlib.error as exc:
-        raise _fail(path, "data", "-", "a valid gzip stream", f"corrupt data ({exc})") from None
+        raise _Truncated(f"a valid gzip stream|corrupt data ({exc})") from None
     if not d.eof:
-        raise _fail(path, "data", "-", "a complete gzip stream", "a truncated file (the stream ends early)")
+        raise _Truncated("a complete gzip stream|a truncated file that ends inside this row")
 
 
 def _unzip(path: Path, raw: bytes) -> Iterator[bytes]:
@@ -184,12 +191,12 @@ def _unzip(path: Path, raw: bytes) -> Iterator[bytes]:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             names = [n for n in zf.namelist() if n.lower().endswith(".csv") and not n.startswith("__MACOSX")]
             if len(names) != 1:
-                raise _fail(path, "archive", "-", "exactly one .csv member", f"{names or zf.namelist()}")
+                raise _fail(path, "archive", "", "exactly one .csv member", f"{names or zf.namelist()}")
             with zf.open(names[0]) as member:
                 while piece := member.read(_PIECE_BYTES):
                     yield piece
     except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
-        raise _fail(path, "archive", "-", "a complete zip archive", f"{type(exc).__name__}: {exc}") from None
+        raise _fail(path, "archive", "", "a complete zip archive", f"{type(exc).__name__}: {exc}") from None
 
 
 def _text_pieces(path: Path, raw: bytes) -> Iterator[bytes]:
@@ -307,7 +314,7 @@ def _line_bounds(b: np.ndarray, layout: _Layout, row0: int) -> tuple[np.ndarray,
     bad = np.flatnonzero(per_line != want)
     if bad.size:
         r = int(bad[0])
-        raise _fail(layout.path, row0 + r, "-", f"{want + 1} comma-separated fields "
+        raise _fail(layout.path, row0 + r, "", f"{want + 1} comma-separated fields "
                     f"({layout.columns[0]}, ..., Image)", f"{per_line[r] + 1}")
     return commas[np.cumsum(per_line) - 1] + 1, nl
 
@@ -424,22 +431,26 @@ def _read_kaggle(path: Path, raw: bytes) -> tuple[_Layout, np.ndarray, np.ndarra
     Returns: layout, pixels uint8 [N, P], keypoints float32 [N, K, 2], ImageIds or None.
     """
     blocks = _lines(_prefetch(_text_pieces(path, raw)))
-    first = next(blocks, b"")
-    if not first.strip():
-        raise _fail(path, 0, "-", "a CSV header line", "an empty file")
-    cut = first.find(b"\n") + 1
-    layout = _layout(path, first[:cut])
-    if layout.kind != "kaggle":
-        raise _fail(path, 0, "Image", "the Kaggle layout here", "an image-folder header")
     pixels, prefixes, row0, expected = [], [], 1, None
-    for block in _chain(first[cut:], blocks):
-        pix, prefix = _parse_block(np.frombuffer(block, np.uint8), layout, row0, expected)
-        pixels.append(pix)
-        prefixes.append(prefix)
-        expected = pix.shape[1]
-        row0 += len(pix)
+    try:
+        first = next(blocks, b"")
+        if not first.strip():
+            raise _fail(path, 0, "", "a CSV header line", "an empty file")
+        cut = first.find(b"\n") + 1
+        layout = _layout(path, first[:cut])
+        if layout.kind != "kaggle":
+            raise _fail(path, 0, "Image", "the Kaggle layout here", "an image-folder header")
+        for block in _chain(first[cut:], blocks):
+            pix, prefix = _parse_block(np.frombuffer(block, np.uint8), layout, row0, expected)
+            pixels.append(pix)
+            prefixes.append(prefix)
+            expected = pix.shape[1]
+            row0 += len(pix)
+    except _Truncated as exc:  # rows before row0 were whole; the stream ended inside row0
+        expected_text, got = str(exc).split("|")
+        raise _fail(path, row0, "", expected_text, got) from None
     if not pixels:
-        raise _fail(path, 1, "-", "at least one data row after the header", "none")
+        raise _fail(path, 1, "", "at least one data row after the header", "none")
     pix = np.concatenate(pixels)
     keypoints, ids = _read_prefixes(layout, b"".join(prefixes), len(pix))
     return layout, pix, keypoints, ids
@@ -498,9 +509,9 @@ def _folder_files(path: Path, text: bytes, layout: _Layout, image_dir: str | Pat
     """Checked image paths, keypoints float32 [N, K, 2] in original pixels, and the names."""
     frame = pd.read_csv(io.BytesIO(text), dtype=str, keep_default_na=False, na_filter=False)
     if frame.empty:
-        raise _fail(path, 1, layout.columns[0] or "1", "at least one data row after the header", "none")
+        raise _fail(path, 1, layout.columns[0] or "1 (image name)", "at least one data row after the header", "none")
     names = tuple(frame.iloc[:, 0].str.strip())
-    column = layout.columns[0] or "1"
+    column = layout.columns[0] or "1 (image name)"
     root = _image_root(path, names[0], image_dir)
     files = [_image_file(path, root, r + 1, column, n) for r, n in enumerate(names)]
     keypoints = _numbers(path, frame.iloc[:, 1:]).reshape(len(frame), -1, 2)
@@ -510,7 +521,7 @@ def _folder_files(path: Path, text: bytes, layout: _Layout, image_dir: str | Pat
 def _read_folder(path: Path, layout: _Layout, files: list[Path], keypoints: np.ndarray,
                  size: int) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [N, 1, size, size] and keypoints scaled to them (float32 [N, K, 2])."""
-    column = layout.columns[0] or "1"
+    column = layout.columns[0] or "1 (image name)"
     # Decoding releases the GIL, so a few threads overlap file reads and JPEG decoding.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         loaded = list(pool.map(lambda rf: _load_image(path, rf[0] + 1, column, rf[1], size), enumerate(files)))
@@ -626,14 +637,19 @@ def _header_line(path: Path, raw: bytes) -> bytes:
     """The first line of the file's text (decompressing only the start)."""
     pieces = _text_pieces(path, raw)
     head = b""
-    for piece in pieces:
-        head += piece
-        if b"\n" in head or len(head) > 1 << 20:
-            break
-    if hasattr(pieces, "close"):
-        pieces.close()
+    try:
+        for piece in pieces:
+            head += piece
+            if b"\n" in head or len(head) > 1 << 20:
+                break
+    except _Truncated as exc:
+        expected, got = str(exc).split("|")
+        raise _fail(path, 0 if b"\n" not in head else 1, "", expected, got) from None
+    finally:
+        if hasattr(pieces, "close"):
+            pieces.close()
     if not head.strip():
-        raise _fail(path, 0, "-", "a CSV header line", "an empty file")
+        raise _fail(path, 0, "", "a CSV header line", "an empty file")
     return head.split(b"\n", 1)[0] + b"\n"
 
 
