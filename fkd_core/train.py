@@ -340,7 +340,9 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
     model = build_model(cfg.backbone, data.schema.num_keypoints, pretrained=cfg.pretrained,
                         dropout=cfg.dropout, mean_face=mean_face(train_rows.keypoints, image_size),
                         image_size=image_size).to(device)
-    channels_last = cfg.channels_last and device.type == "cuda"
+    # channels_last pays on CPU too (oneDNN prefers NHWC): small_cnn x1.45, mobilenet_v3_small
+    # x1.5, resnet18 x1.08 training images per CPU-second, measured on this 2-core machine.
+    channels_last = cfg.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(cfg, model.parameters())
@@ -350,7 +352,8 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     progress = Progress()
     if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
+        # RNG states must stay CPU tensors; load_state_dict moves weights and moments to the model.
+        state = load_checkpoint(resume_from, map_location="cpu")
         _check_resumable(state, cfg, data)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -125,6 +125,13 @@ def test_no_host_sync_per_step(faces, monkeypatch, augment):
     assert per_run[0] <= 4
 
 
+def test_bf16_autocast_path_runs_on_cpu(faces):
+    # The CUDA recipe (bf16 autocast, channels_last) exercised where tests run: the CPU.
+    rows: list[dict] = []
+    train(TrialConfig(**FAST, max_epochs=1, precision="bf16", channels_last=True), faces, rows.append)
+    assert math.isfinite(rows[0][metrics.VAL_RMSE]) and not rows[0][metrics.DIVERGED]
+
+
 def test_checkpoint_holds_only_plain_types(faces, tmp_path):
     train(TrialConfig(**FAST, max_epochs=1), faces, lambda row: None, checkpoint_dir=str(tmp_path))
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)      # raises on any object
