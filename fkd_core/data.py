@@ -303,6 +303,7 @@ def _layout(path: Path, line: bytes) -> _Layout:
 
 _ZERO = np.uint8(48)
 _SPACE = np.uint8(32)
+_PAD = 3  # a pixel token has at most 3 digits
 
 
 def _line_bounds(b: np.ndarray, layout: _Layout, row0: int) -> tuple[np.ndarray, np.ndarray]:
@@ -333,23 +334,28 @@ def _prefix_bytes(b: np.ndarray, nl: np.ndarray, img_start: np.ndarray) -> bytes
 def _parse_block(b: np.ndarray, layout: _Layout, row0: int, expected: int | None) -> tuple[np.ndarray, bytes]:
     """Pixels uint8 [r, P] and prefixes of a block of r whole lines (uint8 [M])."""
     img_start, nl = _line_bounds(b, layout, row0)
-    c = b.copy()
+    # A copy behind 3 pad bytes, so that reading the 3 bytes before any token stays in bounds.
+    c = np.empty(len(b) + _PAD, np.uint8)
+    c[:_PAD] = _ZERO
+    body = c[_PAD:]
+    body[:] = b
     # Turn the comma before Image and the line end into spaces: every line is then one
     # "prefix token" followed by its P pixel tokens, all separated by single spaces.
-    c[img_start - 1] = 32
-    c[nl] = 32
+    body[img_start - 1] = 32
+    body[nl] = 32
     return _parse_pixels(c, nl, expected, layout, row0), _prefix_bytes(b, nl, img_start)
 
 
 def _parse_pixels(c: np.ndarray, nl: np.ndarray, expected: int | None, layout: _Layout,
                   row0: int) -> np.ndarray:
-    """uint8 [r, P] from r lines of "prefix p1 p2 ... pP " (c: uint8 [M], nl: [r] line ends).
+    """uint8 [r, P] from r lines of "prefix p1 p2 ... pP " (c: uint8 [_PAD + M], the text after
+    _PAD pad bytes; nl: [r] line ends in the text).
 
     Vectorised: the separators are found once and each token (1-3 digits) is read by three
     gathers at the bytes before its separator; checks are reductions, the detailed search for
     the offending value runs only when one fails.
     """
-    seps = np.flatnonzero(c == _SPACE)
+    seps = np.flatnonzero(c[_PAD:] == _SPACE)
     per_line = np.diff(np.searchsorted(seps, nl, side="right"), prepend=0) - 1
     expected = expected or _square_count(int(per_line[0]), layout, row0)
     if (per_line != expected).any():
@@ -357,21 +363,20 @@ def _parse_pixels(c: np.ndarray, nl: np.ndarray, expected: int | None, layout: _
     length = np.empty_like(seps)
     length[0] = seps[0]
     np.subtract(seps[1:], seps[:-1] + 1, out=length[1:])
-    padded = np.empty(len(c) + 3, np.uint8)
-    padded[:3] = 32  # the gathers before the block's first token stay in bounds
-    padded[3:] = c
-    units, tens, hundreds = (padded[3 - k:][seps] - _ZERO for k in (1, 2, 3))
-    tens = np.where(length >= 2, tens, 0)
-    hundreds = np.where(length >= 3, hundreds, 0)
+    # c[_PAD - k:][seps] is the k-th byte before each separator: no index arithmetic needed.
+    units, tens, hundreds = (np.subtract(c[_PAD - k:][seps], _ZERO, out=np.empty(len(seps), np.uint8))
+                             for k in (1, 2, 3))
+    tens[length < 2] = 0
+    hundreds[length < 3] = 0
     value = units.astype(np.uint16)
-    value += tens.astype(np.uint16) * 10
-    value += hundreds.astype(np.uint16) * 100
+    value += tens * np.uint16(10)
+    value += hundreds * np.uint16(100)
     shape = (len(nl), expected + 1)
     pix = lambda a: a.reshape(shape)[:, 1:]  # drop each line's prefix token
     if (pix(length).min() < 1 or pix(length).max() > 3 or pix(units).max() > 9 or pix(tens).max() > 9
             or pix(hundreds).max() > 9 or pix(value).max() > 255):
-        _raise_value_error(c, pix(seps), pix(length), pix(units), pix(tens), pix(hundreds), pix(value),
-                           layout, row0)
+        _raise_value_error(c[_PAD:], pix(seps), pix(length), pix(units), pix(tens), pix(hundreds),
+                           pix(value), layout, row0)
     return pix(value).astype(np.uint8)
 
 
