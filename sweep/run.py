@@ -58,6 +58,8 @@ class Settings:
     max_concurrent: int | None = None
     resume: bool = False
     tpe_seed: int = 0
+    sampler: str = "tpe"
+    """"tpe" (seeded TPE, the default) or "random" (the full-budget reference of bench/asha.py)."""
     command: list[str] = field(default_factory=list)
 
     @property
@@ -218,7 +220,7 @@ def _concurrency(args: argparse.Namespace, cluster: ClusterSpec, cluster_gpus: f
     return max(slots, 1)
 
 
-def _resumed(args: argparse.Namespace, cluster: ClusterSpec) -> Settings:
+def _check_resume_args(args: argparse.Namespace) -> None:
     if not args.name:
         raise UsageError("--resume needs --name (the folder under the results directory)")
     clashing = [o for o, v in (("--space", args.space != "quick"), ("--data", args.data),
@@ -228,6 +230,10 @@ def _resumed(args: argparse.Namespace, cluster: ClusterSpec) -> Settings:
     if clashing:
         raise UsageError(f"--resume continues the sweep as saved in its {SWEEP_FILE}; "
                          f"drop {' '.join(clashing)}")
+
+
+def _resumed(args: argparse.Namespace, cluster: ClusterSpec) -> Settings:
+    _check_resume_args(args)
     root = args.results_dir or (args.storage if args.storage and "://" in args.storage
                                 else cluster.results_dir)
     uri = f"{root.rstrip('/')}/{args.name}"
@@ -237,7 +243,17 @@ def _resumed(args: argparse.Namespace, cluster: ClusterSpec) -> Settings:
     return Settings(name=args.name, space=from_dict(saved["space"], origin=f"{uri}/{SWEEP_FILE}"),
                     results_uri=uri, storage_path=saved["storage_path"],
                     resources=saved["resources"], max_concurrent=saved["max_concurrent"],
-                    resume=True, tpe_seed=saved["tpe_seed"], command=sys.argv[:])
+                    resume=True, tpe_seed=saved["tpe_seed"], sampler=saved["sampler"],
+                    command=sys.argv[:])
+
+
+def local_settings(space: Space, results_dir: str, name: str, *, max_concurrent: int,
+                   cpus_per_trial: float = 1.0, sampler: str = "tpe") -> Settings:
+    """Settings of a sweep on this machine, for benchmarks and tests that skip the CLI."""
+    uri = os.path.abspath(f"{results_dir}/{name}")
+    return Settings(name=name, space=space, results_uri=uri, storage_path=f"{uri}/ray",
+                    resources={"cpu": cpus_per_trial, "gpu": 0.0},
+                    max_concurrent=max_concurrent, sampler=sampler)
 
 
 # --- files next to the Parquet results ------------------------------------------------------
@@ -268,6 +284,7 @@ def save_settings(s: Settings, data_sets: dict[str, R.DataInfo]) -> None:
     _write_json(f"{s.results_uri}/{SWEEP_FILE}", {
         "name": s.name, "space": s.space.to_dict(), "storage_path": s.storage_path,
         "resources": s.resources, "max_concurrent": s.max_concurrent, "tpe_seed": s.tpe_seed,
+        "sampler": s.sampler,
         "command": s.command, "data": {k: vars(v) for k, v in data_sets.items()},
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z")})
 
@@ -322,6 +339,9 @@ def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
         tune_config=tune.TuneConfig(
             search_alg=_searcher(s), scheduler=scheduler, num_samples=space.trials,
             metric=M.OBJECTIVE, mode="min", max_concurrent_trials=s.max_concurrent,
+            # A trial's worker process (Python, torch, CUDA context) serves the next trial too:
+            # a new one costs seconds per trial, more than a whole CPU epoch of small_cnn.
+            reuse_actors=True,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=s.name, storage_path=s.storage_path, verbose=0, stop=_diverged,
@@ -339,7 +359,8 @@ def _searcher(s: Settings) -> Any:
     # Concurrent trials: the constant liar keeps TPE from proposing what is already running.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=s.tpe_seed, constant_liar=True)
+        sampler = optuna.samplers.TPESampler(seed=s.tpe_seed, constant_liar=True) \
+            if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=s.tpe_seed)
     return OptunaSearch(
         Sampler(s.space), metric=M.OBJECTIVE, mode="min", sampler=sampler, study_name=s.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{s.optuna_path.resolve()}"),
@@ -421,13 +442,17 @@ def header(s: Settings, data_sets: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Compact output: our one line per trial instead of Tune's tables and tracebacks (errors
+    # reach the results table and the progress line).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # num_to_keep=1 snapshots the experiment at each checkpoint on purpose; don't warn about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         args = build_parser().parse_args(argv)
         cluster = load_cluster(args.cluster)
-        if not args.resume:
-            _space(args)   # a bad space or data path fails before Ray starts
+        # Bad options, spaces or data paths fail here, before Ray starts.
+        _check_resume_args(args) if args.resume else _space(args)
     except (UsageError, ClusterError, SpaceError) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
@@ -457,9 +482,11 @@ def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
         print("No trial finished.", file=sys.stderr)
         return 1
     print(summary(outcome))
-    if len(outcome.trials) < s.space.trials:
-        print(f"\n{s.space.trials - len(outcome.trials)} trials did not finish: continue with "
-              f"python -m sweep.run --cluster {cluster.path} --name {s.name} --resume")
+    missing = s.space.trials - len(outcome.trials)
+    if missing > 0:   # interrupted (Ctrl-C) or the driver lost the cluster
+        print(f"\n{missing} trials did not finish: continue with python -m sweep.run "
+              f"--cluster {cluster.path} --name {s.name} --resume")
+        return 1
     return 0
 
 

@@ -74,9 +74,12 @@ def device_of(cfg: TrialConfig) -> tuple[str, str]:
     """(device, its name) a trial trains on, as train resolves cfg.device."""
     import torch
 
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return "cpu", platform.processor() or platform.machine()
-    index = torch.device("cuda" if cfg.device == "auto" else cfg.device).index or 0
+    from fkd_core.train import resolve_device
+
+    device = resolve_device(cfg.device)
+    if device.type != "cuda":
+        return device.type, platform.processor() or platform.machine()
+    index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index}", torch.cuda.get_device_name(index)
 
 
