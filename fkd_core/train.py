@@ -227,22 +227,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def _rng_state(device: torch.device, batch_gen: torch.Generator, aug_gen: torch.Generator) -> dict:
-    state = {"cpu": torch.get_rng_state(), "batches": batch_gen.get_state(), "augment": aug_gen.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device, batch_gen: torch.Generator,
-                   aug_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["cpu"])
-    batch_gen.set_state(state["batches"])
-    aug_gen.set_state(state["augment"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 # --- the trial ---------------------------------------------------------------------------------
 
 @dataclass
@@ -295,20 +279,6 @@ def _epoch_row(epoch: int, train_loss: float, val: dict[str, Any], lr: float, se
             metrics.IMAGES_PER_S: images_per_s, metrics.DIVERGED: diverged}
 
 
-def _checkpoint_state(model: nn.Module, optimizer, scheduler, progress: Progress, rng: dict,
-                      cfg: TrialConfig, data: KeypointData) -> dict[str, Any]:
-    return {
-        "format": _CHECKPOINT_FORMAT, "epoch": progress.epoch,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "rng": rng,
-        "progress": dataclasses.asdict(progress),
-        "mean_face": model.mean_face.detach().cpu(), "image_size": data.images.shape[-1],
-        "num_keypoints": data.schema.num_keypoints, "schema": data.schema.name,
-        "config": cfg.to_dict(),
-        "data": {"source": data.source, "content_hash": data.content_hash, "synthetic": data.synthetic},
-    }
-
-
 def _check_resumable(state: dict[str, Any], cfg: TrialConfig, data: KeypointData) -> None:
     saved = state["config"]
     if state.get("format") != _CHECKPOINT_FORMAT:
@@ -316,6 +286,84 @@ def _check_resumable(state: dict[str, Any], cfg: TrialConfig, data: KeypointData
     if saved["backbone"] != cfg.backbone or state["num_keypoints"] != data.schema.num_keypoints:
         raise ValueError(f"checkpoint is {saved['backbone']} with {state['num_keypoints']} keypoints; "
                          f"the trial is {cfg.backbone} with {data.schema.num_keypoints}")
+
+
+@dataclass
+class _Trial:
+    """The trainable state of one trial: what a checkpoint saves and a resume restores."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    batch_gen: torch.Generator      # batch order, on the data's device
+    aug_gen: torch.Generator        # augmentation draws, on the data's device
+    device: torch.device
+
+    @classmethod
+    def create(cls, cfg: TrialConfig, train_rows: KeypointData, device: torch.device) -> "_Trial":
+        torch.manual_seed(cfg.seed)   # weights and dropout; batch order and augmentation below
+        size = train_rows.images.shape[-1]
+        model = build_model(cfg.backbone, train_rows.schema.num_keypoints, pretrained=cfg.pretrained,
+                            dropout=cfg.dropout, mean_face=mean_face(train_rows.keypoints, size),
+                            image_size=size).to(device)
+        # channels_last pays on CPU too (oneDNN prefers NHWC): small_cnn x1.45, mobilenet_v3_small
+        # x1.5, resnet18 x1.08 training images per CPU-second, measured on this 2-core machine.
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = _optimizer(cfg, model.parameters())
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        return cls(model, optimizer, scheduler, torch.Generator(device=device).manual_seed(cfg.seed),
+                   torch.Generator(device=device).manual_seed(cfg.seed + 1), device)
+
+    def rng_state(self) -> dict[str, Tensor]:
+        state = {"cpu": torch.get_rng_state(), "batches": self.batch_gen.get_state(),
+                 "augment": self.aug_gen.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def state(self, progress: Progress, cfg: TrialConfig, data: KeypointData) -> dict[str, Any]:
+        """Checkpoint content: tensors and plain types only, so weights_only=True can load it."""
+        return {
+            "format": _CHECKPOINT_FORMAT, "epoch": progress.epoch,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "rng": self.rng_state(),
+            "progress": dataclasses.asdict(progress),
+            "mean_face": self.model.mean_face.detach().cpu(), "image_size": data.images.shape[-1],
+            "num_keypoints": data.schema.num_keypoints, "schema": data.schema.name,
+            "config": cfg.to_dict(),
+            "data": {"source": data.source, "content_hash": data.content_hash, "synthetic": data.synthetic},
+        }
+
+    def restore(self, state: dict[str, Any]) -> Progress:
+        """Load a checkpoint's weights, optimiser, scheduler and RNG states; return its progress."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])   # moves the moments to the model's device
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["cpu"])
+        self.batch_gen.set_state(rng["batches"])
+        self.aug_gen.set_state(rng["augment"])
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        return Progress(**state["progress"])
+
+
+def _run_epoch(trial: _Trial, net: nn.Module, epoch: int, objective: Loss, steps: StepSettings,
+               train_data: Batches, val_data: Batches, norm_pair: tuple[int, int] | None) -> dict[str, Any]:
+    """Train one epoch, validate, and return the reported row (the only host reads of the epoch)."""
+    t0 = time.perf_counter()
+    lr = trial.optimizer.param_groups[0]["lr"]
+    train_loss = train_one_epoch(net, trial.optimizer, objective, train_data, steps,
+                                 trial.batch_gen, trial.aug_gen).item()
+    train_seconds = time.perf_counter() - t0
+    if math.isfinite(train_loss):
+        val = evaluate(net, objective, val_data, steps, norm_pair)
+    else:  # NaN weights: validating them costs time and says nothing
+        val = {"loss": math.inf, "rmse_px": math.inf, "nme": math.inf, "shape_err_px": math.inf}
+    return _epoch_row(epoch, train_loss, val, lr, time.perf_counter() - t0,
+                      len(train_data) / max(train_seconds, 1e-9))
 
 
 def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
@@ -334,38 +382,19 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
     """
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     train_rows, val_rows = training_split(data, cfg)
-    image_size = data.images.shape[-1]
-    model = build_model(cfg.backbone, data.schema.num_keypoints, pretrained=cfg.pretrained,
-                        dropout=cfg.dropout, mean_face=mean_face(train_rows.keypoints, image_size),
-                        image_size=image_size).to(device)
-    # channels_last pays on CPU too (oneDNN prefers NHWC): small_cnn x1.45, mobilenet_v3_small
-    # x1.5, resnet18 x1.08 training images per CPU-second, measured on this 2-core machine.
-    channels_last = cfg.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(cfg, model.parameters())
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    batch_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    trial = _Trial.create(cfg, train_rows, device)
     progress = Progress()
     if resume_from is not None:
-        # RNG states must stay CPU tensors; load_state_dict moves weights and moments to the model.
-        state = load_checkpoint(resume_from, map_location="cpu")
+        state = load_checkpoint(resume_from, map_location="cpu")   # RNG states must stay on the CPU
         _check_resumable(state, cfg, data)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"], device, batch_gen, aug_gen)
-        progress = Progress(**state["progress"])
+        progress = trial.restore(state)
     steps = StepSettings(
         batch_size=cfg.batch_size, amp_dtype=autocast_dtype(cfg.precision, device),
-        channels_last=channels_last,
+        channels_last=cfg.channels_last,
         augment=None if cfg.augment == "none" else augment.params_for(cfg),
         flip_perm=data.schema.flip_permutation())
-    net = torch.compile(model) if cfg.compile else model
+    net = torch.compile(trial.model) if cfg.compile else trial.model
     objective = build_objective(cfg)
     train_data, val_data = Batches.of(train_rows, device), Batches.of(val_rows, device)
     wall_before = progress.wall_seconds   # time of the epochs before a resume
@@ -373,15 +402,7 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
     for epoch in range(progress.epoch + 1, cfg.max_epochs + 1):
         if stopped == "early_stop":   # also when a resumed trial had already run out of patience
             break
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss = train_one_epoch(net, optimizer, objective, train_data, steps, batch_gen, aug_gen).item()
-        train_seconds = time.perf_counter() - t0
-        val = evaluate(net, objective, val_data, steps, data.schema.norm_pair) \
-            if math.isfinite(train_loss) else {"loss": math.inf, "rmse_px": math.inf,
-                                               "nme": math.inf, "shape_err_px": math.inf}
-        row = _epoch_row(epoch, train_loss, val, lr, time.perf_counter() - t0,
-                         len(train_data) / max(train_seconds, 1e-9))
+        row = _run_epoch(trial, net, epoch, objective, steps, train_data, val_data, data.schema.norm_pair)
         if row[metrics.DIVERGED]:
             # Stop at once and keep the last good checkpoint: resuming NaN weights is useless.
             progress.epoch, progress.last = epoch, {k: math.inf for k in metrics.VAL_METRICS}
@@ -389,12 +410,10 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
             report(row)
             return progress.summary("diverged", device)
         improved = progress.update(row)
-        scheduler.step(row[metrics.VAL_LOSS])
+        trial.scheduler.step(row[metrics.VAL_LOSS])
         progress.wall_seconds = wall_before + time.perf_counter() - start
         if checkpoint_dir is not None:
-            rng = _rng_state(device, batch_gen, aug_gen)
-            save_checkpoint(checkpoint_dir, _checkpoint_state(model, optimizer, scheduler, progress,
-                                                              rng, cfg, data), improved)
+            save_checkpoint(checkpoint_dir, trial.state(progress, cfg, data), improved)
         report(row)
         if progress.patience_spent(cfg.patience):
             stopped = "early_stop"
