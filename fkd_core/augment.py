@@ -5,11 +5,16 @@ per-image Python loop and no DataLoader workers.
     >>> x, y = augment_batch(x, y, params, KAGGLE15.flip_permutation(), generator)
     # x: float [B, 1, S, S] in [0, 1]; y: [B, K, 2] px, NaN = missing (kept NaN)
 
-Transforms: rotation by a uniform angle in +-rotation_deg about the image centre, small zoom and
-shift, horizontal flip (which also swaps the schema's left/right keypoints) -- all one affine map
-per image, applied to the pixels with ``affine_grid``/``grid_sample`` and to the keypoints with
-the same matrix; keypoints that leave the frame become NaN (missing). Then brightness scaling and
-additive Gaussian noise (given as a variance on [0, 1] images), both clipped to [0, 1].
+Transforms: horizontal flip (an exact mirror; the schema's left/right keypoints swap labels), then
+rotation by a uniform angle in +-rotation_deg about the image centre with a small zoom and shift
+-- one affine map per image, applied to the pixels with ``grid_sample`` (bilinear, zeros outside)
+and to the keypoints with the same matrix; keypoints that leave the frame become NaN (missing).
+Then brightness scaling and additive Gaussian noise (given as a variance on [0, 1] images), in
+one step clipped to [0, 1].
+
+Cost: on the CPU rows that a transform skips are not computed, so that the ``full`` policy costs
+under 10% of a small_cnn training step at batch 64 (bench/trainer.py measures it); on a GPU all
+rows are, because selecting rows would stall the device.
 
 Policies (``POLICIES``):
 - ``none``: nothing.
@@ -21,8 +26,12 @@ Policies (``POLICIES``):
       x' = c + (x - c) cos t - (y - c) sin t
       y' = c + (x' - c) sin t + (y - c) cos t        <- uses the already-rotated x'
   so y is wrong by (x' - x) sin t: up to several pixels at 20 deg (see ``rotate_offsets``).
-- ``full``: ``study`` (correct rotation) + horizontal flip + zoom/shift, each transform applied
-  independently with probability ``apply_p`` (flip with ``flip_p``).
+- ``full``: ``study`` (correct rotation) + zoom/shift + horizontal flip: each image is left alone
+  or gets one of {rotation with zoom and shift (one warp), noise, brightness}, uniformly, and
+  independently of that a flip with probability ``flip_p``.
+
+Policies with ``one_of=False`` (none of the named ones) instead apply each transform with
+probability ``apply_p``.
 
 Coordinates use the pixel-index convention (pixel centre (row i, col j) = (x=j, y=i)); the
 rotation centre is c = (S - 1) / 2, the centre of the image.
@@ -66,8 +75,9 @@ class AugmentParams:
     exact_rotation: bool = True
     """False = the study's defect: keypoint y computed from the already-rotated x."""
     one_of: bool = False
-    """Study style: each image is the original or gets exactly one of rotate / noise / brightness
-    (brightness then x low or x high), as the study's augmented copies did."""
+    """Study style: each image is the original or gets exactly one of the warp (rotation, with
+    zoom/shift when on) / noise / brightness (then x low or x high), as the study's augmented
+    copies did; the flip is drawn independently."""
     apply_p: float = 0.5
     """Otherwise: the probability with which each enabled transform is applied to an image."""
 
@@ -84,7 +94,7 @@ _POLICY_SWITCHES: dict[str, dict[str, bool]] = {
     "none": {},
     "study": {"rotate": True, "noise": True, "brightness": True, "one_of": True},
     "study_exact": {"rotate": True, "noise": True, "brightness": True, "one_of": True, "exact_rotation": False},
-    "full": {"rotate": True, "noise": True, "brightness": True, "flip": True, "scale_shift": True},
+    "full": {"rotate": True, "noise": True, "brightness": True, "flip": True, "scale_shift": True, "one_of": True},
 }
 POLICIES = tuple(_POLICY_SWITCHES)
 
@@ -120,12 +130,13 @@ def rotate_offsets(d: Tensor, angle: Tensor, exact: bool = True) -> Tensor:
 
 def _grid(inv: Tensor, offset: Tensor, size: int) -> Tensor:
     """[B, S, S, 2] sampling grid of the affine map (inv [B, 2, 2], offset [B, 2]) in normalised
-    coordinates (align_corners=True): a column term plus a row term, one full-size add
-    (F.affine_grid's batched matmul is several times slower on CPU)."""
+    coordinates (align_corners=True): a column term plus a row term, built channels-first and
+    returned as a permuted view, which is several times cheaper on CPU than F.affine_grid's
+    batched matmul or stacking two planes into the interleaved layout."""
     base = torch.linspace(-1.0, 1.0, size, dtype=inv.dtype, device=inv.device)
-    cols = inv[:, None, None, :, 0] * base.view(1, 1, size, 1)                       # [B, 1, S, 2]
-    rows = inv[:, None, None, :, 1] * base.view(1, size, 1, 1) + offset[:, None, None, :]  # [B, S, 1, 2]
-    return cols + rows
+    cols = inv[:, :, 0, None, None] * base.view(1, 1, 1, size)                         # [B, 2, 1, S]
+    rows = inv[:, :, 1, None, None] * base.view(1, 1, size, 1) + offset[:, :, None, None]  # [B, 2, S, 1]
+    return (cols + rows).permute(0, 2, 3, 1)
 
 
 def _inverse_map(angle: Tensor, scale: Tensor, shift: Tensor, mirror: Tensor, size: int) -> tuple[Tensor, Tensor]:
@@ -182,6 +193,15 @@ def warp(images: Tensor, keypoints: Tensor, angle: Tensor, scale: Tensor, shift:
     return warp_images(images, angle, scale, shift, flip), moved
 
 
+def mirror(images: Tensor, flip: Tensor) -> Tensor:
+    """images [B, C, S, S] mirrored left-right where flip [B] is True: one gather with a reversed
+    column index per row (torch.where over a broadcast mask is ~10x slower on CPU)."""
+    size = images.shape[-1]
+    cols = torch.arange(size, device=images.device)
+    cols = torch.where(flip[:, None], size - 1 - cols, cols)                        # [B, S]
+    return images.gather(3, cols[:, None, None, :].expand_as(images))
+
+
 def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
     """images [B, C, S, S] in [0, 1] times factor [B], clipped to [0, 1]."""
     return (images * factor[:, None, None, None]).clamp_(0.0, 1.0)
@@ -196,19 +216,16 @@ def add_noise(images: Tensor, sigma: Tensor, generator: torch.Generator) -> Tens
 def _on_rows(images: Tensor, rows: Tensor, fn) -> Tensor:
     """fn(images[i], i) for the rows i where rows [B] is True; fn must leave the other rows
     unchanged when given them (their parameters are the identity). On the CPU only the selected
-    rows are computed when they are at most half (the study's policies touch a quarter of the
-    images per transform); on an accelerator always all rows, because selecting rows would
-    stall the device on nonzero()."""
+    rows are computed (copying rows out and back costs far less than warping or noising one);
+    on an accelerator always all rows, because selecting rows would stall it on nonzero()."""
     if images.device.type != "cpu":
         return fn(images, slice(None))
     idx = rows.nonzero().flatten()
+    if len(idx) == len(rows):
+        return fn(images, slice(None))
     if len(idx) == 0:
         return images
-    if 2 * len(idx) > len(rows):  # gathering and scattering rows would cost more than it saves
-        return fn(images, slice(None))
-    out = images.clone()
-    out[idx] = fn(images[idx], idx)
-    return out
+    return images.index_copy(0, idx, fn(images.index_select(0, idx), idx))
 
 
 # --- random draws -----------------------------------------------------------------------------
@@ -226,34 +243,34 @@ class _Draws:
     sigma: Tensor
 
 
-def _uniform(b: int, low: float, high: float, gen: torch.Generator) -> Tensor:
-    return low + (high - low) * torch.rand(b, generator=gen, device=gen.device)
-
-
-def _which(params: AugmentParams, b: int, gen: torch.Generator) -> dict[str, Tensor]:
-    """bool [B] per photometric/rotation transform: does it apply to the image?"""
-    enabled = [n for n in ("rotate", "noise", "brightness") if getattr(params, n)]
+def _which(params: AugmentParams, u: Tensor) -> dict[str, Tensor]:
+    """bool [B] per transform from uniforms u [B, 3]: does it apply to the image? "affine" is
+    rotation with zoom/shift, one warp drawn once (like albumentations' ShiftScaleRotate)."""
+    enabled = [n for n, on in (("affine", params.rotate or params.scale_shift), ("noise", params.noise),
+                               ("brightness", params.brightness)) if on]
     if params.one_of:  # 0 = the original, k = the k-th enabled transform, uniformly
-        choice = torch.randint(0, len(enabled) + 1, (b,), generator=gen, device=gen.device)
+        choice = (u[:, 0] * (len(enabled) + 1)).long()
         return {n: choice == k + 1 for k, n in enumerate(enabled)}
-    return {n: torch.rand(b, generator=gen, device=gen.device) < params.apply_p for n in enabled}
+    return {n: u[:, k] < params.apply_p for k, n in enumerate(enabled)}
 
 
 def _draw(params: AugmentParams, b: int, gen: torch.Generator) -> _Draws:
-    which = _which(params, b, gen)
+    """All per-image random parameters from one draw of uniforms (few small ops per batch)."""
+    u = torch.rand(b, 9, generator=gen, device=gen.device)
+    which = _which(params, u[:, :3])
     off = torch.zeros(b, dtype=torch.bool, device=gen.device)
-    rotate, noise, bright = (which.get(n, off) for n in ("rotate", "noise", "brightness"))
+    affine, noise, bright = (which.get(n, off) for n in ("affine", "noise", "brightness"))
+    span = lambda col, low, high: low + (high - low) * u[:, col]
     theta = math.radians(params.rotation_deg)
-    angle = torch.where(rotate, _uniform(b, -theta, theta, gen), 0.0)
-    zoom = params.scale_shift & (torch.rand(b, generator=gen, device=gen.device) < params.apply_p)
-    scale = torch.where(zoom, _uniform(b, 1 - params.scale_range, 1 + params.scale_range, gen), 1.0)
-    shift = torch.where(zoom[:, None], _uniform(2 * b, -params.shift_px, params.shift_px, gen).view(b, 2), 0.0)
-    flip = params.flip & (torch.rand(b, generator=gen, device=gen.device) < params.flip_p)
+    angle = torch.where(affine & params.rotate, span(3, -theta, theta), 0.0)
+    zoom = affine & params.scale_shift
+    scale = torch.where(zoom, span(4, 1 - params.scale_range, 1 + params.scale_range), 1.0)
+    shift = torch.where(zoom[:, None], params.shift_px * (2 * u[:, 5:7] - 1), 0.0)
+    flip = params.flip & (u[:, 7] < params.flip_p)
     if params.one_of:  # the study's two copies: x low or x high
-        pick = torch.rand(b, generator=gen, device=gen.device) < 0.5
-        factor = torch.where(pick, params.brightness_low, params.brightness_high)
+        factor = torch.where(u[:, 8] < 0.5, params.brightness_low, params.brightness_high)
     else:
-        factor = _uniform(b, params.brightness_low, params.brightness_high, gen)
+        factor = span(8, params.brightness_low, params.brightness_high)
     return _Draws(angle, scale, shift, flip, torch.where(bright, factor, 1.0),
                   torch.where(noise, math.sqrt(params.noise_var), 0.0))
 
@@ -275,15 +292,33 @@ def augment_batch(images: Tensor, keypoints: Tensor, params: AugmentParams, flip
     d = _draw(params, images.shape[0], generator)
     d = _Draws(*(t.to(images.device) for t in (d.angle, d.scale, d.shift, d.flip, d.brightness, d.sigma)))
     if params.geometric:
+        dt = images.dtype
         keypoints = move_keypoints(keypoints, d.angle.to(keypoints.dtype), d.scale.to(keypoints.dtype),
                                    d.shift.to(keypoints.dtype), d.flip, flip_perm, images.shape[-1],
                                    params.exact_rotation)
-        moved = (d.angle != 0) | (d.scale != 1) | (d.shift != 0).any(dim=1) | d.flip
-        dt = images.dtype
-        images = _on_rows(images, moved, lambda x, i: warp_images(
-            x, d.angle[i].to(dt), d.scale[i].to(dt), d.shift[i].to(dt), d.flip[i]))
-    if params.brightness:
-        images = adjust_brightness(images, d.brightness.to(images.dtype))
-    if params.noise:
-        images = _on_rows(images, d.sigma > 0, lambda x, i: add_noise(x, d.sigma[i].to(x.dtype), generator))
+        if params.flip:  # an exact mirror first, so that only the affine rows are resampled
+            images = mirror(images, d.flip)  # cheap per row: not worth selecting rows
+        affine = (d.angle != 0) | (d.scale != 1) | (d.shift != 0).any(dim=1)
+        images = _on_rows(images, affine, lambda x, i: warp_images(
+            x, d.angle[i].to(dt), d.scale[i].to(dt), d.shift[i].to(dt), torch.zeros_like(d.flip[i])))
+    if params.brightness or params.noise:
+        images = _photometric(images, d.brightness.to(images.dtype), d.sigma.to(images.dtype), generator)
     return images, keypoints
+
+
+def _photometric(images: Tensor, factor: Tensor, sigma: Tensor, generator: torch.Generator) -> Tensor:
+    """clip(images * factor + sigma * N(0, 1), 0, 1) for factor, sigma [B], in one new tensor.
+
+    On the CPU noise is drawn only for the rows with sigma > 0 (drawing it is the costly part);
+    on an accelerator for all rows, since selecting them would stall the device.
+    """
+    out = images * factor[:, None, None, None]
+    if out.device.type == "cpu":
+        idx = (sigma > 0).nonzero().flatten()
+        if len(idx):
+            noise = torch.randn((len(idx), *out.shape[1:]), generator=generator, device=generator.device)
+            out.index_add_(0, idx, noise.mul_(sigma[idx, None, None, None]))
+    else:
+        noise = torch.randn(out.shape, generator=generator, device=generator.device).to(out.device)
+        out.add_(noise.mul_(sigma[:, None, None, None]))
+    return out.clamp_(0.0, 1.0)

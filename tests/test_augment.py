@@ -49,6 +49,13 @@ def test_rotation_by_90_degrees_moves_a_known_keypoint_exactly():
     assert out.sum().item() == pytest.approx(1.0, abs=1e-4)
 
 
+def test_identity_warp_leaves_images_unchanged():
+    """On a GPU every row is warped, untouched rows with identity parameters: they must not blur."""
+    x = torch.rand(3, 1, S, S)
+    out = augment.warp_images(x, **_identity(3))
+    assert torch.allclose(out, x, atol=1e-5)
+
+
 def test_flip_swaps_left_and_right_eye_centres():
     keypoints = torch.full((1, 15, 2), 50.0)
     keypoints[0, 0] = torch.tensor([60.0, 40.0])    # left eye centre (subject's left, image right)
@@ -111,7 +118,7 @@ def test_params_for_maps_the_config():
     assert p.rotation_deg == 10.0 and p.noise_var == 0.05
     assert params_for(TrialConfig(augment="study")).exact_rotation
     full = params_for(TrialConfig(augment="full", flip_p=0.3))
-    assert full.flip and full.scale_shift and full.flip_p == 0.3 and not full.one_of
+    assert full.flip and full.scale_shift and full.flip_p == 0.3 and full.one_of and full.exact_rotation
     assert not params_for(TrialConfig()).active
     assert set(augment.POLICIES) == {"none", "study", "study_exact", "full"}
     with pytest.raises(ValueError, match="valid"):
