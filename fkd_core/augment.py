@@ -202,17 +202,6 @@ def mirror(images: Tensor, flip: Tensor) -> Tensor:
     return images.gather(3, cols[:, None, None, :].expand_as(images))
 
 
-def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
-    """images [B, C, S, S] in [0, 1] times factor [B], clipped to [0, 1]."""
-    return (images * factor[:, None, None, None]).clamp_(0.0, 1.0)
-
-
-def add_noise(images: Tensor, sigma: Tensor, generator: torch.Generator) -> Tensor:
-    """images plus Gaussian noise of standard deviation sigma [B] (0 = untouched), clipped."""
-    noise = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device)
-    return noise.mul_(sigma[:, None, None, None]).add_(images).clamp_(0.0, 1.0)
-
-
 def _on_rows(images: Tensor, rows: Tensor, fn) -> Tensor:
     """fn(images[i], i) for the rows i where rows [B] is True; fn must leave the other rows
     unchanged when given them (their parameters are the identity). On the CPU only the selected
@@ -302,12 +291,13 @@ def augment_batch(images: Tensor, keypoints: Tensor, params: AugmentParams, flip
         images = _on_rows(images, affine, lambda x, i: warp_images(
             x, d.angle[i].to(dt), d.scale[i].to(dt), d.shift[i].to(dt), torch.zeros_like(d.flip[i])))
     if params.brightness or params.noise:
-        images = _photometric(images, d.brightness.to(images.dtype), d.sigma.to(images.dtype), generator)
+        images = photometric(images, d.brightness.to(images.dtype), d.sigma.to(images.dtype), generator)
     return images, keypoints
 
 
-def _photometric(images: Tensor, factor: Tensor, sigma: Tensor, generator: torch.Generator) -> Tensor:
-    """clip(images * factor + sigma * N(0, 1), 0, 1) for factor, sigma [B], in one new tensor.
+def photometric(images: Tensor, factor: Tensor, sigma: Tensor, generator: torch.Generator) -> Tensor:
+    """clip(images * factor + sigma * N(0, 1), 0, 1): brightness factor [B] (1 = unchanged) and
+    noise standard deviation sigma [B] (0 = none) on images [B, C, S, S], in one new tensor.
 
     On the CPU noise is drawn only for the rows with sigma > 0 (drawing it is the costly part);
     on an accelerator for all rows, since selecting them would stall the device.

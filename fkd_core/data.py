@@ -46,7 +46,7 @@ from torch import Tensor
 
 from fkd_core import synth
 from fkd_core.config import TrialConfig
-from fkd_core.schema import KAGGLE15, Schema, generic, schema_for
+from fkd_core.schema import KAGGLE15, Schema, schema_for
 
 SYNTHETIC_SOURCES = ("synthetic", "synthetic-missing")
 KAGGLE_IMAGE_SIZE = 96

@@ -27,7 +27,6 @@ import json
 import math
 import sys
 
-import numpy as np
 import torch
 from torch import Tensor
 

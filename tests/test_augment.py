@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fkd_core import augment
-from fkd_core.augment import add_noise, adjust_brightness, augment_batch, params_for, policy, warp
+from fkd_core.augment import augment_batch, params_for, photometric, policy, warp
 from fkd_core.config import TrialConfig
 from fkd_core.schema import KAGGLE15
 
@@ -104,11 +104,14 @@ def test_keypoints_leaving_the_frame_become_nan_and_nan_stays_nan():
 
 def test_noise_variance_and_brightness_clipping():
     gen = torch.Generator().manual_seed(0)
-    flat = torch.full((2, 1, S, S), 0.5)
-    noisy = add_noise(flat, torch.tensor([0.05, 0.0]), gen)
-    assert noisy[0].std().item() == pytest.approx(0.05, rel=0.05)
-    assert torch.equal(noisy[1], flat[1])
-    bright = adjust_brightness(torch.tensor([0.2, 0.9]).view(2, 1, 1, 1).expand(2, 1, S, S), torch.tensor([1.5, 1.5]))
+    flat = torch.full((3, 1, S, S), 0.5)
+    out = photometric(flat, torch.tensor([1.0, 1.0, 1.5]), torch.tensor([0.05, 0.0, 0.0]), gen)
+    assert out[0].std().item() == pytest.approx(0.05, rel=0.05)
+    assert out[0].mean().item() == pytest.approx(0.5, abs=0.005)
+    assert torch.equal(out[1], flat[1])
+    assert torch.equal(out[2], torch.full_like(flat[2], 0.75))
+    bright = photometric(torch.tensor([0.2, 0.9]).view(2, 1, 1, 1).expand(2, 1, S, S).contiguous(),
+                         torch.tensor([1.5, 1.5]), torch.zeros(2), gen)
     assert bright[0].max().item() == pytest.approx(0.3) and bright[1].max().item() == 1.0
 
 
