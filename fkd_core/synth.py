@@ -23,9 +23,11 @@ almost always has.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -248,6 +250,20 @@ def apply_kaggle_missing(keypoints: Tensor, complete_fraction: float) -> Tensor:
     return out
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch single-threaded for a moment. Rendering is many small batched ops: measured on
+    2 shared cores, 2 intra-op threads were up to 15x slower than 1 once other processes kept
+    the cores busy (OpenMP barriers), while 1 thread renders 1500-3500 faces/s either way.
+    torch's thread count is process-wide, so it is restored at once."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def generate(n: int, seed: int = 0, pose: float = 1.0, *, identity: float = 1.0,
              noise: float = 1.0, complete_fraction: float = 1.0,
              size: int = IMAGE_SIZE) -> tuple[Tensor, Tensor]:
@@ -271,8 +287,9 @@ def generate(n: int, seed: int = 0, pose: float = 1.0, *, identity: float = 1.0,
                          f"in [0, 1]; got n={n}, pose={pose}, identity={identity}, noise={noise}, "
                          f"complete_fraction={complete_fraction}")
     gen = torch.Generator().manual_seed(seed)
-    parts = [_generate_chunk(gen, min(_CHUNK, n - start), pose, identity, noise, size)
-             for start in range(0, n, _CHUNK)]
+    with _one_thread():
+        parts = [_generate_chunk(gen, min(_CHUNK, n - start), pose, identity, noise, size)
+                 for start in range(0, n, _CHUNK)]
     images = torch.cat([p[0] for p in parts])
     keypoints = torch.cat([p[1] for p in parts])
     if complete_fraction < 1.0:
