@@ -582,7 +582,7 @@ class _Cache:
         return saved.get("sha256") if saved.get("stat") == self._stat(path) else None
 
     def remember(self, path: Path, digest: str) -> None:
-        _atomic_write(self._index(path), json.dumps({"stat": self._stat(path), "sha256": digest}).encode())
+        _try_write(self._index(path), json.dumps({"stat": self._stat(path), "sha256": digest}).encode())
 
     def load(self, digest: str, size: int, source: str) -> KeypointData | None:
         try:
@@ -598,7 +598,7 @@ class _Cache:
         meta = {"schema": _schema_to(data.schema), "image_ids": data.image_ids}
         buf = io.BytesIO()
         np.savez(buf, images=data.images.numpy(), keypoints=data.keypoints.numpy(), meta=np.array(json.dumps(meta)))
-        _atomic_write(self.entry(data.content_hash, data.images.shape[-1]), buf.getvalue())
+        _try_write(self.entry(data.content_hash, data.images.shape[-1]), buf.getvalue())
 
 
 def _atomic_write(target: Path, payload: bytes) -> None:
@@ -614,6 +614,14 @@ def _atomic_write(target: Path, payload: bytes) -> None:
         raise
 
 
+def _try_write(target: Path, payload: bytes) -> None:
+    """A cache write: a read-only or full cache dir costs speed next time, never the load."""
+    try:
+        _atomic_write(target, payload)
+    except OSError as exc:
+        print(f"fkd_core.data: not cached ({exc})", file=sys.stderr)
+
+
 def _schema_to(schema: Schema) -> dict:
     return {"name": schema.name, "keypoints": list(schema.keypoints),
             "flip_pairs": [list(p) for p in schema.flip_pairs], "norm_pair": schema.norm_pair}
@@ -621,7 +629,8 @@ def _schema_to(schema: Schema) -> dict:
 
 def _schema_from(d: dict) -> Schema:
     norm = tuple(d["norm_pair"]) if d["norm_pair"] is not None else None
-    return Schema(d["name"], tuple(d["keypoints"]), tuple(tuple(p) for p in d["flip_pairs"]), norm)
+    schema = Schema(d["name"], tuple(d["keypoints"]), tuple(tuple(p) for p in d["flip_pairs"]), norm)
+    return KAGGLE15 if schema == KAGGLE15 else schema  # the registry's object, as a parse gives
 
 
 # --- loading ---------------------------------------------------------------------------------------
