@@ -440,14 +440,22 @@ def header(s: Settings, data_sets: dict[str, Any]) -> str:
             f"  data {data}\n  results {s.results_uri}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def quiet_environment() -> None:
+    """Ray/Tune settings for compact output; call before ray.init (main and benchmarks do)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # Compact output: our one line per trial instead of Tune's tables and tracebacks (errors
-    # reach the results table and the progress line).
+    # Our one line per trial instead of Tune's tables and tracebacks (errors reach the results
+    # table and the progress line).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # num_to_keep=1 snapshots the experiment at each checkpoint on purpose; don't warn about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    quiet_environment()
     try:
         args = build_parser().parse_args(argv)
         cluster = load_cluster(args.cluster)
@@ -469,10 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
-    import optuna
     import ray
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     resources = ray.cluster_resources()
     s = resolve(args, cluster, resources.get("GPU", 0.0), resources.get("CPU", 1.0))
     data_sets = _load_or_fail(s.space)
