@@ -1,0 +1,163 @@
+"""Trainer overhead: training steps of fkd_core.train against a bare PyTorch loop, and the cost
+of augmentation.
+
+    python -m bench.trainer            # small_cnn and resnet18
+    python -m bench.trainer --quick    # fewer steps
+
+The bare loop is what anyone would write first: the same model (build_model, in the same
+channels_last memory format that train uses), batch size, optimiser (Adam 1e-3) and data tensors
+on the same device, `F.mse_loss` on complete faces, no augmentation, no metrics.
+
+How it is timed: a global optimiser hook stamps the end of every training step, on both sides,
+so a step interval covers everything between two updates (slicing, augmentation, forward,
+loss, backward, step) and nothing else (validation, checkpoints, setup). The first steps of each
+run (allocator warm-up) and its last (maybe a short batch) are dropped; the median interval, pooled over alternating runs, counts.
+
+On the CPU the clock is the CPU time of the training thread, with torch limited to that one
+thread: on a machine shared with other work, wall times swing tenfold with the neighbours' load
+(and two OpenMP threads spin-wait for each other when one is descheduled), while the CPU time of
+a single thread is the work itself. The CPU numbers are therefore images per core-second. On a
+GPU the clock is wall time (the device is not shared).
+
+Targets: ours >= bare / 1.10 without augmentation; augmentation <= 10% of a training step.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from fkd_core.config import TrialConfig
+from fkd_core.data import KeypointData, load_dataset, split_indices
+from fkd_core.models import build_model
+from fkd_core.train import mean_face, resolve_device, train
+
+OVERHEAD_TARGET = 1.10
+AUGMENT_SHARE_TARGET = 0.10
+WARMUP_STEPS = 2
+# Training images per run (batch 64): (full, quick).
+SIZES = {"small_cnn": (1920, 640), "resnet18": (768, 384)}
+AUGMENT_POLICY = "full"   # the superset of the study's augmentations: the worst case
+
+
+@contextlib.contextmanager
+def step_intervals(clock: Callable[[], float]) -> Iterator[list[float]]:
+    """Seconds of clock between consecutive optimiser steps inside the block (one epoch)."""
+    stamps: list[float] = []
+    hook = register_optimizer_step_post_hook(lambda *args: stamps.append(clock()))
+    intervals: list[float] = []
+    try:
+        yield intervals
+    finally:
+        hook.remove()
+        # The last step of an epoch may be a short batch: left out with the warm-up steps.
+        intervals.extend(np.diff(stamps)[WARMUP_STEPS:-1].tolist())
+
+
+def _complete(data: KeypointData) -> KeypointData:
+    """Faces with every keypoint, so that the bare loop's plain F.mse_loss is defined."""
+    return data.subset(data.complete_mask().nonzero().flatten().numpy())
+
+
+def bare_epoch(cfg: TrialConfig, data: KeypointData, device: torch.device) -> None:
+    """One epoch of a plain loop over the same training split, model and optimiser."""
+    torch.manual_seed(cfg.seed)
+    train_idx, _ = split_indices(len(data), cfg.val_fraction, cfg.split_seed, cfg.split)
+    rows = data.subset(train_idx)
+    images, keypoints = rows.images.to(device), rows.keypoints.to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = build_model(cfg.backbone, data.schema.num_keypoints, dropout=cfg.dropout,
+                        mean_face=mean_face(rows.keypoints, images.shape[-1]))
+    model = model.to(device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    order = torch.randperm(len(images), device=device)
+    for i in range(0, len(images), cfg.batch_size):
+        idx = order[i:i + cfg.batch_size]
+        x = (images[idx].float() / 255.0).contiguous(memory_format=memory_format)
+        loss = F.mse_loss(model(x), keypoints[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    loss.item()
+
+
+def _images_per_s(intervals: list[float], batch_size: int) -> float:
+    return batch_size / float(np.median(intervals))
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure(backbone: str, data: KeypointData, repeats: int) -> list[dict]:
+    """Rows for one backbone: overhead without augmentation, then augmentation's share."""
+    cfg = TrialConfig(backbone=backbone, device="auto", augment="none", max_epochs=1)
+    device = resolve_device(cfg.device)
+    on_cpu = device.type == "cpu"
+    clock = time.thread_time if on_cpu else time.perf_counter
+    sides: dict[str, list[float]] = {"bare": [], "ours": [], "ours_aug": []}
+    with _one_thread() if on_cpu else contextlib.nullcontext():
+        for _ in range(repeats):   # alternate, so that drifts hit every side alike
+            with step_intervals(clock) as steps:
+                bare_epoch(cfg, data, device)
+            sides["bare"] += steps
+            with step_intervals(clock) as steps:
+                train(cfg, data, lambda row: None)
+            sides["ours"] += steps
+            with step_intervals(clock) as steps:
+                train(cfg.replace(augment=AUGMENT_POLICY), data, lambda row: None)
+            sides["ours_aug"] += steps
+    bare, ours, ours_aug = (_images_per_s(sides[k], cfg.batch_size) for k in sides)
+    share = 1.0 - ours_aug / ours          # (t_aug - t_plain) / t_aug per step
+    unit = "img per core-second, 1 thread" if on_cpu else "img/s wall"
+    return [
+        {"name": f"{backbone}: train img/s, bare loop vs fkd_core.train", "reference": bare,
+         "ours": ours, "ratio": bare / ours, "target": f"<= {OVERHEAD_TARGET:.2f}x",
+         "passed": bare / ours <= OVERHEAD_TARGET, "note": unit},
+        {"name": f"{backbone}: img/s without vs with augment={AUGMENT_POLICY!r}", "reference": ours,
+         "ours": ours_aug, "ratio": ours / ours_aug,
+         "target": f"<= {1 / (1 - AUGMENT_SHARE_TARGET):.3f}x (aug <= 10% of a step)",
+         "passed": share <= AUGMENT_SHARE_TARGET,
+         "note": f"augmentation {100 * share:.0f}% of a step; {unit}"},
+    ]
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Rows {name, reference, ours, ratio, target, passed} for small_cnn and resnet18."""
+    rows = []
+    for backbone, sizes in SIZES.items():
+        n_train = sizes[1] if quick else sizes[0]
+        # Synthetic faces: the benchmark must run on a fresh machine; their size is the Kaggle one.
+        data = _complete(load_dataset("synthetic", synth_n=int(n_train / 0.85) + 1, synth_seed=0))
+        rows += measure(backbone, data, repeats=2 if quick else 3)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.trainer", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    rows = run(quick=args.quick)
+    print("| measure | reference | ours | ratio | target | pass |\n|---|---|---|---|---|---|")
+    for r in rows:
+        note = f" ({r['note']})" if r.get("note") else ""
+        print(f"| {r['name']}{note} | {r['reference']:.0f} | {r['ours']:.0f} | {r['ratio']:.3f} | "
+              f"{r['target']} | {'pass' if r['passed'] else 'FAIL'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
