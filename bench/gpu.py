@@ -55,7 +55,7 @@ class Sizes:
 
 
 FULL = Sizes("cuda", 8192, (64, 256), 3, 60, 8192, PACKING, ("resnet50", "densenet121"), BACKBONES)
-DRY = Sizes("cpu", 64, (8,), 2, 3, 256, (1, 2), ("small_cnn",), ("resnet18", "small_cnn"))
+DRY = Sizes("cpu", 64, (8,), 2, 3, 256, (1, 2), ("small_cnn",), ("small_cnn",))
 
 
 def matmul_tflops(n: int, device: str) -> float:

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--identity", type=float, default=1.0, help="per-face geometry variation")
     parser.add_argument("--noise", type=float, default=1.0, help="illumination and pixel noise")
     parser.add_argument("--kaggle-missing", action="store_true",
-                        help=f"keep all keypoints only in the first {KAGGLE_COMPLETE_FRACTION:.0%} of rows")
+                        help=f"keep all keypoints only in the first {KAGGLE_COMPLETE_FRACTION * 100:.0f}%% of rows")
     parser.add_argument("--out", required=True, help="FILE.csv or FILE.csv.gz")
     args = parser.parse_args(argv)
     from fkd_core.data import synthetic_marker, write_kaggle_csv  # the Kaggle layout's writer

@@ -124,3 +124,13 @@ def _cpu_seconds(fn) -> float:
     start = time.process_time()
     fn()
     return time.process_time() - start
+
+
+def test_cli_help_renders():
+    """argparse expands %-formats in help texts: a stray '%' crashes --help."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "fkd_core.synth", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "--pose" in proc.stdout and "% of rows" in proc.stdout
