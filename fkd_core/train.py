@@ -82,21 +82,32 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def training_split(data: KeypointData, cfg: TrialConfig) -> tuple[KeypointData, KeypointData]:
-    """(train, val) rows. The missing policy touches the training rows only.
+def split_rows(data: KeypointData, cfg: TrialConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """(train rows [Nt], their keypoints [Nt, K, 2], validation rows [Nv]) without copying images.
 
-    "ffill" fills over the whole file before the split, in file order, as the study did, so a
-    training face can inherit a validation face's points; validation keeps its true labels.
+    The missing policy touches the training keypoints only. "ffill" fills over the whole file
+    before the split, in file order, as the study did, so a training face can inherit a
+    validation face's points; validation keeps its true labels. Images stay in the one shared
+    tensor (Ray's object store in a sweep): a trial holds indices, not a copy of the data set.
     """
-    train_idx, val_idx = split_indices(len(data), cfg.val_fraction, cfg.split_seed, cfg.split)
-    source = apply_missing(data, "ffill") if cfg.missing == "ffill" else data
-    train_rows = source.subset(train_idx)
+    train_idx, val_idx = (torch.as_tensor(i, dtype=torch.long)
+                          for i in split_indices(len(data), cfg.val_fraction, cfg.split_seed, cfg.split))
+    source = apply_missing(data, "ffill").keypoints if cfg.missing == "ffill" else data.keypoints
+    train_kps = source[train_idx]
     if cfg.missing == "drop":
-        train_rows = apply_missing(train_rows, "drop")
-    if len(train_rows) == 0 or len(val_idx) == 0:
-        raise ValueError(f"{data.source}: {len(train_rows)} training and {len(val_idx)} validation "
+        complete = torch.isfinite(train_kps).all(dim=2).all(dim=1)
+        train_idx, train_kps = train_idx[complete], train_kps[complete]
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError(f"{data.source}: {len(train_idx)} training and {len(val_idx)} validation "
                          f"rows after split={cfg.split!r}, missing={cfg.missing!r}; need at least one each")
-    return train_rows, data.subset(val_idx)
+    return train_idx, train_kps, val_idx
+
+
+def training_split(data: KeypointData, cfg: TrialConfig) -> tuple[KeypointData, KeypointData]:
+    """(train, val) rows as data sets of their own (copies; for analysis and tools)."""
+    train_idx, train_kps, val_idx = split_rows(data, cfg)
+    train = data.subset(train_idx)
+    return dataclasses.replace(train, keypoints=train_kps), data.subset(val_idx)
 
 
 def mean_face(keypoints: Tensor, image_size: int) -> Tensor:
@@ -118,21 +129,24 @@ def _optimizer(cfg: TrialConfig, params: Iterator[nn.Parameter]) -> torch.optim.
 
 @dataclass(frozen=True)
 class Batches:
-    """Device tensors of one split: images uint8 [N, 1, S, S], keypoints float32 [N, K, 2] px."""
+    """One split on the device: the shared images uint8 [N, 1, S, S], the split's rows [M] into
+    them and its keypoints float32 [M, K, 2] px. Batches gather from the shared tensor, so the
+    data set is held once per process (and, on CPU, once per node via the object store)."""
 
     images: Tensor
+    rows: Tensor
     keypoints: Tensor
 
     @classmethod
-    def of(cls, data: KeypointData, device: torch.device) -> "Batches":
-        return cls(data.images.to(device, torch.uint8), data.keypoints.to(device, torch.float32))
+    def of(cls, images: Tensor, rows: Tensor, keypoints: Tensor, device: torch.device) -> "Batches":
+        return cls(images.to(device, torch.uint8), rows.to(device), keypoints.to(device, torch.float32))
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self.rows.shape[0]
 
     def slice(self, idx: Tensor, channels_last: bool) -> tuple[Tensor, Tensor]:
-        """(images float [B, 1, S, S] in [0, 1], keypoints [B, K, 2]) at the indices idx [B]."""
-        x = self.images.index_select(0, idx).float().div_(255.0)
+        """(images float [B, 1, S, S] in [0, 1], keypoints [B, K, 2]) at the split positions idx [B]."""
+        x = self.images.index_select(0, self.rows.index_select(0, idx)).float().div_(255.0)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.keypoints.index_select(0, idx)
@@ -300,11 +314,11 @@ class _Trial:
     device: torch.device
 
     @classmethod
-    def create(cls, cfg: TrialConfig, train_rows: KeypointData, device: torch.device) -> "_Trial":
+    def create(cls, cfg: TrialConfig, train_kps: Tensor, size: int, device: torch.device) -> "_Trial":
+        """train_kps: [N, K, 2] px of the training rows (their mean face starts the head)."""
         torch.manual_seed(cfg.seed)   # weights and dropout; batch order and augmentation below
-        size = train_rows.images.shape[-1]
-        model = build_model(cfg.backbone, train_rows.schema.num_keypoints, pretrained=cfg.pretrained,
-                            dropout=cfg.dropout, mean_face=mean_face(train_rows.keypoints, size),
+        model = build_model(cfg.backbone, train_kps.shape[1], pretrained=cfg.pretrained,
+                            dropout=cfg.dropout, mean_face=mean_face(train_kps, size),
                             image_size=size).to(device)
         # channels_last pays on CPU too (oneDNN prefers NHWC): small_cnn x1.45, mobilenet_v3_small
         # x1.5, resnet18 x1.08 training images per CPU-second, measured on this 2-core machine.
@@ -382,8 +396,8 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
     """
     start = time.perf_counter()
     device = resolve_device(cfg.device)
-    train_rows, val_rows = training_split(data, cfg)
-    trial = _Trial.create(cfg, train_rows, device)
+    train_idx, train_kps, val_idx = split_rows(data, cfg)
+    trial = _Trial.create(cfg, train_kps, data.images.shape[-1], device)
     progress = Progress()
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location="cpu")   # RNG states must stay on the CPU
@@ -396,7 +410,9 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         flip_perm=data.schema.flip_permutation())
     net = torch.compile(trial.model) if cfg.compile else trial.model
     objective = build_objective(cfg)
-    train_data, val_data = Batches.of(train_rows, device), Batches.of(val_rows, device)
+    images = data.images.to(device, torch.uint8)   # once: both splits index into it
+    train_data = Batches.of(images, train_idx, train_kps, device)
+    val_data = Batches.of(images, val_idx, data.keypoints[val_idx], device)
     wall_before = progress.wall_seconds   # time of the epochs before a resume
     stopped = "early_stop" if progress.patience_spent(cfg.patience) else "max_epochs"
     for epoch in range(progress.epoch + 1, cfg.max_epochs + 1):

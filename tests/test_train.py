@@ -165,3 +165,24 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error:")
+
+
+def test_splits_share_the_data_sets_images_instead_of_copying(faces, monkeypatch):
+    """A sweep node holds the data set once: each trial gathers batches from the shared tensor."""
+    made = []
+    original = train_module.Batches.of
+    monkeypatch.setattr(train_module.Batches, "of",
+                        classmethod(lambda cls, *a: made.append(original(*a)) or made[-1]))
+    train(TrialConfig(max_epochs=1, batch_size=64), faces, lambda row: None)
+    train_rows, val_rows = made
+    assert train_rows.images.data_ptr() == val_rows.images.data_ptr() == faces.images.data_ptr()
+    assert len(train_rows) + len(val_rows) == len(faces)
+    assert set(train_rows.rows.tolist()).isdisjoint(val_rows.rows.tolist())
+
+
+def test_drop_policy_trains_on_complete_rows_only():
+    data = load_dataset("synthetic-missing", synth_n=200, synth_seed=0)
+    train_idx, train_kps, val_idx = train_module.split_rows(data, TrialConfig(missing="drop"))
+    assert torch.isfinite(train_kps).all()
+    assert 0 < len(train_idx) < 200 - len(val_idx)
+    assert torch.equal(train_kps, data.keypoints[train_idx])
