@@ -97,7 +97,7 @@ class TrialConfig:
     precision: Precision = "auto"
     """"auto": bf16 autocast on CUDA, fp32 on CPU."""
     channels_last: bool = True
-    """channels_last memory format on CUDA (ignored on CPU, where it is slower for these nets)."""
+    """channels_last memory format (oneDNN and cuDNN prefer NHWC: measured 1.08-1.5x faster on CPU)."""
     compile: bool = False
     """torch.compile the model (pays off only for long trials on GPU)."""
 

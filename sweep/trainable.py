@@ -91,6 +91,7 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
     if train_fn is None:
         from fkd_core.train import train as train_fn
     cfg = TrialConfig(**config["cfg"])
+    _match_threads_to_cpus()
     data = unshare(datasets[data_key(cfg)])
     device, device_name = device_of(cfg)
     # Local scratch for train's checkpoint.pt / best.pt; tune.report copies it to the trial's
@@ -106,6 +107,16 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
         train_fn(cfg, data, report, checkpoint_dir=str(workdir), resume_from=resume_from)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _match_threads_to_cpus() -> None:
+    """One torch thread per CPU Ray gave the trial: on shared cores, more threads than the
+    trial's share made training up to 10x slower (OpenMP barriers waiting for busy cores)."""
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
 
 
 def _restore(checkpoint: Any, workdir: Path) -> str | None:
