@@ -37,6 +37,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from fkd_core.config import TrialConfig
 from fkd_core.data import KeypointData, load_dataset, split_indices
 from fkd_core.models import build_model
+from fkd_core.synth import one_thread
 from fkd_core.train import mean_face, resolve_device, train
 
 OVERHEAD_TARGET = 1.10
@@ -92,16 +93,6 @@ def _images_per_s(intervals: list[float], batch_size: int) -> float:
     return batch_size / float(np.median(intervals))
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def measure(backbone: str, data: KeypointData, repeats: int) -> list[dict]:
     """Rows for one backbone: overhead without augmentation, then augmentation's share."""
     cfg = TrialConfig(backbone=backbone, device="auto", augment="none", max_epochs=1)
@@ -109,7 +100,7 @@ def measure(backbone: str, data: KeypointData, repeats: int) -> list[dict]:
     on_cpu = device.type == "cpu"
     clock = time.thread_time if on_cpu else time.perf_counter
     sides: dict[str, list[float]] = {"bare": [], "ours": [], "ours_aug": []}
-    with _one_thread() if on_cpu else contextlib.nullcontext():
+    with one_thread() if on_cpu else contextlib.nullcontext():
         for _ in range(repeats):   # alternate, so that drifts hit every side alike
             with step_intervals(clock) as steps:
                 bare_epoch(cfg, data, device)

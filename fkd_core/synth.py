@@ -251,7 +251,7 @@ def apply_kaggle_missing(keypoints: Tensor, complete_fraction: float) -> Tensor:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """Run torch single-threaded for a moment. Rendering is many small batched ops: measured on
     2 shared cores, 2 intra-op threads were up to 15x slower than 1 once other processes kept
     the cores busy (OpenMP barriers), while 1 thread renders 1500-3500 faces/s either way.
@@ -287,7 +287,7 @@ def generate(n: int, seed: int = 0, pose: float = 1.0, *, identity: float = 1.0,
                          f"in [0, 1]; got n={n}, pose={pose}, identity={identity}, noise={noise}, "
                          f"complete_fraction={complete_fraction}")
     gen = torch.Generator().manual_seed(seed)
-    with _one_thread():
+    with one_thread():
         parts = [_generate_chunk(gen, min(_CHUNK, n - start), pose, identity, noise, size)
                  for start in range(0, n, _CHUNK)]
     images = torch.cat([p[0] for p in parts])
