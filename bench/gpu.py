@@ -7,7 +7,7 @@ What it prints and writes (``<out>/gpu.json``, ``<out>/gpu.md``):
 1. the device, and a large bf16 matmul as the ceiling check (TFLOP/s);
 2. training images/s of ``fkd_core.train`` vs a bare PyTorch loop (same model, batch, optimiser,
    bf16 autocast, channels_last, data already on the GPU) for resnet50, densenet121, resnet18 and
-   small_cnn at batch 64 and 256;
+   small_cnn at batch 64 and 256, then with ``augment="full"`` at batch 256 (augmentation's share);
 3. packing: 1, 2, 4 and 8 concurrent trials on the one GPU (what ``--gpus-per-trial 1, 0.5, 0.25,
    0.125`` gives under Ray), aggregate images/s, GPU utilisation and memory;
 4. a time-boxed ``study``-space sweep on the real faces end to end, when ray is importable.
@@ -106,11 +106,12 @@ def bare_loop_images_per_s(backbone: str, batch: int, steps: int, images: torch.
     return steps * batch / (time.perf_counter() - start)
 
 
-def trainer_images_per_s(backbone: str, batch: int, epochs: int, data, device: str) -> float:
+def trainer_images_per_s(backbone: str, batch: int, epochs: int, data, device: str,
+                         augment: str = "none") -> float:
     """fkd_core.train's own training images/s, best epoch after the first (warm-up, compile)."""
     rows: list[dict] = []
     cfg = TrialConfig(backbone=backbone, batch_size=batch, max_epochs=epochs, device=device,
-                      patience=epochs + 1, augment="none", seed=0)
+                      patience=epochs + 1, augment=augment, seed=0)
     train(cfg, data, rows.append)
     warm = rows[1:] or rows
     return max(r[IMAGES_PER_S] for r in warm)
@@ -215,6 +216,16 @@ def measure(sizes: Sizes, out: Path, sweep_seconds: int) -> dict:
             _log(f"{backbone:>12} b{batch:<4} bare {bare:9.0f} img/s  train {ours:9.0f} img/s  "
                  f"x{ours / bare:.2f}")
     result["throughput"] = throughput
+    # Augmentation's cost on the device: the same trainer with augment="full" at the largest batch.
+    augmented = []
+    for row in (r for r in throughput if r["batch"] == max(sizes.batches)):
+        aug = trainer_images_per_s(row["backbone"], row["batch"], sizes.epochs, data, device, "full")
+        augmented.append({"backbone": row["backbone"], "batch": row["batch"],
+                          "train_images_per_s": row["train_images_per_s"], "augment_full_images_per_s": aug,
+                          "augment_share": 1.0 - aug / row["train_images_per_s"]})
+        _log(f"{row['backbone']:>12} b{row['batch']:<4} augment=full {aug:9.0f} img/s "
+             f"({100 * augmented[-1]['augment_share']:.0f}% of a step)")
+    result["augmentation"] = augmented
     packing = []
     for backbone in sizes.packing_backbones:
         for trials in sizes.packing:
@@ -235,6 +246,11 @@ def markdown(result: dict) -> str:
     for r in result["throughput"]:
         lines.append(f"| {r['backbone']} | {r['batch']} | {r['bare_images_per_s']:,.0f} | "
                      f"{r['train_images_per_s']:,.0f} | {r['ratio']:.2f} | >= 0.9 |")
+    lines += ["", "| backbone | batch | train img/s | with augment=full | augmentation share of a step | target |",
+              "|---|---|---|---|---|---|"]
+    for r in result["augmentation"]:
+        lines.append(f"| {r['backbone']} | {r['batch']} | {r['train_images_per_s']:,.0f} | "
+                     f"{r['augment_full_images_per_s']:,.0f} | {100 * r['augment_share']:.0f}% | <= 10% |")
     lines += ["", "| backbone | trials/GPU | aggregate img/s | GPU util % | peak MiB | target img/s |",
               "|---|---|---|---|---|---|"]
     for r in result["packing"]:

@@ -11,7 +11,14 @@ on the same device, `F.mse_loss` on complete faces, no augmentation, no metrics.
 How it is timed: a global optimiser hook stamps the end of every training step, on both sides,
 so a step interval covers everything between two updates (slicing, augmentation, forward,
 loss, backward, step) and nothing else (validation, checkpoints, setup). The first steps of each
-run (allocator warm-up) and its last (maybe a short batch) are dropped; the median interval, pooled over alternating runs, counts.
+run (allocator warm-up) and its last (maybe a short batch) are dropped; the median interval,
+pooled over alternating runs, counts.
+
+Augmentation's share of a step is measured paired, inside the same steps: during the augmented
+runs fkd_core.augment.apply_ (per step) and plan (per epoch, spread over its steps) are wrapped
+by a timer, and each step's augmentation time is divided by that step's time (median over steps). Comparing the img/s of separate runs with
+and without augmentation gives the same quantity unpaired, but on a shared machine its run-to-run
+noise (+-10%) is as large as the target; both are printed.
 
 On the CPU the clock is the CPU time of the training thread, with torch limited to that one
 thread: on a machine shared with other work, wall times swing tenfold with the neighbours' load
@@ -34,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from fkd_core import augment
 from fkd_core.config import TrialConfig
 from fkd_core.data import KeypointData, load_dataset, split_indices
 from fkd_core.models import build_model
@@ -60,6 +68,42 @@ def step_intervals(clock: Callable[[], float]) -> Iterator[list[float]]:
         hook.remove()
         # The last step of an epoch may be a short batch: left out with the warm-up steps.
         intervals.extend(np.diff(stamps)[WARMUP_STEPS:-1].tolist())
+
+
+@contextlib.contextmanager
+def augment_times(clock: Callable[[], float]) -> Iterator[dict[str, list[float]]]:
+    """Seconds of clock spent in each call of fkd_core.augment.plan (once per epoch) and
+    fkd_core.augment.apply_ (once per step) inside the block."""
+    times: dict[str, list[float]] = {"plan": [], "apply_": []}
+    originals = {name: getattr(augment, name) for name in times}
+
+    def timed(name):
+        def call(*args, **kwargs):
+            start = clock()
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                times[name].append(clock() - start)
+        return call
+
+    for name in times:
+        setattr(augment, name, timed(name))
+    try:
+        yield times
+    finally:
+        for name, original in originals.items():
+            setattr(augment, name, original)
+
+
+def paired_shares(intervals: list[float], aug: dict[str, list[float]]) -> list[float]:
+    """Per step: augmentation time / step time, the epoch's plan spread evenly over its steps.
+
+    Interval i (after the WARMUP_STEPS dropped by step_intervals) ends with the update of batch
+    WARMUP_STEPS + 1 + i, whose apply_ call it holds; the plan ran before the first step, so it
+    is in no interval and is added to both sides."""
+    first = WARMUP_STEPS + 1
+    plan = sum(aug["plan"]) / max(len(aug["apply_"]), 1)
+    return [(a + plan) / (t + plan) for a, t in zip(aug["apply_"][first:first + len(intervals)], intervals)]
 
 
 def _complete(data: KeypointData) -> KeypointData:
@@ -100,6 +144,7 @@ def measure(backbone: str, data: KeypointData, repeats: int) -> list[dict]:
     on_cpu = device.type == "cpu"
     clock = time.thread_time if on_cpu else time.perf_counter
     sides: dict[str, list[float]] = {"bare": [], "ours": [], "ours_aug": []}
+    shares: list[float] = []
     with one_thread() if on_cpu else contextlib.nullcontext():
         for _ in range(repeats):   # alternate, so that drifts hit every side alike
             with step_intervals(clock) as steps:
@@ -108,21 +153,24 @@ def measure(backbone: str, data: KeypointData, repeats: int) -> list[dict]:
             with step_intervals(clock) as steps:
                 train(cfg, data, lambda row: None)
             sides["ours"] += steps
-            with step_intervals(clock) as steps:
+            with augment_times(clock) as aug, step_intervals(clock) as steps:
                 train(cfg.replace(augment=AUGMENT_POLICY), data, lambda row: None)
             sides["ours_aug"] += steps
+            shares += paired_shares(steps, aug)
     bare, ours, ours_aug = (_images_per_s(sides[k], cfg.batch_size) for k in sides)
-    share = 1.0 - ours_aug / ours          # (t_aug - t_plain) / t_aug per step
+    unpaired = 1.0 - ours_aug / ours       # (t_aug - t_plain) / t_aug per step, separate runs
+    share = float(np.median(shares))
     unit = "img per core-second, 1 thread" if on_cpu else "img/s wall"
     return [
         {"name": f"{backbone}: train img/s, bare loop vs fkd_core.train", "reference": bare,
          "ours": ours, "ratio": bare / ours, "target": f"<= {OVERHEAD_TARGET:.2f}x",
          "passed": bare / ours <= OVERHEAD_TARGET, "note": unit},
-        {"name": f"{backbone}: img/s without vs with augment={AUGMENT_POLICY!r}", "reference": ours,
-         "ours": ours_aug, "ratio": ours / ours_aug,
-         "target": f"<= {1 / (1 - AUGMENT_SHARE_TARGET):.3f}x (aug <= 10% of a step)",
+        {"name": f"{backbone}: augment={AUGMENT_POLICY!r}, share of a training step", "reference": ours,
+         "ours": ours_aug, "ratio": share,
+         "target": f"<= {AUGMENT_SHARE_TARGET:.2f} of a step",
          "passed": share <= AUGMENT_SHARE_TARGET,
-         "note": f"augmentation {100 * share:.0f}% of a step; {unit}"},
+         "note": f"reference/ours = img/s without/with it; paired share {100 * share:.1f}% of a step, "
+                 f"unpaired {100 * unpaired:.0f}%; {unit}"},
     ]
 
 

@@ -12,9 +12,14 @@ and to the keypoints with the same matrix; keypoints that leave the frame become
 Then brightness scaling and additive Gaussian noise (given as a variance on [0, 1] images), in
 one step clipped to [0, 1].
 
-Cost: on the CPU rows that a transform skips are not computed, so that the ``full`` policy costs
-under 10% of a small_cnn training step at batch 64 (bench/trainer.py measures it); on a GPU all
-rows are, because selecting rows would stall the device.
+How it runs: every random parameter of an epoch is drawn at once (``plan``), the rows of each
+batch are grouped by the transform they get (the pairing of image and draw is unchanged; only the
+order inside a batch differs), and the keypoints of the whole epoch are moved in one pass. Per
+batch only pixel work remains (``apply_``), in place on contiguous blocks of the batch: the
+rotated/zoomed rows are resampled once with their flip folded into the warp, the other flipped
+rows are mirrored exactly, noise and brightness touch only their rows. No rows are selected by a
+mask, so the same code runs on a GPU with one host read per epoch. ``augment_batch`` wraps both
+for a single batch and keeps its order.
 
 Policies (``POLICIES``):
 - ``none``: nothing.
@@ -29,9 +34,6 @@ Policies (``POLICIES``):
 - ``full``: ``study`` (correct rotation) + zoom/shift + horizontal flip: each image is left alone
   or gets one of {rotation with zoom and shift (one warp), noise, brightness}, uniformly, and
   independently of that a flip with probability ``flip_p``.
-
-Policies with ``one_of=False`` (none of the named ones) instead apply each transform with
-probability ``apply_p``.
 
 Coordinates use the pixel-index convention (pixel centre (row i, col j) = (x=j, y=i)); the
 rotation centre is c = (S - 1) / 2, the centre of the image.
@@ -74,12 +76,6 @@ class AugmentParams:
     scale_shift: bool = False
     exact_rotation: bool = True
     """False = the study's defect: keypoint y computed from the already-rotated x."""
-    one_of: bool = False
-    """Study style: each image is the original or gets exactly one of the warp (rotation, with
-    zoom/shift when on) / noise / brightness (then x low or x high), as the study's augmented
-    copies did; the flip is drawn independently."""
-    apply_p: float = 0.5
-    """Otherwise: the probability with which each enabled transform is applied to an image."""
 
     @property
     def geometric(self) -> bool:
@@ -92,9 +88,9 @@ class AugmentParams:
 
 _POLICY_SWITCHES: dict[str, dict[str, bool]] = {
     "none": {},
-    "study": {"rotate": True, "noise": True, "brightness": True, "one_of": True},
-    "study_exact": {"rotate": True, "noise": True, "brightness": True, "one_of": True, "exact_rotation": False},
-    "full": {"rotate": True, "noise": True, "brightness": True, "flip": True, "scale_shift": True, "one_of": True},
+    "study": {"rotate": True, "noise": True, "brightness": True},
+    "study_exact": {"rotate": True, "noise": True, "brightness": True, "exact_rotation": False},
+    "full": {"rotate": True, "noise": True, "brightness": True, "flip": True, "scale_shift": True},
 }
 POLICIES = tuple(_POLICY_SWITCHES)
 
@@ -193,75 +189,130 @@ def warp(images: Tensor, keypoints: Tensor, angle: Tensor, scale: Tensor, shift:
     return warp_images(images, angle, scale, shift, flip), moved
 
 
-def mirror(images: Tensor, flip: Tensor) -> Tensor:
-    """images [B, C, S, S] mirrored left-right where flip [B] is True: one gather with a reversed
-    column index per row (torch.where over a broadcast mask is ~10x slower on CPU)."""
-    size = images.shape[-1]
-    cols = torch.arange(size, device=images.device)
-    cols = torch.where(flip[:, None], size - 1 - cols, cols)                        # [B, S]
-    return images.gather(3, cols[:, None, None, :].expand_as(images))
-
-
-def _on_rows(images: Tensor, rows: Tensor, fn) -> Tensor:
-    """fn(images[i], i) for the rows i where rows [B] is True; fn must leave the other rows
-    unchanged when given them (their parameters are the identity). On the CPU only the selected
-    rows are computed (copying rows out and back costs far less than warping or noising one);
-    on an accelerator always all rows, because selecting rows would stall it on nonzero()."""
-    if images.device.type != "cpu":
-        return fn(images, slice(None))
-    idx = rows.nonzero().flatten()
-    if len(idx) == len(rows):
-        return fn(images, slice(None))
-    if len(idx) == 0:
-        return images
-    return images.index_copy(0, idx, fn(images.index_select(0, idx), idx))
-
-
 # --- random draws -----------------------------------------------------------------------------
 
 
+# Which transform an image gets (the one-of choice): codes of Draws.kind.
+ORIGINAL, AFFINE, NOISE, BRIGHTNESS = range(4)
+_BLOCKS = 8   # (kind, flipped apart from a warp) pairs: the order of the blocks of a batch
+
+
 @dataclass(frozen=True)
-class _Draws:
-    """Per-image random parameters [B]: which transforms apply and their amounts."""
+class Draws:
+    """Per-image random parameters [N]: which transform applies and its amounts."""
 
-    angle: Tensor
+    kind: Tensor       # long: ORIGINAL / AFFINE / NOISE / BRIGHTNESS
+    angle: Tensor      # radians
     scale: Tensor
-    shift: Tensor      # [B, 2]
+    shift: Tensor      # [N, 2] px
     flip: Tensor       # bool
-    brightness: Tensor
-    sigma: Tensor
+    brightness: Tensor # factor, 1 = unchanged
+    sigma: Tensor      # noise standard deviation, 0 = none
+
+    def take(self, index: Tensor | slice) -> "Draws":
+        return Draws(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+
+    @property
+    def block(self) -> Tensor:
+        """[N] block of each row: 2 * kind + flipped (by a mirror of its own, not inside a warp)."""
+        return 2 * self.kind + (self.flip & (self.kind != AFFINE)).long()
 
 
-def _which(params: AugmentParams, u: Tensor) -> dict[str, Tensor]:
-    """bool [B] per transform from uniforms u [B, 3]: does it apply to the image? "affine" is
-    rotation with zoom/shift, one warp drawn once (like albumentations' ShiftScaleRotate)."""
-    enabled = [n for n, on in (("affine", params.rotate or params.scale_shift), ("noise", params.noise),
-                               ("brightness", params.brightness)) if on]
-    if params.one_of:  # 0 = the original, k = the k-th enabled transform, uniformly
-        choice = (u[:, 0] * (len(enabled) + 1)).long()
-        return {n: choice == k + 1 for k, n in enumerate(enabled)}
-    return {n: u[:, k] < params.apply_p for k, n in enumerate(enabled)}
+def draw(params: AugmentParams, n: int, gen: torch.Generator) -> Draws:
+    """n images' random parameters from one draw of uniforms, on the generator's device.
 
-
-def _draw(params: AugmentParams, b: int, gen: torch.Generator) -> _Draws:
-    """All per-image random parameters from one draw of uniforms (few small ops per batch)."""
-    u = torch.rand(b, 9, generator=gen, device=gen.device)
-    which = _which(params, u[:, :3])
-    off = torch.zeros(b, dtype=torch.bool, device=gen.device)
-    affine, noise, bright = (which.get(n, off) for n in ("affine", "noise", "brightness"))
+    Each image is the original or gets one of the enabled transforms, uniformly: "affine" is
+    rotation with zoom/shift, one warp drawn once (like albumentations' ShiftScaleRotate); the
+    flip is drawn independently of that choice."""
+    u = torch.rand(n, 7, generator=gen, device=gen.device)
+    enabled = [k for k, on in ((AFFINE, params.rotate or params.scale_shift), (NOISE, params.noise),
+                               (BRIGHTNESS, params.brightness)) if on]
+    codes = torch.tensor([ORIGINAL, *enabled], device=gen.device)
+    kind = codes[(u[:, 0] * len(codes)).long().clamp_(max=len(codes) - 1)]
     span = lambda col, low, high: low + (high - low) * u[:, col]
     theta = math.radians(params.rotation_deg)
-    angle = torch.where(affine & params.rotate, span(3, -theta, theta), 0.0)
+    affine = kind == AFFINE
+    angle = torch.where(affine & params.rotate, span(1, -theta, theta), 0.0)
     zoom = affine & params.scale_shift
-    scale = torch.where(zoom, span(4, 1 - params.scale_range, 1 + params.scale_range), 1.0)
-    shift = torch.where(zoom[:, None], params.shift_px * (2 * u[:, 5:7] - 1), 0.0)
-    flip = params.flip & (u[:, 7] < params.flip_p)
-    if params.one_of:  # the study's two copies: x low or x high
-        factor = torch.where(u[:, 8] < 0.5, params.brightness_low, params.brightness_high)
-    else:
-        factor = span(8, params.brightness_low, params.brightness_high)
-    return _Draws(angle, scale, shift, flip, torch.where(bright, factor, 1.0),
-                  torch.where(noise, math.sqrt(params.noise_var), 0.0))
+    scale = torch.where(zoom, span(2, 1 - params.scale_range, 1 + params.scale_range), 1.0)
+    shift = torch.where(zoom[:, None], params.shift_px * (2 * u[:, 3:5] - 1), 0.0)
+    flip = params.flip & (u[:, 5] < params.flip_p)
+    # The study's two brightness copies: x low or x high.
+    factor = torch.where(u[:, 6] < 0.5, params.brightness_low, params.brightness_high)
+    return Draws(kind, angle, scale, shift, flip, torch.where(kind == BRIGHTNESS, factor, 1.0),
+                 torch.where(kind == NOISE, math.sqrt(params.noise_var), 0.0))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The augmentation of one epoch, in the order its rows are to be trained.
+
+    order: [N] long, a permutation of the caller's rows: batches stay the same sets of rows,
+        each batch regrouped into blocks by transform.
+    draws: each row's parameters, in that order.
+    keypoints: [N, K, 2] the rows' keypoints already moved, in that order.
+    ends: per batch, the ends of its _BLOCKS blocks (offsets inside the batch).
+    """
+
+    order: Tensor
+    draws: Draws
+    keypoints: Tensor
+    ends: list[list[int]]
+    batch_size: int
+
+
+def plan(params: AugmentParams, keypoints: Tensor, flip_perm: Sequence[int], size: int,
+         batch_size: int, generator: torch.Generator) -> Plan:
+    """Draw the augmentation of N rows trained in batches of batch_size, in the given order.
+
+    Args:
+        keypoints: [N, K, 2] px of the rows in their training order (NaN = missing).
+        size: image side S. generator: on the keypoints' device.
+
+    One host read (the block sizes), whatever N.
+    """
+    n = keypoints.shape[0]
+    d = draw(params, n, generator)
+    key = d.block
+    batch = torch.arange(n, device=key.device) // batch_size
+    order = torch.argsort(batch * _BLOCKS + key, stable=True)
+    d = d.take(order)
+    moved = keypoints.index_select(0, order)
+    if params.geometric:
+        kd = keypoints.dtype
+        moved = move_keypoints(moved, d.angle.to(kd), d.scale.to(kd), d.shift.to(kd), d.flip, flip_perm,
+                               size, params.exact_rotation)
+    n_batches = -(-n // batch_size)
+    counts = torch.bincount(batch * _BLOCKS + key, minlength=n_batches * _BLOCKS)
+    ends = counts.view(n_batches, _BLOCKS).cumsum(1).tolist()
+    return Plan(order, d, moved, ends, batch_size)
+
+
+def apply_(images: Tensor, p: Plan, b: int, generator: torch.Generator) -> Tensor:
+    """Augment the pixels of batch b of plan p in place and return them: images float
+    [B, C, S, S] in [0, 1] are the rows p.order[b * batch_size:][:B], in that order; their
+    keypoints are p.keypoints[b * batch_size:][:B]."""
+    ends = p.ends[b]
+    d = p.draws.take(slice(b * p.batch_size, b * p.batch_size + images.shape[0]))
+    dt = images.dtype
+    block = lambda k: slice(ends[k - 1] if k else 0, ends[k])
+    for kind in (AFFINE, NOISE, BRIGHTNESS, ORIGINAL):
+        plain, flipped = block(2 * kind), block(2 * kind + 1)
+        rows = slice(plain.start, flipped.stop)
+        if rows.start == rows.stop:
+            continue
+        x = images[rows]
+        if kind == AFFINE:  # flipped or not, each row's flip is part of its warp
+            x.copy_(warp_images(x, d.angle[rows].to(dt), d.scale[rows].to(dt), d.shift[rows].to(dt),
+                                d.flip[rows]))
+            continue
+        if flipped.start != flipped.stop:
+            images[flipped] = images[flipped].flip(-1)
+        if kind == NOISE:
+            add_noise_(x, d.sigma[rows].to(dt), generator)
+        elif kind == BRIGHTNESS:
+            scale_brightness_(x, d.brightness[rows].to(dt))
+    return images
 
 
 def augment_batch(images: Tensor, keypoints: Tensor, params: AugmentParams, flip_perm: Sequence[int],
@@ -273,42 +324,24 @@ def augment_batch(images: Tensor, keypoints: Tensor, params: AugmentParams, flip
         params: the policy (params_for(cfg)). flip_perm: schema.flip_permutation().
 
     Returns:
-        (images, keypoints) of the same shapes, dtype and device; NaN stays NaN, keypoints that
-        leave the frame become NaN.
+        (images, keypoints) of the same shapes, dtype, device and row order; NaN stays NaN,
+        keypoints that leave the frame become NaN. The inputs are not modified.
     """
     if not params.active:
         return images, keypoints
-    d = _draw(params, images.shape[0], generator)
-    d = _Draws(*(t.to(images.device) for t in (d.angle, d.scale, d.shift, d.flip, d.brightness, d.sigma)))
-    if params.geometric:
-        dt = images.dtype
-        keypoints = move_keypoints(keypoints, d.angle.to(keypoints.dtype), d.scale.to(keypoints.dtype),
-                                   d.shift.to(keypoints.dtype), d.flip, flip_perm, images.shape[-1],
-                                   params.exact_rotation)
-        if params.flip:  # an exact mirror first, so that only the affine rows are resampled
-            images = mirror(images, d.flip)  # cheap per row: not worth selecting rows
-        affine = (d.angle != 0) | (d.scale != 1) | (d.shift != 0).any(dim=1)
-        images = _on_rows(images, affine, lambda x, i: warp_images(
-            x, d.angle[i].to(dt), d.scale[i].to(dt), d.shift[i].to(dt), torch.zeros_like(d.flip[i])))
-    if params.brightness or params.noise:
-        images = photometric(images, d.brightness.to(images.dtype), d.sigma.to(images.dtype), generator)
-    return images, keypoints
+    p = plan(params, keypoints, flip_perm, images.shape[-1], images.shape[0], generator)
+    out = apply_(images.index_select(0, p.order), p, 0, generator)
+    back = torch.argsort(p.order)
+    return out.index_select(0, back), p.keypoints.index_select(0, back)
 
 
-def photometric(images: Tensor, factor: Tensor, sigma: Tensor, generator: torch.Generator) -> Tensor:
-    """clip(images * factor + sigma * N(0, 1), 0, 1): brightness factor [B] (1 = unchanged) and
-    noise standard deviation sigma [B] (0 = none) on images [B, C, S, S], in one new tensor.
+def add_noise_(images: Tensor, sigma: Tensor, generator: torch.Generator) -> Tensor:
+    """In place: clip(images + sigma * N(0, 1), 0, 1) for images [B, C, S, S] and the noise
+    standard deviation sigma [B] of each."""
+    noise = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device)
+    return images.addcmul_(noise, sigma[:, None, None, None]).clamp_(0.0, 1.0)
 
-    On the CPU noise is drawn only for the rows with sigma > 0 (drawing it is the costly part);
-    on an accelerator for all rows, since selecting them would stall the device.
-    """
-    out = images * factor[:, None, None, None]
-    if out.device.type == "cpu":
-        idx = (sigma > 0).nonzero().flatten()
-        if len(idx):
-            noise = torch.randn((len(idx), *out.shape[1:]), generator=generator, device=generator.device)
-            out.index_add_(0, idx, noise.mul_(sigma[idx, None, None, None]))
-    else:
-        noise = torch.randn(out.shape, generator=generator, device=generator.device).to(out.device)
-        out.add_(noise.mul_(sigma[:, None, None, None]))
-    return out.clamp_(0.0, 1.0)
+
+def scale_brightness_(images: Tensor, factor: Tensor) -> Tensor:
+    """In place: clip(images * factor, 0, 1) for images [B, C, S, S] and a factor [B] each."""
+    return images.mul_(factor[:, None, None, None]).clamp_(0.0, 1.0)

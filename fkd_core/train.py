@@ -176,12 +176,18 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objectiv
     model.train()
     device = data.images.device
     order = torch.randperm(len(data), generator=batch_gen, device=device)
+    plan = None
+    if steps.augment is not None:  # the whole epoch's draws and moved keypoints at once
+        plan = augment.plan(steps.augment, data.keypoints.index_select(0, order), steps.flip_perm,
+                            data.images.shape[-1], steps.batch_size, aug_gen)
+        order = order.index_select(0, plan.order)
     loss_sum = torch.zeros((), device=device)
     n_batches = 0
     for start in range(0, len(data), steps.batch_size):
         x, y = data.slice(order[start:start + steps.batch_size], steps.channels_last)
-        if steps.augment is not None:
-            x, y = augment.augment_batch(x, y, steps.augment, steps.flip_perm, aug_gen)
+        if plan is not None:
+            y = plan.keypoints[start:start + steps.batch_size]
+            x = augment.apply_(x, plan, n_batches, aug_gen)
         with _autocast(device, steps.amp_dtype):
             pred = model(x)
         loss = objective(pred.float(), y, torch.isfinite(y).all(dim=-1))

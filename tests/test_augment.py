@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fkd_core import augment
-from fkd_core.augment import augment_batch, params_for, photometric, policy, warp
+from fkd_core.augment import add_noise_, augment_batch, params_for, policy, scale_brightness_, warp
 from fkd_core.config import TrialConfig
 from fkd_core.schema import KAGGLE15
 
@@ -49,11 +49,14 @@ def test_rotation_by_90_degrees_moves_a_known_keypoint_exactly():
     assert out.sum().item() == pytest.approx(1.0, abs=1e-4)
 
 
-def test_identity_warp_leaves_images_unchanged():
-    """On a GPU every row is warped, untouched rows with identity parameters: they must not blur."""
+@pytest.mark.parametrize("flip", [False, True])
+def test_identity_warp_is_exact_and_a_flip_inside_a_warp_is_an_exact_mirror(flip):
+    """Warped rows get their flip inside the warp: with no rotation it must not blur (bilinear
+    weights off by float rounding only, at most ~1.3e-5 of a pixel difference)."""
+    torch.manual_seed(0)
     x = torch.rand(3, 1, S, S)
-    out = augment.warp_images(x, **_identity(3))
-    assert torch.allclose(out, x, atol=1e-5)
+    out = augment.warp_images(x, **(_identity(3) | {"flip": torch.full((3,), flip)}))
+    assert (out - (x.flip(-1) if flip else x)).abs().max() < 5e-5
 
 
 def test_flip_swaps_left_and_right_eye_centres():
@@ -104,15 +107,15 @@ def test_keypoints_leaving_the_frame_become_nan_and_nan_stays_nan():
 
 def test_noise_variance_and_brightness_clipping():
     gen = torch.Generator().manual_seed(0)
-    flat = torch.full((3, 1, S, S), 0.5)
-    out = photometric(flat, torch.tensor([1.0, 1.0, 1.5]), torch.tensor([0.05, 0.0, 0.0]), gen)
+    flat = torch.full((2, 1, S, S), 0.5)
+    out = add_noise_(flat.clone(), torch.tensor([0.05, 0.0]), gen)
     assert out[0].std().item() == pytest.approx(0.05, rel=0.05)
     assert out[0].mean().item() == pytest.approx(0.5, abs=0.005)
     assert torch.equal(out[1], flat[1])
-    assert torch.equal(out[2], torch.full_like(flat[2], 0.75))
-    bright = photometric(torch.tensor([0.2, 0.9]).view(2, 1, 1, 1).expand(2, 1, S, S).contiguous(),
-                         torch.tensor([1.5, 1.5]), torch.zeros(2), gen)
+    bright = scale_brightness_(torch.tensor([0.2, 0.9, 0.5]).view(3, 1, 1, 1).expand(3, 1, S, S).contiguous(),
+                               torch.tensor([1.5, 1.5, 1.0]))
     assert bright[0].max().item() == pytest.approx(0.3) and bright[1].max().item() == 1.0
+    assert torch.equal(bright[2], flat[0])
 
 
 def test_params_for_maps_the_config():
@@ -121,7 +124,7 @@ def test_params_for_maps_the_config():
     assert p.rotation_deg == 10.0 and p.noise_var == 0.05
     assert params_for(TrialConfig(augment="study")).exact_rotation
     full = params_for(TrialConfig(augment="full", flip_p=0.3))
-    assert full.flip and full.scale_shift and full.flip_p == 0.3 and full.one_of and full.exact_rotation
+    assert full.flip and full.scale_shift and full.flip_p == 0.3 and full.exact_rotation
     assert not params_for(TrialConfig()).active
     assert set(augment.POLICIES) == {"none", "study", "study_exact", "full"}
     with pytest.raises(ValueError, match="valid"):
@@ -158,3 +161,39 @@ def test_study_policy_gives_each_image_at_most_one_transform():
     assert not (rotated & noisy).any() and not (rotated & brightened).any() and not (noisy & brightened).any()
     for group in (rotated, noisy, brightened):
         assert 0.15 < group.float().mean() < 0.35
+
+
+def test_plan_regroups_each_batch_and_each_row_gets_its_own_draw():
+    """train() path: batches keep their rows; inside a batch rows are grouped by transform; the
+    pixels of every row are exactly what its own draw says."""
+    from fkd_core.synth import generate
+
+    n, batch = 50, 16
+    images, keypoints = generate(n, seed=2)
+    x_all, gen = images.float() / 255, torch.Generator().manual_seed(5)
+    p = augment.plan(policy("full"), keypoints, PERM, S, batch, gen)
+    assert sorted(p.order.tolist()) == list(range(n))
+    for b in range(4):
+        rows = p.order[b * batch:(b + 1) * batch]
+        assert set(rows.tolist()) == set(range(b * batch, min(n, (b + 1) * batch)))
+        d = p.draws.take(slice(b * batch, b * batch + len(rows)))
+        assert (d.block[1:] >= d.block[:-1]).all()
+        assert p.ends[b][-1] == len(rows)
+        out = augment.apply_(x_all[rows].clone(), p, b, gen)
+        for i, row in enumerate(rows.tolist()):
+            src, kind, flip = x_all[row:row + 1], int(d.kind[i]), bool(d.flip[i])
+            if kind == augment.AFFINE:
+                want = augment.warp_images(src, d.angle[i:i + 1], d.scale[i:i + 1], d.shift[i:i + 1], d.flip[i:i + 1])
+                assert torch.allclose(out[i:i + 1], want, atol=1e-6)
+                continue
+            mirrored = src.flip(-1) if flip else src
+            if kind == augment.ORIGINAL:
+                assert torch.equal(out[i:i + 1], mirrored)
+            elif kind == augment.BRIGHTNESS:
+                assert torch.allclose(out[i:i + 1], (mirrored * d.brightness[i]).clamp(0, 1))
+            else:
+                assert (out[i:i + 1] - mirrored).abs().mean() > 0.1   # sigma ~0.32 before clipping
+        kp_want = augment.move_keypoints(keypoints[rows], d.angle, d.scale, d.shift, d.flip, PERM, S)
+        assert torch.equal(p.keypoints[b * batch:b * batch + len(rows)].nan_to_num(-1), kp_want.nan_to_num(-1))
+    counts = torch.bincount(p.draws.kind, minlength=4)
+    assert (counts > 0).all()        # 50 draws: every transform and the original occur

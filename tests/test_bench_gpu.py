@@ -16,6 +16,9 @@ def test_dry_run_writes_every_section(tmp_path):
     assert row["backbone"] == "small_cnn" and row["batch"] == 8
     assert row["bare_images_per_s"] > 0 and row["train_images_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["train_images_per_s"] / row["bare_images_per_s"])
+    [aug] = result["augmentation"]
+    assert aug["augment_full_images_per_s"] > 0
+    assert aug["augment_share"] == pytest.approx(1 - aug["augment_full_images_per_s"] / row["train_images_per_s"])
     assert [r["trials"] for r in result["packing"]] == [1, 2]
     assert all(len(r["per_trial_images_per_s"]) == r["trials"] for r in result["packing"])
     assert result["sweep"] == {"skipped": "dry run"}
