@@ -87,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Machine: {machine()}\n\n{table}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cpu.json").write_text(json.dumps({"machine": machine(), "quick": args.quick, "rows": rows},
-                                             indent=2, default=str))
+    command = "python -m bench" + " ".join([""] + (argv if argv is not None else sys.argv[1:]))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    (out / "cpu.json").write_text(json.dumps({"machine": machine(), "quick": args.quick, "command": command,
+                                              "when": when, "rows": rows}, indent=2, default=str))
+    (out / "cpu.md").write_text(f"`{command}`, {when}\n\nMachine: {machine()}\n\n{table}\n")
     return 0
 
 

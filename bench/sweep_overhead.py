@@ -76,7 +76,8 @@ def print_rows(rows: list[dict]) -> None:
     print("| measure | reference | ours | ratio | target | pass |\n|---|---|---|---|---|---|")
     for r in rows:
         verdict = "" if r["passed"] is None else ("pass" if r["passed"] else "FAIL")
-        print(f"| {r['name']} | {fmt(r['reference'])} | {fmt(r['ours'])} | {fmt(r['ratio'])} "
+        note = f" ({r['note']})" if r.get("note") else ""
+        print(f"| {r['name']}{note} | {fmt(r['reference'])} | {fmt(r['ours'])} | {fmt(r['ratio'])} "
               f"| {r['target']} | {verdict} |")
 
 

@@ -337,8 +337,8 @@ def augment_batch(images: Tensor, keypoints: Tensor, params: AugmentParams, flip
 
 def add_noise_(images: Tensor, sigma: Tensor, generator: torch.Generator) -> Tensor:
     """In place: clip(images + sigma * N(0, 1), 0, 1) for images [B, C, S, S] and the noise
-    standard deviation sigma [B] of each."""
-    noise = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device)
+    standard deviation sigma [B] of each; generator on the images' device."""
+    noise = torch.randn(images.shape, generator=generator, device=images.device)
     return images.addcmul_(noise, sigma[:, None, None, None]).clamp_(0.0, 1.0)
 
 

@@ -248,12 +248,12 @@ def _resumed(args: argparse.Namespace, cluster: ClusterSpec) -> Settings:
 
 
 def local_settings(space: Space, results_dir: str, name: str, *, max_concurrent: int,
-                   cpus_per_trial: float = 1.0, sampler: str = "tpe") -> Settings:
+                   cpus_per_trial: float = 1.0, sampler: str = "tpe", tpe_seed: int = 0) -> Settings:
     """Settings of a sweep on this machine, for benchmarks and tests that skip the CLI."""
     uri = os.path.abspath(f"{results_dir}/{name}")
     return Settings(name=name, space=space, results_uri=uri, storage_path=f"{uri}/ray",
                     resources={"cpu": cpus_per_trial, "gpu": 0.0},
-                    max_concurrent=max_concurrent, sampler=sampler)
+                    max_concurrent=max_concurrent, sampler=sampler, tpe_seed=tpe_seed)
 
 
 # --- files next to the Parquet results ------------------------------------------------------

@@ -125,6 +125,45 @@ def test_no_host_sync_per_step(faces, monkeypatch, augment):
     assert per_run[0] <= 4
 
 
+def _count_device_transfers(monkeypatch) -> dict[str, int]:
+    """Count what would be a host->device copy on a GPU, made directly by fkd_core code: tensors
+    built from host data (torch.tensor, as_tensor, from_numpy) and .to()/.cuda() with a device.
+    On the CPU these copy nothing, which is why they are counted by call, not by effect."""
+    counts = {"n": 0}
+
+    def counting(original, is_copy):
+        def wrapper(*args, **kwargs):
+            if "fkd_core" in sys._getframe(1).f_code.co_filename and is_copy(args, kwargs):
+                counts["n"] += 1
+            return original(*args, **kwargs)
+        return wrapper
+
+    always = lambda args, kwargs: True
+    to_device = lambda args, kwargs: (kwargs.get("device") is not None
+                                      or any(isinstance(a, (torch.device, str)) for a in args[1:]))
+    for name in ("tensor", "as_tensor", "from_numpy"):
+        monkeypatch.setattr(torch, name, counting(getattr(torch, name), always))
+    monkeypatch.setattr(torch.Tensor, "to", counting(torch.Tensor.to, to_device))
+    monkeypatch.setattr(torch.Tensor, "cuda", counting(torch.Tensor.cuda, always))
+    return counts
+
+
+@pytest.mark.parametrize("augment", ["none", "full"])
+def test_no_host_to_device_copy_per_step(faces, monkeypatch, augment):
+    """Data, batches, augmentation draws and metrics stay on the device: the number of
+    host->device transfers of an epoch must not grow with its number of steps."""
+    train(TrialConfig(**FAST, max_epochs=1, augment=augment), faces, lambda row: None)  # warm imports
+    counts = _count_device_transfers(monkeypatch)
+    per_run = []
+    for batch_size in (56, 14):                        # 4 and 14 training steps per epoch
+        counts["n"] = 0
+        train(TrialConfig(**{**FAST, "batch_size": batch_size}, max_epochs=1, augment=augment),
+              faces, lambda row: None)
+        per_run.append(counts["n"])
+    assert per_run[0] == per_run[1], f"host->device transfers grew with steps: {per_run}"
+    assert per_run[0] > 0   # the counter sees train's one-off moves of data and model
+
+
 def test_bf16_autocast_path_runs_on_cpu(faces):
     # The CUDA recipe (bf16 autocast, channels_last) exercised where tests run: the CPU.
     rows: list[dict] = []
