@@ -1,16 +1,16 @@
-"""Batched augmentation on the batch's own device: one affine warp for the whole batch, no
-per-image Python loop and no DataLoader workers.
+"""Batched augmentation on the batch's own device: no per-image Python loop and no DataLoader
+workers.
 
     >>> params = params_for(TrialConfig(augment="full"))
     >>> x, y = augment_batch(x, y, params, KAGGLE15.flip_permutation(), generator)
     # x: float [B, 1, S, S] in [0, 1]; y: [B, K, 2] px, NaN = missing (kept NaN)
 
-Transforms: horizontal flip (an exact mirror; the schema's left/right keypoints swap labels), then
+Transforms: horizontal flip (an exact mirror; the schema's left/right keypoints swap labels);
 rotation by a uniform angle in +-rotation_deg about the image centre with a small zoom and shift
 -- one affine map per image, applied to the pixels with ``grid_sample`` (bilinear, zeros outside)
-and to the keypoints with the same matrix; keypoints that leave the frame become NaN (missing).
-Then brightness scaling and additive Gaussian noise (given as a variance on [0, 1] images), in
-one step clipped to [0, 1].
+and to the keypoints with the same matrix; keypoints that leave the frame become NaN (missing);
+brightness scaling; additive Gaussian noise (given as a variance on [0, 1] images). Brightness
+and noise are clipped to [0, 1].
 
 How it runs: every random parameter of an epoch is drawn at once (``plan``), the rows of each
 batch are grouped by the transform they get (the pairing of image and draw is unchanged; only the
@@ -19,7 +19,8 @@ batch only pixel work remains (``apply_``), in place on contiguous blocks of the
 rotated/zoomed rows are resampled once with their flip folded into the warp, the other flipped
 rows are mirrored exactly, noise and brightness touch only their rows. No rows are selected by a
 mask, so the same code runs on a GPU with one host read per epoch. ``augment_batch`` wraps both
-for a single batch and keeps its order.
+for a single batch and keeps its order. Measured in the training loop on the CPU: ``full`` costs
+about 5-6% of a small_cnn step at batch 64 (``python -m bench.trainer``).
 
 Policies (``POLICIES``):
 - ``none``: nothing.
