@@ -20,6 +20,7 @@ ShapeTerm = Literal["none", "cgd", "seed_cgd"]
 Augment = Literal["none", "study", "study_exact", "full"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Precision = Literal["auto", "fp32", "bf16"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,9 @@ class TrialConfig:
     channels_last: bool = True
     """channels_last memory format (oneDNN and cuDNN prefer NHWC: measured 1.08-1.5x faster on CPU)."""
     compile: bool = False
-    """torch.compile the model (pays off only for long trials on GPU)."""
+    """torch.compile the model (measured 1.08x slower on CPU for small_cnn; meant for GPU)."""
+    compile_mode: CompileMode = "default"
+    """torch.compile mode when compile is on: "reduce-overhead" adds CUDA graphs (GPU only)."""
 
     def __post_init__(self) -> None:
         for name, allowed in _LITERALS.items():
@@ -141,6 +144,7 @@ _LITERALS: dict[str, tuple[str, ...]] = {
     "augment": get_args(Augment),
     "optimizer": get_args(Optimizer),
     "precision": get_args(Precision),
+    "compile_mode": get_args(CompileMode),
 }
 
 

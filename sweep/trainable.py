@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from fkd_core.config import TrialConfig
 from sweep.spaces import data_key
@@ -36,8 +37,6 @@ def share(data: Any) -> Any:
     Ray maps numpy arrays straight from the node's shared-memory object store, so every trial
     on a node reads one copy; torch tensors would be unpickled into each trial's own memory.
     """
-    import torch
-
     arrays = {f.name: getattr(data, f.name).numpy() for f in dataclasses.fields(data)
               if isinstance(getattr(data, f.name), torch.Tensor)}
     return _replace(data, arrays)
@@ -45,8 +44,6 @@ def share(data: Any) -> Any:
 
 def unshare(data: Any) -> Any:
     """The KeypointData again, its tensors viewing the shared (read-only) arrays."""
-    import torch
-
     with warnings.catch_warnings():
         # The arrays are read-only views of shared memory; training never writes into them.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -72,8 +69,6 @@ def _shallow_copy(data: Any) -> Any:
 
 def device_of(cfg: TrialConfig) -> tuple[str, str]:
     """(device, its name) a trial trains on, as train resolves cfg.device."""
-    import torch
-
     from fkd_core.train import resolve_device
 
     device = resolve_device(cfg.device)
@@ -91,9 +86,12 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
     if train_fn is None:
         from fkd_core.train import train as train_fn
     cfg = TrialConfig(**config["cfg"])
-    _match_threads_to_cpus()
+    resources = _assigned_resources()
+    _match_threads_to_cpus(resources.get("CPU", 1.0))
     data = unshare(datasets[data_key(cfg)])
     device, device_name = device_of(cfg)
+    gpu_share = resources.get("GPU", 0.0)
+    cap = _limit_gpu_memory(gpu_share, device)
     # Local scratch for train's checkpoint.pt / best.pt; tune.report copies it to the trial's
     # storage each epoch, so a retry on any node starts from the last reported epoch.
     workdir = Path(tempfile.mkdtemp(prefix="fkd-trial-"))
@@ -104,19 +102,40 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
             tune.report({**row, DEVICE: device, DEVICE_NAME: device_name},
                         checkpoint=tune.Checkpoint.from_directory(str(workdir)))
 
-        train_fn(cfg, data, report, checkpoint_dir=str(workdir), resume_from=resume_from)
+        try:
+            train_fn(cfg, data, report, checkpoint_dir=str(workdir), resume_from=resume_from)
+        except torch.cuda.OutOfMemoryError as e:
+            if cap is None:
+                raise
+            raise RuntimeError(
+                f"out of GPU memory within the trial's {gpu_share:g} GPU share ({cap:.3f} of "
+                f"{device_name}'s memory, CUDA context excluded): use a larger --gpus-per-trial or "
+                f"a smaller batch_size (was {cfg.batch_size})") from e
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _match_threads_to_cpus() -> None:
+def _assigned_resources() -> dict[str, float]:
+    """What Ray gave this trial, e.g. {"CPU": 1.0, "GPU": 0.25}."""
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources()
+
+
+def _match_threads_to_cpus(cpus: float) -> None:
     """One torch thread per CPU Ray gave the trial: on shared cores, more threads than the
     trial's share made training up to 10x slower (OpenMP barriers waiting for busy cores)."""
-    import ray
-    import torch
-
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(max(1, int(cpus)))
+
+
+def _limit_gpu_memory(share: float, device: str) -> float | None:
+    """Packed trials (a GPU share < 1) each get their share of the card's memory, so that the
+    trials Ray packs onto one GPU fit together; returns the fraction set (None: no cap)."""
+    from fkd_core.train import limit_gpu_memory
+
+    if share <= 0.0 or not device.startswith("cuda"):
+        return None
+    return limit_gpu_memory(share, torch.device(device))
 
 
 def _restore(checkpoint: Any, workdir: Path) -> str | None:

@@ -225,3 +225,62 @@ def test_drop_policy_trains_on_complete_rows_only():
     assert torch.isfinite(train_kps).all()
     assert 0 < len(train_idx) < 200 - len(val_idx)
     assert torch.equal(train_kps, data.keypoints[train_idx])
+
+
+# --- packed GPU trials: each caps its allocator at its share ----------------------------------
+
+def test_gpu_memory_fraction_leaves_room_for_each_cuda_context():
+    gib = 2**30
+    # A quarter of an 80 GiB card minus a 0.75 GiB context: 20 - 0.75 = 19.25 GiB = 0.240625.
+    assert train_module.gpu_memory_fraction(0.25, 80 * gib, context_bytes=3 * gib // 4) == pytest.approx(0.240625)
+    for share in (1.0, 0.5, 0.25, 0.125):
+        trials = round(1 / share)
+        caps = trials * train_module.gpu_memory_fraction(share, 80 * gib) * 80 * gib
+        assert caps + trials * train_module.CUDA_CONTEXT_BYTES == pytest.approx(80 * gib)
+
+
+@pytest.mark.parametrize("share,message", [(0.0, "in (0, 1]"), (1.5, "in (0, 1]"),
+                                           (0.125, "leaves nothing after the CUDA context")])
+def test_gpu_memory_fraction_rejects_shares_that_cannot_fit(share, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        train_module.gpu_memory_fraction(share, 4 * 2**30, context_bytes=2**30)
+
+
+def test_limit_gpu_memory_caps_only_a_shared_cuda_device(monkeypatch):
+    calls = []
+
+    class Props:
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, i: calls.append((f, i)))
+    assert train_module.limit_gpu_memory(0.25, torch.device("cpu")) is None
+    assert train_module.limit_gpu_memory(1.0, torch.device("cuda", 0)) is None
+    assert calls == []
+    got = train_module.limit_gpu_memory(0.5, torch.device("cuda", 1))
+    assert calls == [(got, 1)] and got == pytest.approx(0.5 - train_module.CUDA_CONTEXT_BYTES / Props.total_memory)
+
+
+def test_cli_compile_flag_sets_mode():
+    parse = lambda argv: train_module.config_from_args(train_module._parser().parse_args(argv))  # noqa: E731
+    assert (parse([]).compile, parse([]).compile_mode) == (False, "default")
+    assert (parse(["--compile"]).compile, parse(["--compile"]).compile_mode) == (True, "default")
+    cfg = parse(["--compile", "reduce-overhead"])
+    assert (cfg.compile, cfg.compile_mode) == (True, "reduce-overhead")
+    with pytest.raises(ValueError, match="compile_mode"):
+        TrialConfig(compile=True, compile_mode="fast")
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(faces):
+    """TrialConfig.compile: same seed, same data -> the same learning within float tolerance
+    (dropout off: compiled graphs draw their dropout masks from a different random stream)."""
+    runs = {}
+    for compiled in (False, True):
+        rows: list[dict] = []
+        train(TrialConfig(**FAST, max_epochs=2, dropout=0.0, compile=compiled), faces, rows.append)
+        runs[compiled] = rows
+    for eager, compiled in zip(runs[False], runs[True]):
+        assert compiled[metrics.TRAIN_LOSS] == pytest.approx(eager[metrics.TRAIN_LOSS], rel=1e-2)
+        assert compiled[metrics.VAL_RMSE] == pytest.approx(eager[metrics.VAL_RMSE], rel=1e-2)
+    assert runs[True][1][metrics.TRAIN_LOSS] < runs[True][0][metrics.TRAIN_LOSS]
