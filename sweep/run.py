@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="training seeds per cell (paired across losses)")
     p.add_argument("--cpus-per-trial", type=float, help="cores per trial (cluster file default)")
     p.add_argument("--gpus-per-trial", type=float, help="GPU per trial; 0.25 packs four trials "
-                   "on one GPU (Ray does not isolate their memory). Default: cluster file")
+                   "on one GPU, each capped at its share of the GPU's memory. Default: cluster file")
     p.add_argument("--storage", help="Ray Tune storage for trial checkpoints and experiment "
                    "state: a path, s3://bucket/prefix or gs://bucket/prefix (needed on "
                    "multi-node clusters). Default: <results-dir>/<name>/ray")

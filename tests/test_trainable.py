@@ -27,6 +27,7 @@ def _run(train_fn):
     trainable.train_trial({"cfg": cfg.to_dict()}, datasets={data_key(cfg): data}, train_fn=train_fn)
 
 
+@pytest.mark.filterwarnings("ignore:`get_checkpoint` is meant")
 def test_packed_trial_caps_memory_and_explains_running_out(packed):
     def oom(cfg, data, report, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -40,6 +41,7 @@ def test_packed_trial_caps_memory_and_explains_running_out(packed):
     assert torch.get_num_threads() == 2
 
 
+@pytest.mark.filterwarnings("ignore:`get_checkpoint` is meant")
 def test_cpu_trial_sets_no_cap_and_passes_errors_through(monkeypatch):
     monkeypatch.setattr(trainable, "_assigned_resources", lambda: {"CPU": 1.0})
     monkeypatch.setattr("fkd_core.train.limit_gpu_memory", lambda *a: pytest.fail("capped a CPU trial"))
