@@ -22,6 +22,12 @@ How trials are grouped (see ``cell_columns``):
   when still no level has two replicates, the arm is pooled over all its α.
 - *metrics*: each trial's values at its best epoch (``best_val_*`` columns, the epoch the best
   checkpoint holds). Failed (error) and diverged trials are counted and listed, never averaged.
+- *equal budget*: ASHA stops trials at a rung by comparing them with every trial that reached
+  it, whatever their cell, so two arms of a pair can end with different epoch counts. Where ASHA
+  stopped a trial of a compared pair (same replicate, base arm or chosen shape arm) after e
+  epochs, both arms of that pair are scored at their best epoch within the first e
+  (``budget_matched``): the difference then measures the loss, not the budget. A trial's own
+  early stopping is part of the recipe and caps nothing.
 """
 from __future__ import annotations
 
@@ -194,6 +200,41 @@ def arm_at(rows: pd.DataFrame, level: float) -> pd.DataFrame:
     return rows if level == POOLED else rows[rows["alpha_level"] == level]
 
 
+def budget_matched(base: pd.DataFrame, shaped: pd.DataFrame,
+                   epochs: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Both arms with the pairs ASHA cut short rescored at a shared epoch (module docstring).
+
+    Returns copies of base and shaped, and how many replicates (pairs) were rescored.
+    """
+    if epochs is None or epochs.empty:
+        return base, shaped, 0
+    keys = list(REPLICATE_KEYS)
+    both = pd.concat([base, shaped])
+    paired = set(base.groupby(keys).groups) & set(shaped.groupby(keys).groups)
+    cut = both[both["status"] == "asha_stopped"]
+    caps = {k: e for k, e in cut.groupby(keys)["epochs"].min().items() if k in paired}
+    if not caps:
+        return base, shaped, 0
+    by_trial = {tid: g for tid, g in epochs.groupby("trial_id")}
+    return _at_caps(base, caps, by_trial), _at_caps(shaped, caps, by_trial), len(caps)
+
+
+def _at_caps(rows: pd.DataFrame, caps: dict[tuple, int], by_trial: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    out = rows.copy()
+    for idx, trial in rows.iterrows():
+        cap = caps.get(tuple(trial[k] for k in REPLICATE_KEYS))
+        if cap is None or trial["epochs"] <= cap or trial["trial_id"] not in by_trial:
+            continue
+        curve = by_trial[trial["trial_id"]]
+        curve = curve[(curve[M.EPOCH] <= cap) & np.isfinite(curve[M.OBJECTIVE])]
+        if curve.empty:
+            continue
+        at = curve.loc[curve[M.OBJECTIVE].idxmin()]
+        for metric in M.VAL_METRICS:
+            out.at[idx, best(metric)] = at[metric]
+    return out
+
+
 def compare(base: pd.DataFrame, shaped: pd.DataFrame, metric: str) -> dict[str, MeanCI]:
     """Mean ± CI of each arm and the paired difference shaped − base for one metric."""
     a, b = replicate_means(base, best(metric)), replicate_means(shaped, best(metric))
@@ -207,14 +248,16 @@ def _ci_columns(prefix: str, ci: MeanCI) -> dict[str, float]:
 
 HEADLINE_COLUMNS = ["cell", "shape", "alpha_level", "base_label", "shape_label", "metric",
                     *(f"{arm}_{part}" for arm in ("base", "shape", "diff")
-                      for part in ("mean", "low", "high", "n"))]
+                      for part in ("mean", "low", "high", "n")), "budget_matched"]
 
 
-def headline(t: pd.DataFrame) -> pd.DataFrame:
+def headline(t: pd.DataFrame, epochs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (cell, shape term, metric) over the ok trials: base vs shape at best α.
 
     Columns: cell, shape, alpha_level, base_label, shape_label, metric, then mean/low/high/n
-    for base_*, shape_* and diff_* (diff = shape − base, paired on the replicate key).
+    for base_*, shape_* and diff_* (diff = shape − base, paired on the replicate key), and
+    budget_matched: pairs rescored at a shared epoch because ASHA cut one short (needs
+    ``epochs``; without it every trial counts at its own best epoch).
     """
     ok = t[t["outcome"] == "ok"]
     rows = []
@@ -223,13 +266,14 @@ def headline(t: pd.DataFrame) -> pd.DataFrame:
         for shape in sorted(set(c["arm"]) - {"base"}) or [""]:
             arm = c[c["arm"] == shape]
             alpha = best_alpha(arm) if len(arm) else math.nan
-            chosen = arm_at(arm, alpha)
+            matched_base, chosen, matched = budget_matched(base, arm_at(arm, alpha), epochs)
             for metric in M.VAL_METRICS:
-                r = compare(base, chosen, metric)
+                r = compare(matched_base, chosen, metric)
                 rows.append({"cell": cell, "shape": shape, "alpha_level": alpha,
                              "base_label": _first_label(base), "shape_label": _first_label(chosen),
                              "metric": metric, **_ci_columns("base", r["base"]),
-                             **_ci_columns("shape", r["shape"]), **_ci_columns("diff", r["diff"])})
+                             **_ci_columns("shape", r["shape"]), **_ci_columns("diff", r["diff"]),
+                             "budget_matched": matched})
     return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
 
 
@@ -237,7 +281,8 @@ def _first_label(rows: pd.DataFrame) -> str:
     return str(rows["objective_label"].iloc[0]) if len(rows) else "—"
 
 
-def _ci(row: pd.Series, prefix: str) -> MeanCI:
+def ci(row: pd.Series, prefix: str) -> MeanCI:
+    """The MeanCI of one headline row's base_*, shape_* or diff_* columns."""
     return MeanCI(row[f"{prefix}_mean"], row[f"{prefix}_low"], row[f"{prefix}_high"],
                   int(row[f"{prefix}_n"]))
 
@@ -251,9 +296,9 @@ def headline_markdown(head: pd.DataFrame, binned: bool) -> str:
         shape = f"{r['shape_label']}, α={alpha_text(r['alpha_level'], binned)}" \
             if r["shape"] else "—"
         lines.append(f"| {r['cell']} | {METRIC_LABELS[r['metric']]} "
-                     f"| {r['base_label']}: {_ci(r, 'base').fmt(digits)} ({r['base_n']}) "
-                     f"| {shape}: {_ci(r, 'shape').fmt(digits)} ({r['shape_n']}) "
-                     f"| {_ci(r, 'diff').fmt(digits)} ({r['diff_n']}) |")
+                     f"| {r['base_label']}: {ci(r, 'base').fmt(digits)} ({r['base_n']}) "
+                     f"| {shape}: {ci(r, 'shape').fmt(digits)} ({r['shape_n']}) "
+                     f"| {ci(r, 'diff').fmt(digits)} ({r['diff_n']}) |")
     return "\n".join(lines)
 
 
@@ -294,6 +339,18 @@ def answer_sentence(head: pd.DataFrame, phrase: str) -> str:
             f"difference its paired 95% CI over seeds separates from zero in {un} (largest "
             f"paired change: {top['cell']}, {top_ci.fmt(3)} px {_over(top_ci.n)}), while "
             f"its shape error was lower in {slo}, higher in {shi} and indistinguishable in {sun}.")
+
+
+def budget_sentence(head: pd.DataFrame) -> str:
+    """The equal-budget note under the headline table ("" when ASHA cut no compared pair)."""
+    rmse = head[head["metric"] == M.VAL_RMSE] if len(head) else head
+    matched = int(rmse["budget_matched"].sum()) if len(rmse) else 0
+    if not matched:
+        return ""
+    pairs = int(rmse["diff_n"].sum())
+    return (f" ASHA stopped one trial of {matched} of the {pairs} compared pairs early; both "
+            "trials of such a pair are scored at their best epoch within the epochs the "
+            "stopped one ran, so that the two arms had the same budget.")
 
 
 def _over(n: int) -> str:
@@ -673,12 +730,45 @@ def figure_predictions(trial: pd.Series, checkpoint: str, out: Path) -> str:
     model = load_model(checkpoint, device="cpu")
     pred = predict(model, faces.images)
     errors = face_rmse(pred.numpy(), faces.keypoints.numpy())
-    name = f"fig5_predictions_{trial['arm']}.png"
+    name = prediction_figure_name(trial)
     plot_predictions(faces.images, pred, faces.keypoints, path=out / name,
                      labels=[f"val face {i}: RMSE {e:.2f} px" for i, e in enumerate(errors)],
                      title=f"{_curve_label(trial)}, {trial['cell']}, val RMSE "
                            f"{trial[best(M.VAL_RMSE)]:.2f} px")
+    tag_png(out / name, trial["trial_id"])
     return name
+
+
+def prediction_figure_name(trial: pd.Series) -> str:
+    return f"fig5_predictions_{trial['arm']}.png"
+
+
+# A PNG text chunk naming the trial a prediction figure was drawn from: a later analysis without
+# the checkpoints (committed results keep Parquet and figures, not weights) can still show it.
+TRIAL_TAG = "fkd_trial_id"
+
+
+def tag_png(path: Path, trial_id: str) -> None:
+    from PIL import Image, PngImagePlugin
+
+    with Image.open(path) as image:
+        image.load()
+    info = PngImagePlugin.PngInfo()
+    for key, value in image.text.items():
+        info.add_text(key, value)
+    info.add_text(TRIAL_TAG, str(trial_id))
+    image.save(path, pnginfo=info)
+
+
+def tagged_trial(path: Path) -> str | None:
+    """The trial a prediction figure was drawn from (None: no such file or no tag)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return getattr(image, "text", {}).get(TRIAL_TAG)
+    except (OSError, UnidentifiedImageError):
+        return None
 
 
 def face_rmse(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -702,6 +792,10 @@ def _prediction_line(rows: pd.DataFrame, root: str, out: Path, scratch: str) -> 
     trial = rows.loc[rows[best(M.OBJECTIVE)].idxmin()]
     what = f"best {trial['objective_label']} trial `{trial['trial_id']}`"
     ckpt = resolve_checkpoint(trial, root, scratch)
+    earlier = out / prediction_figure_name(trial)
+    if ckpt is None and tagged_trial(earlier) == trial["trial_id"]:
+        return (f"- {what} (drawn by an earlier analysis from its checkpoint, which is not here "
+                f"now):\n\n  ![predictions]({earlier.name})")
     if ckpt is None:
         return f"- {what}: figure skipped, its best checkpoint is not available here."
     try:
@@ -767,7 +861,7 @@ def build_report(trials: pd.DataFrame, epochs: pd.DataFrame, root: str,
                  out: Path) -> tuple[str, pd.DataFrame]:
     """Write every figure into out; return the text of report.md and the headline table."""
     t = prepare(trials)
-    head, binned, cols = headline(t), is_binned(t), cell_columns(t)
+    head, binned, cols = headline(t, epochs), is_binned(t), cell_columns(t)
     phrase = data_phrase(t)
     r = Report()
     r.add(f"# Sweep analysis: {Path(root.rstrip('/')).name}", "",
@@ -783,6 +877,7 @@ def build_report(trials: pd.DataFrame, epochs: pd.DataFrame, root: str,
           headline_markdown(head, binned) if len(head) else "_no finished trials_", "",
           "The best α is chosen by mean val RMSE on the same validation data it is scored on, "
           "which slightly favours the shape arm when several α were tried."
+          + budget_sentence(head)
           + (" Where no α level had two seeds, the shape arm is pooled over all its sampled α "
              "(one value per seed)." if (head.get("alpha_level") == POOLED).any() else ""), "")
     r.figure(figure_paired(head, out, binned), "paired differences",

@@ -80,6 +80,7 @@ class Outcome:
     trials: Any                   # pandas DataFrame of trials.parquet
     fit_seconds: float
     paths: dict[str, str]
+    epochs: Any = None            # pandas DataFrame of epochs.parquet
 
 
 # --- command line ------------------------------------------------------------------------
@@ -322,7 +323,8 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
     grid = tuner.fit()
     fit_seconds = time.perf_counter() - start
     trials = _finalize(s, info, grid)
-    return Outcome(s, trials, fit_seconds, _paths(s))
+    epochs = R.read_table(f"{s.results_uri}/{R.EPOCHS_FILE}")
+    return Outcome(s, trials, fit_seconds, _paths(s), epochs.to_pandas() if epochs is not None else None)
 
 
 def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
@@ -416,18 +418,32 @@ def summary(outcome: Outcome) -> str:
             f"best_{M.VAL_NME}", f"best_{M.VAL_SHAPE}", "epochs", "status"]
     lines += ["\nBest trials (val RMSE px):", ok.nsmallest(5, f"best_{M.VAL_RMSE}")[cols]
               .to_string(index=False, float_format=lambda v: f"{v:.4g}")]
-    arm = [f"{lo}+alpha*{sh}" if sh != "none" and a > 0 else lo
-           for lo, sh, a in zip(ok["loss"], ok["shape"], ok["alpha"])]
-    by_arm = ok.groupby(pd.Series(arm, index=ok.index, name="objective")).agg(trials=("trial_id", "size"),
-                                 best_rmse=(f"best_{M.VAL_RMSE}", "min"),
-                                 mean_rmse=(f"best_{M.VAL_RMSE}", "mean"),
-                                 mean_shape_err=(f"best_{M.VAL_SHAPE}", "mean"))
-    lines += ["\nCGD vs MSE (trials with a finite val RMSE; paired CIs: python -m sweep.analyze):",
-              by_arm.to_string(float_format=lambda v: f"{v:.4g}")]
+    lines += ["\nCGD vs MSE, val RMSE px per cell (paired on seed, equal budget where ASHA cut a "
+              "pair short; report and figures: python -m sweep.analyze):", _headline_table(t, outcome.epochs)]
     lines += ["\nWrote:"] + [f"  {k:<12}{v}" for k, v in outcome.paths.items()]
     lines += [f"\nNext: python -m sweep.analyze {outcome.settings.results_uri}   |   "
               f"optuna-dashboard sqlite:///{outcome.settings.optuna_path.resolve()}"]
     return "\n".join(lines)
+
+
+def _headline_table(trials: Any, epochs: Any) -> str:
+    """sweep.analyze's headline, val RMSE rows only, as a console table."""
+    import pandas as pd
+
+    from sweep import analyze
+
+    t = analyze.prepare(trials)
+    head = analyze.headline(t, epochs)
+    head = head[head["metric"] == M.VAL_RMSE]
+    if head.empty:
+        return "  (no finished trials)"
+    binned = analyze.is_binned(t)
+    rows = [{"cell": r["cell"], "base": f"{r['base_label']} {analyze.ci(r, 'base').fmt(3)}",
+             "shape term at best alpha": (f"{r['shape_label']} a={analyze.alpha_text(r['alpha_level'], binned)} "
+                                          f"{analyze.ci(r, 'shape').fmt(3)}") if r["shape"] else "-",
+             "paired diff": analyze.ci(r, "diff").fmt(3), "pairs": r["diff_n"],
+             "equal-budget pairs": r["budget_matched"]} for _, r in head.iterrows()]
+    return pd.DataFrame(rows).to_string(index=False)
 
 
 def header(s: Settings, data_sets: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,30 +101,49 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def expected_cell(trials: pd.DataFrame, backbone: str, augment: str, metric: str) -> dict:
-    """The headline numbers of one cell, computed here with plain pandas from the file."""
+def expected_cell(trials: pd.DataFrame, epochs: pd.DataFrame, backbone: str, augment: str,
+                  metric: str) -> dict:
+    """The headline numbers of one cell, computed here with plain pandas from the files.
+
+    Pairs in which ASHA stopped a trial after e epochs are scored, in both arms, at the best
+    epoch within the first e (equal budget)."""
     ok = trials[trials["status"].isin(["completed", "asha_stopped", "early_stopped"])]
     cell = ok[(ok["backbone"] == backbone) & (ok["augment"] == augment)]
-    per_seed = cell.groupby(["alpha", "seed"])[f"best_{metric}"].mean().unstack("alpha")
     rmse_by_alpha = cell[cell["alpha"] > 0].groupby(["alpha", "seed"])["best_val_rmse_px"] \
         .mean().groupby("alpha").mean()
     alpha = rmse_by_alpha.idxmin()
-    diff = per_seed[alpha] - per_seed[0.0]
+    base, shaped = (cell[cell["alpha"] == a].set_index("seed") for a in (0.0, alpha))
+    values: dict[str, dict[int, float]] = {"base": {}, "shape": {}}
+    matched = 0
+    for seed in base.index:
+        pair = {"base": base.loc[seed], "shape": shaped.loc[seed]}
+        cut = [t["epochs"] for t in pair.values() if t["status"] == "asha_stopped"]
+        matched += bool(cut)
+        for arm, t in pair.items():
+            if not cut:   # each at its own best epoch, as trials.parquet records it
+                values[arm][seed] = t[f"best_{metric}"]
+                continue
+            curve = epochs[(epochs["trial_id"] == t["trial_id"]) & (epochs["epoch"] <= min(cut))]
+            values[arm][seed] = curve.loc[curve["val_rmse_px"].idxmin(), metric] \
+                if t["epochs"] > min(cut) else t[f"best_{metric}"]
+    per_seed = pd.DataFrame(values)
+    diff = per_seed["shape"] - per_seed["base"]
     half = lambda s: T_975_DF2 * s.std(ddof=1) / math.sqrt(len(s))  # noqa: E731
-    return {"alpha": alpha, "base_mean": per_seed[0.0].mean(), "base_half": half(per_seed[0.0]),
-            "shape_mean": per_seed[alpha].mean(), "diff_mean": diff.mean(),
-            "diff_half": half(diff)}
+    return {"alpha": alpha, "base_mean": per_seed["base"].mean(), "base_half": half(per_seed["base"]),
+            "shape_mean": per_seed["shape"].mean(), "diff_mean": diff.mean(),
+            "diff_half": half(diff), "matched": matched}
 
 
 def test_headline_equals_pandas(results: Path) -> None:
     report = results / "report.md"
     head = pd.read_csv(results / "headline.csv")
     trials = pd.read_parquet(results / "trials.parquet")
+    epochs = pd.read_parquet(results / "epochs.parquet")
     assert len(head) == 4 * 3  # 4 cells x 3 metrics, one shape term
     for backbone in ("small_cnn", "resnet18"):
         for augment in ("none", "study"):
             for metric in M.VAL_METRICS:
-                exp = expected_cell(trials, backbone, augment, metric)
+                exp = expected_cell(trials, epochs, backbone, augment, metric)
                 got = head[(head["cell"] == f"{backbone} / {augment}") & (head["metric"] == metric)]
                 assert len(got) == 1
                 got = got.iloc[0]
@@ -134,10 +154,37 @@ def test_headline_equals_pandas(results: Path) -> None:
                 assert got["diff_mean"] == pytest.approx(exp["diff_mean"], rel=1e-9, abs=1e-12)
                 assert got["diff_high"] - got["diff_mean"] == pytest.approx(exp["diff_half"], rel=1e-6)
                 assert got["base_n"] == 3 and got["diff_n"] == 3
+                assert got["budget_matched"] == exp["matched"]
+    assert head["budget_matched"].sum() > 0   # the fixture has ASHA-stopped trials in pairs
     # The same numbers, as printed in the report's table.
-    exp = expected_cell(trials, "small_cnn", "none", M.VAL_RMSE)
+    exp = expected_cell(trials, epochs, "small_cnn", "none", M.VAL_RMSE)
     assert f"{exp['diff_mean']:.3f} [{exp['diff_mean'] - exp['diff_half']:.3f}, " \
            f"{exp['diff_mean'] + exp['diff_half']:.3f}] (3)" in report.read_text()
+
+
+def test_asha_budget_is_equalised_within_a_pair() -> None:
+    """MSE stopped by ASHA at epoch 2, CGD ran 8: both are compared at their best within 2."""
+    rows, curves = [], []
+    for seed in SEEDS:
+        for arm, (n, status) in (("base", (2, "asha_stopped")), ("shape", (8, "completed"))):
+            cfg = TrialConfig(seed=seed, shape="cgd" if arm == "shape" else "none",
+                              alpha=0.1 if arm == "shape" else 0.0, max_epochs=8)
+            final = (3.0 + 0.1 * seed, 0.07, 2.0)    # every curve falls as 1 + 2/epoch
+            curve = _epoch_rows(f"t{len(rows):03d}", n, final)
+            at_end = curve[-1]
+            rows.append(_trial_row(len(rows), cfg, status, (at_end[M.VAL_RMSE], at_end[M.VAL_NME],
+                                                           at_end[M.VAL_SHAPE]), n, True))
+            curves += curve
+    t, epochs = analyze.prepare(pd.DataFrame(rows)), pd.DataFrame(curves)
+    unmatched = analyze.headline(t).set_index("metric").loc[M.VAL_RMSE]
+    # 3.x * (1 + 2/8) - 3.x * (1 + 2/2): the longer budget alone "wins" by 0.75 * 3.x
+    assert unmatched["diff_mean"] == pytest.approx(-0.75 * 3.1)
+    matched = analyze.headline(t, epochs).set_index("metric").loc[M.VAL_RMSE]
+    assert matched["diff_mean"] == pytest.approx(0.0) and matched["budget_matched"] == 3
+    assert matched["shape_mean"] == pytest.approx(2 * 3.1)
+    sentence = analyze.budget_sentence(analyze.headline(t, epochs))
+    assert "ASHA stopped one trial of 3 of the 3 compared pairs early" in sentence
+    assert analyze.budget_sentence(analyze.headline(t)) == ""
 
 
 def test_every_figure_is_a_nonempty_png(results: Path) -> None:
@@ -253,6 +300,21 @@ def test_checkpoint_found_locally_or_fetched(tmp_path: Path) -> None:
     assert analyze.resolve_checkpoint(gone, str(tmp_path / "res"), str(scratch)) is None
 
 
+def test_prediction_figures_carry_their_trial(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "fig5_predictions_base.png"
+    fig = plt.figure()
+    fig.savefig(path)
+    plt.close(fig)
+    assert analyze.tagged_trial(path) is None
+    analyze.tag_png(path, "a42977ba")
+    assert analyze.tagged_trial(path) == "a42977ba"
+    assert analyze.tagged_trial(tmp_path / "missing.png") is None
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    assert analyze.tagged_trial(tmp_path / "broken.png") is None
+
+
 def test_cli_writes_report(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "elsewhere"
     assert analyze.main([str(results), "--out", str(out)]) == 0
@@ -278,6 +340,15 @@ def test_smoke_sweep_end_to_end(tmp_path: Path) -> None:
     for name in figures:
         assert (out / name).read_bytes()[:4] == b"\x89PNG" and (out / name).stat().st_size > 10_000
     _check_headline_against_pandas(folder, out / "headline.csv")
+    # Committed results keep figures, not weights: without the checkpoints a later analysis into
+    # the same folder still shows the figures drawn for these trials, and says so; elsewhere it
+    # skips them.
+    shutil.rmtree(folder / "checkpoints")
+    again = analyze.analyze(str(folder), str(out)).read_text()
+    assert again.count("drawn by an earlier analysis") == 2
+    assert {"fig5_predictions_base.png", "fig5_predictions_cgd.png"} <= set(re.findall(r"\]\((fig[^)]+\.png)\)", again))
+    elsewhere = analyze.analyze(str(folder), str(tmp_path / "other")).read_text()
+    assert elsewhere.count("figure skipped, its best checkpoint is not available here") == 2
 
 
 def _check_headline_against_pandas(folder: Path, headline_csv: Path) -> None:
