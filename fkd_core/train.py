@@ -196,6 +196,9 @@ class StepSettings:
     channels_last: bool
     augment: augment.AugmentParams | None
     flip_perm: list[int]
+    on_step: Callable[[int, int], None] | None = None
+    """Called after each training step with (steps done, steps in the epoch): plain ints, no
+    tensor is read (on CUDA it counts steps queued, which run at most a little ahead)."""
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -218,6 +221,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objectiv
         order = order.index_select(0, plan.order)
     loss_sum = torch.zeros((), device=device)
     n_batches = 0
+    total = -(-len(data) // steps.batch_size)
     for start in range(0, len(data), steps.batch_size):
         x, y = data.slice(order[start:start + steps.batch_size], steps.channels_last)
         if plan is not None:
@@ -231,6 +235,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objectiv
         optimizer.step()
         loss_sum += loss.detach()
         n_batches += 1
+        if steps.on_step is not None:
+            steps.on_step(n_batches, total)
     return loss_sum / max(n_batches, 1)
 
 
@@ -422,7 +428,8 @@ def _run_epoch(trial: _Trial, net: nn.Module, epoch: int, objective: Loss, steps
 
 
 def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
-          checkpoint_dir: str | None = None, resume_from: str | None = None) -> TrainSummary:
+          checkpoint_dir: str | None = None, resume_from: str | None = None,
+          on_step: Callable[[int, int], None] | None = None) -> TrainSummary:
     """Run one trial and call ``report(row)`` once per epoch (keys: metrics.EPOCH_ROW_KEYS).
 
     Args:
@@ -431,6 +438,8 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         report: called after the epoch's checkpoint (if any) is written.
         checkpoint_dir: write checkpoint.pt each epoch (and best.pt on improvement) there.
         resume_from: a directory holding checkpoint.pt; training continues at its next epoch.
+        on_step: called after each training step with (step, steps in the epoch), for progress
+            bars; it gets plain ints, so it adds no host sync.
 
     Returns:
         TrainSummary; stopped is "max_epochs", "early_stop" or "diverged".
@@ -448,7 +457,7 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         batch_size=cfg.batch_size, amp_dtype=autocast_dtype(cfg.precision, device),
         channels_last=cfg.channels_last,
         augment=None if cfg.augment == "none" else augment.params_for(cfg),
-        flip_perm=data.schema.flip_permutation())
+        flip_perm=data.schema.flip_permutation(), on_step=on_step)
     net = torch.compile(trial.model, mode=cfg.compile_mode) if cfg.compile else trial.model
     objective = build_objective(cfg)
     images = data.images.to(device, torch.uint8)   # once: both splits index into it
@@ -534,6 +543,39 @@ def _progress_line(row: dict[str, Any], max_epochs: int, tag: str) -> str:
             f"  {row[metrics.EPOCH_SECONDS]:.1f} s  {row[metrics.IMAGES_PER_S]:.0f} img/s{flag}")
 
 
+class StepBar:
+    """The CLI's progress bar inside an epoch, redrawn in place on a terminal, at most every
+    ``every`` seconds; the epoch's line (report) replaces it. Silent when stream is no TTY."""
+
+    def __init__(self, stream: Any, tag: str, max_epochs: int, every: float = 0.5) -> None:
+        self.stream, self.tag, self.max_epochs, self.every = stream, tag, max_epochs, every
+        self.enabled = bool(getattr(stream, "isatty", lambda: False)())
+        self.epoch, self.started, self.last = 1, time.perf_counter(), -math.inf
+
+    def __call__(self, step: int, total: int) -> None:
+        now = time.perf_counter()
+        if step == 1:
+            self.started = now
+        if not self.enabled or (now - self.last < self.every and step < total):
+            return
+        self.last = now
+        self.stream.write("\r" + self.render(step, total, now - self.started))
+        self.stream.flush()
+
+    def render(self, step: int, total: int, seconds: float, width: int = 30) -> str:
+        filled = width * step // max(total, 1)
+        rate = step / seconds if seconds > 0 else 0.0
+        eta = (total - step) / rate if rate > 0 else 0.0
+        return (f"[{self.tag}] epoch {self.epoch:>3}/{self.max_epochs} [{'#' * filled}{'.' * (width - filled)}] "
+                f"{step}/{total} steps  {seconds:.0f} s, ~{eta:.0f} s left")
+
+    def epoch_done(self, next_epoch: int) -> None:
+        """Clear the bar before the epoch's line is printed."""
+        self.epoch = next_epoch
+        if self.enabled:
+            self.stream.write("\r\033[K")
+
+
 def _strict_json(values: dict[str, Any]) -> str:
     """JSON without Infinity/NaN tokens (strict parsers reject them): non-finite -> null."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
@@ -562,13 +604,17 @@ def main(argv: list[str] | None = None) -> int:
               f"loss {cfg.loss_label}, augment {cfg.augment}, device {resolve_device(cfg.device)}; "
               f"writing to {out}", file=sys.stderr)
         rows: list[dict[str, Any]] = []
+        bar = StepBar(sys.stderr, tag, cfg.max_epochs)
 
         def report(row: dict[str, Any]) -> None:
             rows.append(row)
+            bar.epoch_done(row[metrics.EPOCH] + 1)
             print(_progress_line(row, cfg.max_epochs, tag), file=sys.stderr, flush=True)
 
+        if args.resume:
+            bar.epoch = load_checkpoint(out, map_location="cpu")["epoch"] + 1
         summary = train(cfg, data, report, checkpoint_dir=str(out),
-                        resume_from=str(out) if args.resume else None)
+                        resume_from=str(out) if args.resume else None, on_step=bar)
     except (ValueError, OSError, WeightsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

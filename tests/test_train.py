@@ -1,9 +1,11 @@
 """train(): real epochs on small synthetic sets; divergence, checkpoints, resume, host syncs, CLI."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
+import types
 
 import pytest
 import torch
@@ -284,3 +286,36 @@ def test_compiled_model_trains_like_the_eager_one(faces):
         assert compiled[metrics.TRAIN_LOSS] == pytest.approx(eager[metrics.TRAIN_LOSS], rel=1e-2)
         assert compiled[metrics.VAL_RMSE] == pytest.approx(eager[metrics.VAL_RMSE], rel=1e-2)
     assert runs[True][1][metrics.TRAIN_LOSS] < runs[True][0][metrics.TRAIN_LOSS]
+
+
+# --- progress inside an epoch ----------------------------------------------------------------
+
+def test_on_step_reports_every_step_of_every_epoch(faces):
+    calls: list[tuple[int, int]] = []
+    train(TrialConfig(**FAST, max_epochs=2), faces, lambda row: None, on_step=lambda s, n: calls.append((s, n)))
+    n_train = len(faces) - round(0.15 * len(faces))             # 224 faces, 15% held out -> 190
+    steps = -(-n_train // FAST["batch_size"])                    # 8 batches of 24 (the last 22)
+    assert steps == 8 and calls == [(s, steps) for s in range(1, steps + 1)] * 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_step_bar_draws_in_place_on_a_terminal_only(monkeypatch):
+    bar = train_module.StepBar(_Terminal(), "synthetic", max_epochs=30, every=0.5)
+    assert bar.render(10, 40, 20.0, width=8) == \
+        "[synthetic] epoch   1/30 [##......] 10/40 steps  20 s, ~60 s left"
+    clock = iter([0.0, 0.1, 0.2, 0.7, 0.8, 9.0, 9.1])
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    for step in (1, 2, 3, 4, 5):       # throttled to every 0.5 s, but the last step is always drawn
+        bar(step, 5)
+    drawn = bar.stream.getvalue().split("\r")[1:]
+    assert [d.split("] ")[-1].split(" steps")[0] for d in drawn] == ["1/5", "4/5", "5/5"]
+    bar.epoch_done(2)
+    assert bar.stream.getvalue().endswith("\r\033[K") and bar.epoch == 2
+    quiet = train_module.StepBar(io.StringIO(), "x", 3)
+    quiet(1, 1)
+    quiet.epoch_done(2)
+    assert quiet.stream.getvalue() == ""
