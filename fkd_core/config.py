@@ -10,6 +10,7 @@ default is the CPU-sized ``small_cnn`` so that every default runs on a laptop wi
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -42,6 +43,19 @@ class TrialConfig:
     """Seed of the split; equal across losses so that comparisons are paired."""
     missing: Missing = "mask"
     """"mask": exclude missing keypoints. "ffill": the study's forward fill. "drop": complete rows only."""
+    groups: str = "auto"
+    """Who is who, so that no person is on two sides of a split: "auto" (a Kaggle file's
+    <file>.groups.csv sidecar, an image folder's file names), "none" (row-level splits), or a
+    groups CSV path (columns row,group)."""
+    group_regex: str = ""
+    """Image folders: regex whose first group names the person in a file name (default: the name
+    without a trailing _<digits> and extension)."""
+    test_fraction: float = 0.15
+    """Fraction of the groups held out as the test split, used for final numbers only."""
+    test_seed: int = 0
+    """Seed of the test split; fixed per data set, never varied by a sweep."""
+    score_test: bool = False
+    """Score the test split each epoch (confirm phase only; search never reads it)."""
 
     # --- model ----------------------------------------------------------------------------
     backbone: str = "small_cnn"
@@ -110,6 +124,11 @@ class TrialConfig:
             if value not in allowed:
                 raise ValueError(f"TrialConfig.{name}={value!r}; valid: {list(allowed)}")
         _check(0.0 < self.val_fraction < 1.0, "val_fraction", "in (0, 1)")
+        _check(0.0 < self.test_fraction < 1.0, "test_fraction", "in (0, 1)")
+        _check(self.test_fraction + self.val_fraction < 1.0, "test_fraction + val_fraction",
+               "< 1, so that some rows are left for training")
+        _check(bool(self.groups.strip()), "groups", '"auto", "none" or a groups CSV path')
+        _check(_compiles(self.group_regex), "group_regex", "a regular expression that compiles")
         _check(self.alpha >= 0.0, "alpha", ">= 0")
         _check(self.batch_size >= 1, "batch_size", ">= 1")
         _check(self.max_epochs >= 1, "max_epochs", ">= 1")
@@ -151,6 +170,14 @@ _LITERALS: dict[str, tuple[str, ...]] = {
 def _check(ok: bool, name: str, expected: str) -> None:
     if not ok:
         raise ValueError(f"TrialConfig.{name} must be {expected}")
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
 
 
 def config_fields() -> dict[str, type]:

@@ -19,6 +19,10 @@ VAL_LOSS = "val_loss"
 VAL_RMSE = "val_rmse_px"
 VAL_NME = "val_nme"
 VAL_SHAPE = "val_shape_err_px"
+# Test-split metrics of the epoch's model, reported only when TrialConfig.score_test is set.
+TEST_RMSE = "test_rmse_px"
+TEST_NME = "test_nme"
+TEST_SHAPE = "test_shape_err_px"
 LR = "lr"
 EPOCH_SECONDS = "epoch_seconds"
 IMAGES_PER_S = "images_per_s"
@@ -27,6 +31,7 @@ DIVERGED = "diverged"
 # The metric the sweep optimises and ASHA / early stopping watch; lower is better.
 OBJECTIVE = VAL_RMSE
 VAL_METRICS = (VAL_RMSE, VAL_NME, VAL_SHAPE)
+TEST_METRICS = (TEST_RMSE, TEST_NME, TEST_SHAPE)
 EPOCH_ROW_KEYS = (EPOCH, TRAIN_LOSS, VAL_LOSS, VAL_RMSE, VAL_NME, VAL_SHAPE, LR, EPOCH_SECONDS,
                   IMAGES_PER_S, DIVERGED)
 

@@ -32,6 +32,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from fkd_core.kaggle_csv import synthetic_marker, write_kaggle_csv
+
 IMAGE_SIZE = 96
 # Kaggle's file: about 30% of rows are complete; the rest keep eye centres, nose tip and bottom lip.
 KAGGLE_COMPLETE_FRACTION = 0.3
@@ -309,8 +311,6 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"keep all keypoints only in the first {KAGGLE_COMPLETE_FRACTION * 100:.0f}%% of rows")
     parser.add_argument("--out", required=True, help="FILE.csv or FILE.csv.gz")
     args = parser.parse_args(argv)
-    from fkd_core.data import synthetic_marker, write_kaggle_csv  # the Kaggle layout's writer
-
     frac = KAGGLE_COMPLETE_FRACTION if args.kaggle_missing else 1.0
     images, keypoints = generate(args.n, args.seed, args.pose, identity=args.identity,
                                  noise=args.noise, complete_fraction=frac)

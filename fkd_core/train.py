@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from fkd_core import augment, metrics
 from fkd_core.config import TrialConfig
-from fkd_core.data import KeypointData, apply_missing, load_for_config, split_indices
+from fkd_core.data import KeypointData, apply_missing, held_out_rows, load_for_config, three_way_split
 from fkd_core.losses import Loss, build_objective, parse_loss_spec
 from fkd_core.models import BACKBONES, WeightsUnavailable, build_model
 
@@ -61,6 +61,10 @@ class TrainSummary:
     stopped: str            # "max_epochs" | "early_stop" | "diverged"
     wall_seconds: float
     device: str
+    best_test_rmse_px: float | None = None
+    """Test metrics at the best-validation epoch; None unless cfg.score_test."""
+    best_test_nme: float | None = None
+    best_test_shape_err_px: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -120,13 +124,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def split_rows(data: KeypointData, cfg: TrialConfig) -> tuple[Tensor, Tensor, Tensor]:
     """(train rows [Nt], their keypoints [Nt, K, 2], validation rows [Nv]) without copying images.
 
+    The test rows (fkd_core.data.three_way_split) are in neither, in every run.
+
     The missing policy touches the training keypoints only. "ffill" fills over the whole file
     before the split, in file order, as the study did, so a training face can inherit a
     validation face's points; validation keeps its true labels. Images stay in the one shared
     tensor (Ray's object store in a sweep): a trial holds indices, not a copy of the data set.
     """
-    train_idx, val_idx = (torch.as_tensor(i, dtype=torch.long)
-                          for i in split_indices(len(data), cfg.val_fraction, cfg.split_seed, cfg.split))
+    splits = three_way_split(data, cfg)
+    train_idx, val_idx = (torch.as_tensor(i, dtype=torch.long) for i in (splits.train, splits.val))
     source = apply_missing(data, "ffill").keypoints if cfg.missing == "ffill" else data.keypoints
     train_kps = source[train_idx]
     if cfg.missing == "drop":
@@ -302,6 +308,7 @@ class Progress:
         metrics.VAL_RMSE: math.inf, metrics.VAL_NME: math.inf, metrics.VAL_SHAPE: math.inf})
     since_best: int = 0
     wall_seconds: float = 0.0
+    best_test: dict[str, float] | None = None   # test metrics of the best epoch (score_test)
 
     def update(self, row: dict[str, Any]) -> bool:
         """Record an epoch's row; True when it is the best so far."""
@@ -309,6 +316,7 @@ class Progress:
         self.last = {k: row[k] for k in metrics.VAL_METRICS}
         if row[metrics.VAL_RMSE] < self.best[metrics.VAL_RMSE]:
             self.best, self.best_epoch, self.since_best = dict(self.last), self.epoch, 0
+            self.best_test = {k: row[k] for k in metrics.TEST_METRICS} if metrics.TEST_RMSE in row else None
             return True
         self.since_best += 1
         return False
@@ -323,15 +331,20 @@ class Progress:
             best_val_shape_err_px=self.best[metrics.VAL_SHAPE], best_epoch=self.best_epoch,
             final_val_rmse_px=self.last[metrics.VAL_RMSE], final_val_nme=self.last[metrics.VAL_NME],
             final_val_shape_err_px=self.last[metrics.VAL_SHAPE], epochs=self.epoch, stopped=stopped,
-            wall_seconds=self.wall_seconds, device=str(device))
+            wall_seconds=self.wall_seconds, device=str(device),
+            **{f"best_{k}": v for k, v in (self.best_test or {}).items()})
 
 
 def _epoch_row(epoch: int, train_loss: float, val: dict[str, Any], lr: float, seconds: float,
-               images_per_s: float) -> dict[str, Any]:
-    """The reported row; a non-finite loss or metric becomes inf with diverged=True."""
+               images_per_s: float, test: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The reported row; a non-finite loss or metric becomes inf with diverged=True. Test
+    metrics (when scored) follow the validation ones."""
     values = {metrics.TRAIN_LOSS: train_loss, metrics.VAL_LOSS: val["loss"],
               metrics.VAL_RMSE: val["rmse_px"], metrics.VAL_NME: val["nme"],
               metrics.VAL_SHAPE: val["shape_err_px"]}
+    if test is not None:
+        values |= {metrics.TEST_RMSE: test["rmse_px"], metrics.TEST_NME: test["nme"],
+                   metrics.TEST_SHAPE: test["shape_err_px"]}
     diverged = not all(math.isfinite(values[k]) for k in (metrics.TRAIN_LOSS, metrics.VAL_LOSS,
                                                           metrics.VAL_RMSE))
     if diverged:  # inf, not NaN: ASHA and Optuna cannot handle NaN (DESIGN.md)
@@ -412,25 +425,30 @@ class _Trial:
 
 
 def _run_epoch(trial: _Trial, net: nn.Module, epoch: int, objective: Loss, steps: StepSettings,
-               train_data: Batches, val_data: Batches, norm_pair: tuple[int, int] | None) -> dict[str, Any]:
-    """Train one epoch, validate, and return the reported row (the only host reads of the epoch)."""
+               train_data: Batches, val_data: Batches, norm_pair: tuple[int, int] | None,
+               test_data: Batches | None = None) -> dict[str, Any]:
+    """Train one epoch, validate (and test, when test_data is given: the same evaluate(), so
+    whatever scores validation scores test) and return the reported row (the only host reads)."""
     t0 = time.perf_counter()
     lr = trial.optimizer.param_groups[0]["lr"]
     train_loss = train_one_epoch(net, trial.optimizer, objective, train_data, steps,
                                  trial.batch_gen, trial.aug_gen).item()
     train_seconds = time.perf_counter() - t0
+    lost = {"loss": math.inf, "rmse_px": math.inf, "nme": math.inf, "shape_err_px": math.inf}
     if math.isfinite(train_loss):
         val = evaluate(net, objective, val_data, steps, norm_pair)
+        test = None if test_data is None else evaluate(net, objective, test_data, steps, norm_pair)
     else:  # NaN weights: validating them costs time and says nothing
-        val = {"loss": math.inf, "rmse_px": math.inf, "nme": math.inf, "shape_err_px": math.inf}
+        val, test = lost, None if test_data is None else lost
     return _epoch_row(epoch, train_loss, val, lr, time.perf_counter() - t0,
-                      len(train_data) / max(train_seconds, 1e-9))
+                      len(train_data) / max(train_seconds, 1e-9), test)
 
 
 def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
           checkpoint_dir: str | None = None, resume_from: str | None = None,
           on_step: Callable[[int, int], None] | None = None) -> TrainSummary:
-    """Run one trial and call ``report(row)`` once per epoch (keys: metrics.EPOCH_ROW_KEYS).
+    """Run one trial and call ``report(row)`` once per epoch (keys: metrics.EPOCH_ROW_KEYS, plus
+    metrics.TEST_METRICS after the validation ones when cfg.score_test).
 
     Args:
         cfg: every knob of the trial.
@@ -463,12 +481,15 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
     images = data.images.to(device, torch.uint8)   # once: both splits index into it
     train_data = Batches.of(images, train_idx, train_kps, device)
     val_data = Batches.of(images, val_idx, data.keypoints[val_idx], device)
+    test_idx = torch.as_tensor(held_out_rows(data, cfg), dtype=torch.long) if cfg.score_test else None
+    test_data = None if test_idx is None else Batches.of(images, test_idx, data.keypoints[test_idx], device)
     wall_before = progress.wall_seconds   # time of the epochs before a resume
     stopped = "early_stop" if progress.patience_spent(cfg.patience) else "max_epochs"
     for epoch in range(progress.epoch + 1, cfg.max_epochs + 1):
         if stopped == "early_stop":   # also when a resumed trial had already run out of patience
             break
-        row = _run_epoch(trial, net, epoch, objective, steps, train_data, val_data, data.schema.norm_pair)
+        row = _run_epoch(trial, net, epoch, objective, steps, train_data, val_data, data.schema.norm_pair,
+                         test_data)
         if row[metrics.DIVERGED]:
             # Stop at once and keep the last good checkpoint: resuming NaN weights is useless.
             progress.epoch, progress.last = epoch, {k: math.inf for k in metrics.VAL_METRICS}
@@ -509,6 +530,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=defaults.patience)
     p.add_argument("--missing", default=defaults.missing, help="mask | ffill | drop")
     p.add_argument("--split", default=defaults.split, help="shuffle | tail")
+    p.add_argument("--groups", default=defaults.groups, help="auto (<name>.groups.csv, image names) | none | CSV")
+    p.add_argument("--score-test", action="store_true", help="score the held-out test split every epoch")
     p.add_argument("--synth-n", type=int, default=defaults.synth_n, help="faces when --data synthetic")
     p.add_argument("--pretrained", action="store_true", help="ImageNet weights (torch cache)")
     p.add_argument("--device", default=defaults.device)
@@ -530,6 +553,7 @@ def config_from_args(args: argparse.Namespace) -> TrialConfig:
     return TrialConfig(data=args.data, backbone=args.backbone, loss=base, shape=shape, alpha=alpha,
                        augment=args.augment, max_epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, patience=args.patience, missing=args.missing, split=args.split,
+                       groups=args.groups, score_test=args.score_test,
                        synth_n=args.synth_n, pretrained=args.pretrained, device=args.device,
                        seed=args.seed, compile=args.compile is not None,
                        compile_mode=args.compile or "default")
@@ -584,7 +608,7 @@ def _strict_json(values: dict[str, Any]) -> str:
 
 def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
     with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(metrics.EPOCH_ROW_KEYS))
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(metrics.EPOCH_ROW_KEYS))
         writer.writeheader()
         writer.writerows(rows)
 

@@ -86,7 +86,7 @@ def test_agrees_with_a_naive_pandas_parse():
 @needs_data
 def test_small_pieces_and_crlf_lines_parse_the_same(tmp_path, monkeypatch):
     (tmp_path / "crlf.csv").write_bytes(SAMPLE.read_bytes().replace(b"\n", b"\r\n"))
-    monkeypatch.setattr(D, "_PIECE_BYTES", 4096)  # lines cross many piece boundaries
+    monkeypatch.setattr(D.streams, "PIECE_BYTES", 4096)  # lines cross many piece boundaries
     small = load_dataset(str(tmp_path / "crlf.csv"), cache=False)
     monkeypatch.undo()
     plain = load_dataset(str(SAMPLE), cache=False)
@@ -105,7 +105,7 @@ def test_test_csv_gives_image_ids_and_nan_keypoints(tmp_path):
 def test_second_load_comes_from_the_cache(monkeypatch, cache):
     first = load_dataset(str(SAMPLE), cache_dir=cache)
     assert len(list(Path(cache).glob("*.npz"))) == 1
-    monkeypatch.setattr(D, "_read_kaggle", lambda *a: pytest.fail("parsed again"))
+    monkeypatch.setattr(D.kaggle, "read_kaggle", lambda *a: pytest.fail("parsed again"))
     monkeypatch.setattr(Path, "read_bytes", lambda *a: pytest.fail("read (and hashed) again"))
     second = load_dataset(str(SAMPLE), cache_dir=cache)
     assert torch.equal(first.images, second.images) and second.content_hash == first.content_hash

@@ -12,7 +12,7 @@ import torch
 
 from fkd_core import metrics, train as train_module
 from fkd_core.config import TrialConfig
-from fkd_core.data import load_dataset
+from fkd_core.data import held_out_rows, load_dataset
 from fkd_core.train import BEST, CHECKPOINT, load_checkpoint, train
 
 # Small and fast: 8 training steps of 24 faces per epoch on the CPU.
@@ -217,7 +217,7 @@ def test_splits_share_the_data_sets_images_instead_of_copying(faces, monkeypatch
     train(TrialConfig(max_epochs=1, batch_size=64), faces, lambda row: None)
     train_rows, val_rows = made
     assert train_rows.images.data_ptr() == val_rows.images.data_ptr() == faces.images.data_ptr()
-    assert len(train_rows) + len(val_rows) == len(faces)
+    assert len(train_rows) + len(val_rows) + len(held_out_rows(faces, TrialConfig())) == len(faces)
     assert set(train_rows.rows.tolist()).isdisjoint(val_rows.rows.tolist())
 
 
@@ -293,9 +293,9 @@ def test_compiled_model_trains_like_the_eager_one(faces):
 def test_on_step_reports_every_step_of_every_epoch(faces):
     calls: list[tuple[int, int]] = []
     train(TrialConfig(**FAST, max_epochs=2), faces, lambda row: None, on_step=lambda s, n: calls.append((s, n)))
-    n_train = len(faces) - round(0.15 * len(faces))             # 224 faces, 15% held out -> 190
-    steps = -(-n_train // FAST["batch_size"])                    # 8 batches of 24 (the last 22)
-    assert steps == 8 and calls == [(s, steps) for s in range(1, steps + 1)] * 2
+    n_train = len(faces) - 2 * round(0.15 * len(faces))         # 224 faces, 15% val + 15% test -> 156
+    steps = -(-n_train // FAST["batch_size"])                    # 7 batches of 24 (the last 12)
+    assert steps == 7 and calls == [(s, steps) for s in range(1, steps + 1)] * 2
 
 
 class _Terminal(io.StringIO):
