@@ -143,8 +143,8 @@ def draw_splits(codes: np.ndarray | None, n_rows: int, *, content_hash: str, tes
         val = rest[np.isin(codes[rest], chosen)]
     if left < 1:
         raise DataError(f"{source}: {n_groups} {unit}: test_fraction={test_fraction:g} takes {n_test} and "
-                        f"val_fraction={val_fraction:g} {n_val} {'rows' if mode == 'tail' else unit}, leaving "
-                        f"{max(left, 0)} for training; expected at least one {unit[:-1]} in each split")
+                        f"val_fraction={val_fraction:g} takes {n_val} {'rows' if mode == 'tail' else unit}, "
+                        f"leaving {max(left, 0)} for training; expected at least one {unit[:-1]} in each split")
     train = np.setdiff1d(rest, val)
     kind = GROUP_DISJOINT if grouped and mode == "shuffle" else ROW_LEVEL
     return Splits(train=train, val=np.sort(val), test=np.flatnonzero(is_test), kind=kind)
