@@ -1,0 +1,176 @@
+"""Three-way splits: invariants over random groups, a test split nothing but the data moves, and
+train() scoring it every epoch when asked."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fkd_core import metrics, train as train_module
+from fkd_core.config import TrialConfig
+from fkd_core.data import DataError, draw_splits, held_out_rows, load_dataset, three_way_split
+from fkd_core.train import split_rows, train
+
+FAST = dict(synth_n=224, batch_size=24, device="cpu", patience=50)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return load_dataset("synthetic", synth_n=FAST["synth_n"], synth_seed=0)
+
+
+# --- invariants over many random draws -------------------------------------------------------------
+
+
+def _random_case(rng: np.random.Generator) -> dict:
+    n_groups = int(rng.integers(3, 60))
+    sizes = rng.integers(1, 16, n_groups)                  # 1..15 rows per group
+    codes = rng.permutation(np.repeat(np.arange(n_groups), sizes))   # groups interleaved in the file
+    test_fraction, val_fraction = rng.uniform(0.05, 0.45, 2)
+    return dict(codes=codes, n_groups=n_groups, test_fraction=float(test_fraction),
+                val_fraction=float(val_fraction), test_seed=int(rng.integers(1000)),
+                split_seed=int(rng.integers(1000)), content_hash=f"{rng.integers(1 << 60):x}")
+
+
+def test_no_group_on_two_sides_and_every_row_in_one_split_over_random_groups():
+    rng = np.random.default_rng(20261129)
+    drawn = refused = 0
+    for _ in range(400):
+        case = _random_case(rng)
+        codes, g = case.pop("codes"), case.pop("n_groups")
+        try:
+            s = draw_splits(codes, len(codes), **case)
+        except DataError as err:          # too few groups for three splits: refused, said why
+            n_test = max(1, round(case["test_fraction"] * g))
+            n_val = max(1, round(case["val_fraction"] * g))
+            assert g - n_test - n_val < 1 and "leaving" in str(err)
+            refused += 1
+            continue
+        drawn += 1
+        parts = [s.train, s.val, s.test]
+        assert sorted(np.concatenate(parts).tolist()) == list(range(len(codes)))    # each row once
+        sides = [set(codes[p].tolist()) for p in parts]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+        assert len(sides[2]) == max(1, round(case["test_fraction"] * g))
+        assert len(sides[1]) == max(1, round(case["val_fraction"] * g)) and len(sides[0]) >= 1
+        assert s.kind == "group-disjoint" and all(np.all(np.diff(p) > 0) for p in parts)
+    assert drawn > 300 and refused > 0
+
+
+def test_tail_keeps_the_group_disjoint_test_and_takes_the_last_other_rows():
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        case = _random_case(rng)
+        codes, _ = case.pop("codes"), case.pop("n_groups")
+        try:
+            tail = draw_splits(codes, len(codes), mode="tail", **case)
+            shuffled = draw_splits(codes, len(codes), **case)
+        except DataError:
+            continue
+        assert np.array_equal(tail.test, shuffled.test)          # the mode never moves the test rows
+        rest = np.setdiff1d(np.arange(len(codes)), tail.test)
+        n_val = max(1, round(case["val_fraction"] * len(codes)))
+        assert np.array_equal(tail.val, rest[-n_val:]) and np.array_equal(tail.train, rest[:-n_val])
+        assert not set(codes[tail.test].tolist()) & set(codes[rest].tolist())
+        assert tail.kind == "row-level"                          # its validation tail cuts through groups
+
+
+def test_without_groups_each_row_is_its_own_unit():
+    s = draw_splits(None, 100, content_hash="abc", test_fraction=0.15, test_seed=0, val_fraction=0.2,
+                    split_seed=3)
+    assert (len(s.train), len(s.val), len(s.test), s.kind) == (65, 20, 15, "row-level")
+
+
+# --- the test split: only the data, its groups, test_fraction and test_seed choose it ----------------
+
+
+def test_test_rows_are_identical_across_everything_a_run_varies(faces):
+    base = TrialConfig(synth_n=FAST["synth_n"])
+    test = held_out_rows(faces, base)
+    assert len(test) == round(0.15 * len(faces)) == 34
+    variants = [dict(split_seed=1), dict(split_seed=7), dict(seed=5), dict(score_test=True),
+                dict(shape="cgd", alpha=0.01), dict(loss="wing"), dict(shape="seed_cgd", alpha=1.0),
+                dict(split="tail"), dict(val_fraction=0.3), dict(missing="drop"), dict(augment="full"),
+                dict(max_epochs=3), dict(backbone="resnet18")]
+    for changes in variants:
+        assert np.array_equal(held_out_rows(faces, base.replace(**changes)), test), changes
+    # ... while the validation rows do move with the split seed, never into the test rows.
+    vals = [set(three_way_split(faces, base.replace(split_seed=k)).val.tolist()) for k in range(3)]
+    assert vals[0] != vals[1] and not (vals[0] | vals[1] | vals[2]) & set(test.tolist())
+    # The test seed and the data's content choose another test split.
+    assert not np.array_equal(held_out_rows(faces, base.replace(test_seed=1)), test)
+    other = load_dataset("synthetic", synth_n=FAST["synth_n"], synth_seed=1)
+    assert not np.array_equal(held_out_rows(other, base), test)
+
+
+def test_split_rows_excludes_the_test_rows(faces):
+    for cfg in (TrialConfig(), TrialConfig(split="tail"), TrialConfig(missing="drop", split_seed=2)):
+        train_idx, _, val_idx = split_rows(faces, cfg)
+        test = set(held_out_rows(faces, cfg).tolist())
+        assert not test & set(train_idx.tolist()) and not test & set(val_idx.tolist())
+
+
+# --- train(): test metrics per epoch when score_test -----------------------------------------------------
+
+
+def test_score_test_adds_test_metrics_to_every_epoch_row(faces):
+    rows: list[dict] = []
+    summary = train(TrialConfig(**FAST, max_epochs=3, score_test=True), faces, rows.append)
+    assert all(tuple(r) == metrics.EPOCH_ROW_KEYS[:6] + metrics.TEST_METRICS + metrics.EPOCH_ROW_KEYS[6:]
+               for r in rows)
+    assert all(math.isfinite(r[k]) and r[k] > 0 for r in rows for k in metrics.TEST_METRICS)
+    assert rows[-1][metrics.TEST_RMSE] != rows[-1][metrics.VAL_RMSE]      # other faces, other error
+    best = rows[summary.best_epoch - 1]              # the best epoch is chosen on validation
+    assert best[metrics.VAL_RMSE] == min(r[metrics.VAL_RMSE] for r in rows)
+    assert (summary.best_test_rmse_px, summary.best_test_nme, summary.best_test_shape_err_px) == \
+        (best[metrics.TEST_RMSE], best[metrics.TEST_NME], best[metrics.TEST_SHAPE])
+
+
+def test_without_score_test_no_test_metrics_and_none_in_the_summary(faces):
+    rows: list[dict] = []
+    summary = train(TrialConfig(**FAST, max_epochs=1), faces, rows.append)
+    assert tuple(rows[0]) == metrics.EPOCH_ROW_KEYS
+    assert summary.best_test_rmse_px is None and summary.best_test_nme is None
+    assert summary.to_dict()["best_test_shape_err_px"] is None
+
+
+def test_test_split_is_scored_by_evaluate_on_the_shared_images(faces, monkeypatch):
+    """The test rows go through the same evaluate() as validation, gathered from the one shared
+    image tensor: three index sets, no copy of the data set."""
+    made, scored = [], []
+    original_of, original_evaluate = train_module.Batches.of, train_module.evaluate
+    monkeypatch.setattr(train_module.Batches, "of",
+                        classmethod(lambda cls, *a: made.append(original_of(*a)) or made[-1]))
+    monkeypatch.setattr(train_module, "evaluate",
+                        lambda model, obj, data, *a: scored.append(data) or original_evaluate(model, obj, data, *a))
+    cfg = TrialConfig(**FAST, max_epochs=2, score_test=True)
+    train(cfg, faces, lambda row: None)
+    train_rows, val_rows, test_rows = made
+    assert train_rows.images.data_ptr() == val_rows.images.data_ptr() == test_rows.images.data_ptr() \
+        == faces.images.data_ptr()
+    assert test_rows.rows.tolist() == held_out_rows(faces, cfg).tolist()
+    assert torch.equal(test_rows.keypoints, faces.keypoints[test_rows.rows])
+    assert len(train_rows) + len(val_rows) + len(test_rows) == len(faces)
+    assert scored == [val_rows, test_rows] * 2                  # both, every epoch
+
+
+def test_a_diverged_epoch_reports_test_metrics_as_inf(faces):
+    rows: list[dict] = []
+    summary = train(TrialConfig(**FAST, max_epochs=3, shape="seed_cgd", alpha=1e38, score_test=True),
+                    faces, rows.append)
+    assert len(rows) == 1 and rows[0][metrics.DIVERGED]
+    assert all(rows[0][k] == math.inf for k in metrics.TEST_METRICS)
+    assert summary.stopped == "diverged" and summary.best_test_rmse_px is None
+
+
+def test_cli_score_test_writes_test_columns(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = train_module.main(["--synth-n", "60", "--epochs", "1", "--batch-size", "20", "--device", "cpu",
+                              "--score-test", "--out", str(out)])
+    assert code == 0
+    with open(out / "metrics.csv") as f:
+        header = next(csv.reader(f))
+    assert set(metrics.TEST_METRICS) <= set(header)
