@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -260,6 +261,17 @@ def _kaggle_case(tmp_path: Path, lines: list[str], case: str) -> tuple[str, str]
         cells[1][20] = "n/a"
         return _write(tmp_path / "t.csv", [head] + [",".join(c) for c in cells]), \
             "row 2, column nose_tip_x: expected a number or an empty field (missing), got 'n/a'"
+    if case in ("5000", "-5000", "inf", "-inf", "1e39"):
+        cells[1][20 + case.startswith("-")] = case      # nose_tip_x, or nose_tip_y for the negatives
+        column = "nose_tip_y" if case.startswith("-") else "nose_tip_x"
+        expected = (f"a coordinate within 0.5 of the image's side around it (-48..144 for a 96x96 image), "
+                    f"got {case}" if case.strip("-") == "5000"
+                    else f"a finite number or an empty field (missing), got '{case}'")
+        return _write(tmp_path / "t.csv", [head] + [",".join(c) for c in cells]), f"row 2, column {column}: expected {expected}"
+    if case == "duplicate_pair":   # nose_tip_x,nose_tip_y pasted over by the left eye's pair
+        return _write(tmp_path / "t.csv", [head.replace("nose_tip_x,nose_tip_y", "left_eye_center_x,left_eye_center_y")]
+                      + rows), "header, column left_eye_center_x: expected each column name once, got " \
+                               "'left_eye_center_x' again as column 21"
     if case == "empty":
         return _write(tmp_path / "t.csv", []), "header: expected a CSV header line, got an empty file"
     if case == "truncated_gz":
@@ -272,7 +284,7 @@ def _kaggle_case(tmp_path: Path, lines: list[str], case: str) -> tuple[str, str]
 
 
 KAGGLE_CASES = ["no_image_column", "9215", "9217", "abc", "256", "-1", "1.5", "keypoint", "empty",
-                "truncated_gz", "neither"]
+                "truncated_gz", "neither", "5000", "-5000", "inf", "-inf", "1e39", "duplicate_pair"]
 
 
 @needs_data
@@ -345,3 +357,114 @@ def test_describe_labels_synthetic(capsys):
     assert D.main(["describe", "synthetic"]) == 0  # default 2000 faces, generated in memory
     out = capsys.readouterr().out
     assert out.startswith("SYNTHETIC faces: synthetic(n=2000")
+
+
+# --- issue 13: values, bit depths, huge images, duplicated columns, unreadable and special files --------
+
+
+@needs_data
+def test_nan_text_stays_missing_and_a_point_just_outside_the_image_is_kept(tmp_path, sample_lines):
+    cells = [r.split(",") for r in sample_lines[1:3]]
+    cells[0][20], cells[0][21] = "nan", ""              # missing, as before
+    cells[1][20], cells[1][21] = "-40.5", "143.0"       # outside the 96x96 image, inside the margin
+    data = load_dataset(_write(tmp_path / "t.csv", [sample_lines[0]] + [",".join(c) for c in cells]), cache=False)
+    assert torch.isnan(data.keypoints[0, 10]).all()
+    assert data.keypoints[1, 10].tolist() == [-40.5, 143.0]
+
+
+@needs_data
+def test_image_folder_keypoint_far_outside_its_image(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    name = "Luis_Fonsi_21.jpg"
+    shutil.copy(YT68 / "training" / name, root / name)
+    with Image.open(root / name) as im:
+        w, h = im.size
+    path = _write(tmp_path / "f.csv", [",0,1,2,3", f"{name},1,2,3,4", f"{name},1,2,3,{2 * h}"])
+    with pytest.raises(DataError) as err:
+        load_dataset(path, cache=False, image_dir=str(root))
+    assert str(err.value) == (f"{path}: row 2, column 3: expected a coordinate within 0.5 of the image's side "
+                              f"around it ({-h / 2:g}..{1.5 * h:g} for a {w}x{h} image), got {2 * h}")
+
+
+def _folder_of(tmp_path: Path, images: dict[str, Image.Image]) -> str:
+    """A CSV with one row per image (2 keypoints each, inside the image) and the images."""
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for name, im in images.items():
+        im.save(root / name)
+    return _write(tmp_path / "f.csv", [",0,1,2,3"] + [f"{n},10,20,30,40" for n in images])
+
+
+@needs_data
+def test_16_bit_png_reads_like_the_8_bit_image(tmp_path):
+    with Image.open(YT68 / "training" / "Luis_Fonsi_21.jpg") as im:
+        grey = np.asarray(im.convert("L"))
+    wide = Image.fromarray(grey.astype(np.uint16) * 257)          # 0..65535, same picture
+    path = _folder_of(tmp_path, {"eight.png": Image.fromarray(grey), "sixteen.png": wide})
+    with Image.open(tmp_path / "imgs" / "sixteen.png") as im:
+        assert im.mode.startswith("I")                            # really stored with 16 bits
+    data = load_dataset(path, cache=False, image_dir=str(tmp_path / "imgs"))
+    assert torch.equal(data.images[0], data.images[1])
+    assert (data.images[1] == 255).float().mean() < 0.05          # not the near-white clip
+
+
+def test_an_oversized_image_is_one_line_naming_file_and_row(tmp_path, monkeypatch, capsys):
+    from PIL import Image as PILImage
+
+    path = _folder_of(tmp_path, {"small.png": Image.new("L", (40, 40)), "huge.png": Image.new("L", (200, 200))})
+    # 200x200 > 2 x 10000 pixels: PIL's DecompressionBombError, as a 20000x20000 image under the default.
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10_000)
+    with pytest.raises(DataError) as err:
+        load_dataset(path, cache=False, image_dir=str(tmp_path / "imgs"))
+    message = str(err.value)
+    assert message.startswith(f"{path}: row 2, column 1 (image name): expected an image of at most 20000 pixels, "
+                              "got 'huge.png' (") and "\n" not in message
+    assert D.main(["describe", path, "--images", str(tmp_path / "imgs"), "--cache", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@needs_data
+def test_duplicated_pair_stops_train_and_sweep_with_one_line(tmp_path, sample_lines, capsys):
+    from fkd_core import train as train_module
+
+    path, fragment = _kaggle_case(tmp_path, sample_lines, "duplicate_pair")
+    code = train_module.main(["--data", path, "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: {path}: {fragment}"]
+    run = pytest.importorskip("sweep.run")
+
+    class Space:   # the sweep loads each data set of its space before Ray starts
+        def data_configs(self):
+            return [TrialConfig(data=path)]
+
+    with pytest.raises(run.UsageError) as usage:
+        run._load_or_fail(Space())
+    assert str(usage.value) == f"{path}: {fragment}"
+
+
+@needs_data
+def test_describe_an_unreadable_file_is_one_line(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "locked.csv"
+    shutil.copy(SAMPLE, path)
+    real = Path.read_bytes
+
+    def read_bytes(self):    # chmod 000 does not stop root, so the denial is simulated
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert D.main(["describe", str(path), "--cache", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err == (f"error: {path}: file: expected a readable file, "
+                                       "got PermissionError: Permission denied\n")
+
+
+def test_a_fifo_is_not_a_regular_file(tmp_path, capsys):
+    fifo = tmp_path / "training.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match=r"got not a regular file \(a FIFO\)$"):
+        load_dataset(str(fifo), cache_dir=str(tmp_path / "c"))
+    assert D.main(["describe", str(fifo), "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a regular file (a FIFO)" in err and "no such file" not in err

@@ -28,7 +28,8 @@ def numbers(path: Path, frame: pd.DataFrame, row0: int = 1) -> np.ndarray:
         if bad.size:
             r = int(bad[0])
             raise fail(path, row0 + r, str(name), "a number or an empty field (missing)", repr(text.iloc[r]))
-        out[:, j] = num.to_numpy(np.float32)
+        with np.errstate(over="ignore"):   # overflow to inf is caught just below, with its row
+            out[:, j] = num.to_numpy(np.float32)
         # "inf" parses as a number, and 1e39 overflows float32: neither is a position.
         infinite = np.flatnonzero(np.isinf(out[:, j]))
         if infinite.size:
