@@ -1,6 +1,7 @@
 """Groups: sidecar CSVs, image-folder names, synthetic faces; bad groups input is one line, exit 2."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -238,3 +239,17 @@ def test_too_few_groups_for_three_splits_is_one_line():
     assert str(err.value) == ("synthetic(n=10,seed=0,pose=1): 10 groups: test_fraction=0.49 takes 5 and "
                               "val_fraction=0.46 takes 5 groups, leaving 0 for training; expected at least one "
                               "group in each split")
+
+
+@needs_data
+def test_describe_reports_groups_and_split_kind(sample, cache, capsys):
+    assert main(["describe", str(sample), "--json", "--cache", cache]) == 0
+    info = json.loads(capsys.readouterr().out)
+    expected = pd.read_csv(GROUPS).set_index("row").loc[SAMPLE_ROWS, "group"].value_counts()
+    assert info["groups"]["count"] == len(expected)
+    assert info["groups"]["rows_per_group"]["max"] == expected.max()
+    assert info["split_kind"] == "group-disjoint"
+    assert sum(info["split_rows"][k] for k in ("train", "val", "test")) == 64
+    assert main(["describe", str(SAMPLE), "--cache", cache]) == 0       # no sidecar: says so
+    out = capsys.readouterr().out
+    assert "groups: none (no groups file): splits are row-level" in out and "splits (row-level)" in out
