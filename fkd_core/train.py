@@ -563,7 +563,9 @@ def _progress_line(row: dict[str, Any], max_epochs: int, tag: str) -> str:
     flag = "  DIVERGED" if row[metrics.DIVERGED] else ""
     return (f"[{tag}] epoch {row[metrics.EPOCH]:>3}/{max_epochs}  train_loss {row[metrics.TRAIN_LOSS]:.4g}"
             f"  val_rmse {row[metrics.VAL_RMSE]:.3f} px  nme {row[metrics.VAL_NME]:.4f}"
-            f"  shape {row[metrics.VAL_SHAPE]:.3f} px  lr {row[metrics.LR]:.2g}"
+            f"  shape {row[metrics.VAL_SHAPE]:.3f} px"
+            + (f"  test_rmse {row[metrics.TEST_RMSE]:.3f} px" if metrics.TEST_RMSE in row else "")
+            + f"  lr {row[metrics.LR]:.2g}"
             f"  {row[metrics.EPOCH_SECONDS]:.1f} s  {row[metrics.IMAGES_PER_S]:.0f} img/s{flag}")
 
 

@@ -174,3 +174,4 @@ def test_cli_score_test_writes_test_columns(tmp_path, capsys):
     with open(out / "metrics.csv") as f:
         header = next(csv.reader(f))
     assert set(metrics.TEST_METRICS) <= set(header)
+    assert "  test_rmse " in capsys.readouterr().err
