@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from sweep import commands
+from sweep import commands, tracking
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
 
@@ -506,7 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster = load_cluster(args.cluster)
         # Bad options, spaces or data paths fail here, before Ray starts.
         _check_resume_args(args) if args.resume else _space(args)
-    except (UsageError, ClusterError, SpaceError) as err:
+        tracking.check(args.mlflow)
+    except (UsageError, ClusterError, SpaceError, tracking.TrackingError) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     import ray
@@ -527,13 +528,9 @@ def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
     resources = ray.cluster_resources()
     s = resolve(args, cluster, resources.get("GPU", 0.0), resources.get("CPU", 1.0))
     data_sets = _load_or_fail(s.space)
-    from sweep import tracking
     from sweep.progress import Progress
 
-    try:
-        trackers = tracking.callbacks(args.mlflow, s.name)
-    except tracking.TrackingError as err:
-        raise UsageError(str(err)) from None
+    trackers = tracking.callbacks(args.mlflow, s.name)
     print(header(s, data_sets), flush=True)
     progress = Progress(s.space.trials)
     outcome = run_sweep(s, data_sets, callbacks=[progress, *trackers], log=progress.print)

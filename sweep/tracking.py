@@ -13,8 +13,11 @@ TensorBoard needs nothing here: Tune writes event files per trial under
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
+
+from sweep import commands
 
 # Logged at INFO when a tracking database is created or migrated: not the sweep's business.
 _CHATTY_LOGGERS = ("alembic", "mlflow")
@@ -24,18 +27,24 @@ class TrackingError(ValueError):
     """A tracker that cannot be used; reported as one line, exit status 2."""
 
 
+def check(mlflow_uri: str | None) -> None:
+    """Fail before Ray starts: mlflow installed, and a URI MLflow 3 accepts for runs."""
+    if mlflow_uri is None:
+        return
+    if importlib.util.find_spec("mlflow") is None:
+        raise TrackingError(f"--mlflow {mlflow_uri}: the mlflow package is not installed; install "
+                            f"it with: {commands.python()} -m pip install mlflow")
+    if "://" not in mlflow_uri:
+        # A bare path would be MLflow's file store, which MLflow 3 no longer accepts for runs.
+        raise TrackingError(f"--mlflow {mlflow_uri}: expected a tracking URI such as "
+                            "sqlite:///runs/mlflow.db or http://127.0.0.1:5000")
+
+
 def mlflow_callback(uri: str, experiment: str) -> Any:
     """Ray's MLflowLoggerCallback for the tracking URI, one MLflow experiment per sweep."""
-    try:
-        import mlflow  # noqa: F401  (Ray's integration imports it lazily and fails late)
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-    except ImportError:
-        raise TrackingError(f"--mlflow {uri}: the mlflow package is not installed; install it "
-                            "with: .venv/bin/python -m pip install -e \".[mlflow]\"") from None
-    if "://" not in uri and not uri.startswith("databricks"):
-        # A bare path would be MLflow's file store, which MLflow 3 no longer accepts for runs.
-        raise TrackingError(f"--mlflow {uri}: expected a tracking URI such as "
-                            "sqlite:///runs/mlflow.db or http://127.0.0.1:5000")
+    check(uri)
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
     for name in _CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     return MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment,
