@@ -124,8 +124,9 @@ class Progress(Callback):
         arms = ", ".join(f"{k} {v:.3f}" for k, v in sorted(best.items())) or "-"
         left = estimate_left(elapsed, done, self.total)
         eta = "estimating time left" if left is None else f"~{duration(left)} left"
-        return (f"[{finished}/{self.total} finished, {running} running] best val RMSE px so far "
-                f"(search): {arms} | {duration(elapsed)} elapsed, {eta}")
+        # Counts and times first: a narrow terminal cuts the line's end, the per-arm values.
+        return (f"[{finished}/{self.total} finished, {running} running, {duration(elapsed)} elapsed, "
+                f"{eta}] best val RMSE px so far (search): {arms}")
 
     # --- Tune hooks ----------------------------------------------------------------------
     def setup(self, **info: Any) -> None:

@@ -43,15 +43,16 @@ def test_arm_duration_and_estimate():
 def test_status_counts_best_per_arm_and_time_left():
     p = Progress(total=6, stream=io.StringIO(), clock=lambda: 0.0)
     # finished a, b, f = 3; running c, d; done = 3 + 2/4 + 1/4 = 3.75 -> left 2.25 x 120/3.75 = 72 s
-    assert p.status(TRIALS, 120.0) == ("[3/6 finished, 2 running] best val RMSE px so far (search): "
-                                       "mse 3.500, mse+cgd 3.250 | 2 min 00 s elapsed, ~1 min 12 s left")
-    assert p.status([trial("x", "PENDING")], 5.0).endswith("(search): - | 5 s elapsed, estimating time left")
+    assert p.status(TRIALS, 120.0) == ("[3/6 finished, 2 running, 2 min 00 s elapsed, ~1 min 12 s left] "
+                                       "best val RMSE px so far (search): mse 3.500, mse+cgd 3.250")
+    assert p.status([trial("x", "PENDING")], 5.0) == \
+        "[0/6 finished, 0 running, 5 s elapsed, estimating time left] best val RMSE px so far (search): -"
 
 
 def test_a_completing_trial_counts_as_finished_before_tune_marks_it():
     p = Progress(total=6, stream=io.StringIO(), clock=lambda: 0.0)
     p.on_trial_complete(0, TRIALS, TRIALS[2])          # c is still RUNNING in Tune's list
-    assert p.status(TRIALS, 60.0).startswith("[4/6 finished, 1 running]")
+    assert p.status(TRIALS, 60.0).startswith("[4/6 finished, 1 running, 1 min 00 s elapsed")
 
 
 def test_terminal_redraws_one_line_and_lets_sweep_lines_pass_above():
@@ -66,7 +67,7 @@ def test_terminal_redraws_one_line_and_lets_sweep_lines_pass_above():
     p.on_step_end(0, TRIALS)
     p.on_experiment_end(TRIALS)
     text = p.stream.getvalue()
-    assert text.count("finished, 2 running]") == 2
+    assert text.count("finished, 2 running,") == 2
     assert "\r\033[K[  4/6] c finished\n\r[3/6 finished" in text
     assert text.endswith("\r\033[K") and "\n" not in text.replace("c finished\n", "")
 
@@ -81,7 +82,7 @@ def test_plain_output_is_one_line_per_interval_and_survives_pickling():
     now[0] = 110.0
     p.on_step_end(0, TRIALS)
     lines = p.stream.getvalue().splitlines()
-    assert [line.split("|")[1].split(",")[0] for line in lines if "|" in line] == [" 0 s elapsed", " 1 min 01 s elapsed"]
+    assert [line.split(", ")[2] for line in lines if "elapsed" in line] == ["0 s elapsed", "1 min 01 s elapsed"]
     assert lines[-1] == "[  4/6] c finished" and "\r" not in p.stream.getvalue()
     live = Progress(total=6, stream=_Terminal())
     live.on_step_end(0, TRIALS)
