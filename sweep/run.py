@@ -6,6 +6,7 @@ weak ones early, and every trial and epoch lands in Parquet.
     python -m sweep.run --cluster clusters/local.yaml --data ../shared/data/fkd-yt15/training.csv.gz \
         --name fkd-yt15-quick --seeds 3 --max-epochs 30
     python -m sweep.run --cluster clusters/local.yaml --name fkd-yt15-quick --resume
+    python -m sweep.run --smoke-test --mlflow sqlite:///runs/mlflow.db   # + one MLflow run per trial
 
 Writes <results-dir>/<name>/: trials.parquet, epochs.parquet, optuna.db (optuna-dashboard
 sqlite:///.../optuna.db), sweep.json (how it was run), checkpoints/<trial>/best.pt, ray/ (Tune's
@@ -23,11 +24,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sweep import commands, tracking
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
+
+if TYPE_CHECKING:
+    from sweep.trainable import TrainFn
 
 
 def _lazy(name: str) -> Any:
