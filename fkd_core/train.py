@@ -585,15 +585,23 @@ class StepBar:
         if not self.enabled or (now - self.last < self.every and step < total):
             return
         self.last = now
-        self.stream.write("\r" + self.render(step, total, now - self.started))
+        # The clock starts when step 1 ends, so step - 1 steps are timed (none at step 1).
+        self.stream.write("\r" + self.render(step, total, now - self.started, timed_steps=step - 1))
         self.stream.flush()
 
-    def render(self, step: int, total: int, seconds: float, width: int = 30) -> str:
+    def render(self, step: int, total: int, seconds: float, width: int = 30,
+               timed_steps: int | None = None) -> str:
+        """timed_steps: steps done in ``seconds`` (default: step); none timed yet = no estimate."""
         filled = width * step // max(total, 1)
-        rate = step / seconds if seconds > 0 else 0.0
-        eta = (total - step) / rate if rate > 0 else 0.0
+        timed = step if timed_steps is None else timed_steps
+        if step >= total:
+            left = "~0 s left"
+        elif timed > 0 and seconds > 0:
+            left = f"~{(total - step) * seconds / timed:.0f} s left"
+        else:
+            left = "estimating time left"
         return (f"[{self.tag}] epoch {self.epoch:>3}/{self.max_epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                f"{step}/{total} steps  {seconds:.0f} s, ~{eta:.0f} s left")
+                f"{step}/{total} steps  {seconds:.0f} s, {left}")
 
     def epoch_done(self, next_epoch: int) -> None:
         """Clear the bar before the epoch's line is printed."""

@@ -6,6 +6,7 @@ weak ones early, and every trial and epoch lands in Parquet.
     python -m sweep.run --cluster clusters/local.yaml --data ../shared/data/fkd-yt15/training.csv.gz \
         --name fkd-yt15-quick --seeds 3 --max-epochs 30
     python -m sweep.run --cluster clusters/local.yaml --name fkd-yt15-quick --resume
+    python -m sweep.run --smoke-test --mlflow sqlite:///runs/mlflow.db   # + one MLflow run per trial
 
 Writes <results-dir>/<name>/: trials.parquet, epochs.parquet, optuna.db (optuna-dashboard
 sqlite:///.../optuna.db), sweep.json (how it was run), checkpoints/<trial>/best.pt, ray/ (Tune's
@@ -14,6 +15,7 @@ experiment: trial checkpoints and state for --resume). Read them with python -m 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -22,13 +24,30 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from fkd_core import metrics as M
-from sweep import results as R
+from sweep import commands, tracking
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
-from sweep.trainable import TrainFn, share, train_trial
+
+if TYPE_CHECKING:
+    from sweep.trainable import TrainFn
+
+
+def _lazy(name: str) -> Any:
+    """A module loaded on first attribute use: `--help` should not wait seconds for torch/ray."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+M = _lazy("fkd_core.metrics")   # metric names (imports torch)
+R = _lazy("sweep.results")      # Parquet results (imports ray.tune)
 
 SWEEP_FILE = "sweep.json"
 OPTUNA_FILE = "optuna.db"
@@ -121,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke-test", action="store_true", help="4 tiny trials of 2 epochs "
                    "(small_cnn, 300 synthetic faces): checks the whole pipeline in < 2 minutes")
     p.add_argument("--tpe-seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    p.add_argument("--mlflow", metavar="URI", help="also log every trial (config, per-epoch "
+                   "metrics; one run per trial) to MLflow: sqlite:///runs/mlflow.db or "
+                   "http://HOST:PORT (needs the mlflow extra)")
     return p
 
 
@@ -308,6 +330,8 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
     """Run (or resume) the sweep on the Ray cluster this process is connected to."""
     from ray import tune
 
+    from sweep.trainable import share, train_trial
+
     info = data_info(data_sets)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, datasets={k: share(d) for k, d in data_sets.items()},
@@ -419,10 +443,14 @@ def summary(outcome: Outcome) -> str:
     lines += ["\nBest trials (val RMSE px):", ok.nsmallest(5, f"best_{M.VAL_RMSE}")[cols]
               .to_string(index=False, float_format=lambda v: f"{v:.4g}")]
     lines += ["\nCGD vs MSE, val RMSE px per cell (paired on seed, equal budget where ASHA cut a "
-              "pair short; report and figures: python -m sweep.analyze):", _headline_table(t, outcome.epochs)]
+              f"pair short; report and figures: {commands.module('sweep.analyze')}):", _headline_table(t, outcome.epochs)]
     lines += ["\nWrote:"] + [f"  {k:<12}{v}" for k, v in outcome.paths.items()]
-    lines += [f"\nNext: python -m sweep.analyze {outcome.settings.results_uri}   |   "
-              f"optuna-dashboard sqlite:///{outcome.settings.optuna_path.resolve()}"]
+    study = f"sqlite:///{outcome.settings.optuna_path.resolve()}"
+    dashboard = f"{commands.script('optuna-dashboard')} {study}"
+    if not commands.installed("optuna-dashboard"):   # an optional extra: say how to get it
+        dashboard = f"{commands.python()} -m pip install optuna-dashboard && {dashboard}"
+    lines += [f"\nNext: {commands.module('sweep.analyze', outcome.settings.results_uri)}",
+              f"Study in a browser: {dashboard}"]
     return "\n".join(lines)
 
 
@@ -465,19 +493,25 @@ def quiet_environment() -> None:
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # num_to_keep=1 snapshots the experiment at each checkpoint on purpose; don't warn about it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray warns at every start that it turned token authentication on (its default); the
+    # setting stays as Ray chose it, only the line goes, so that a user sees our lines only.
+    import logging
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    quiet_environment()
     try:
         args = build_parser().parse_args(argv)
+        quiet_environment()   # after parsing: --help and usage errors need no optuna import
         cluster = load_cluster(args.cluster)
         # Bad options, spaces or data paths fail here, before Ray starts.
         _check_resume_args(args) if args.resume else _space(args)
-    except (UsageError, ClusterError, SpaceError) as err:
+        tracking.check(args.mlflow)
+    except (UsageError, ClusterError, SpaceError, tracking.TrackingError) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     import ray
@@ -498,16 +532,20 @@ def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
     resources = ray.cluster_resources()
     s = resolve(args, cluster, resources.get("GPU", 0.0), resources.get("CPU", 1.0))
     data_sets = _load_or_fail(s.space)
+    from sweep.progress import Progress
+
+    trackers = tracking.callbacks(args.mlflow, s.name)
     print(header(s, data_sets), flush=True)
-    outcome = run_sweep(s, data_sets)
+    progress = Progress(s.space.trials)
+    outcome = run_sweep(s, data_sets, callbacks=[progress, *trackers], log=progress.print)
     if outcome.trials is None or outcome.trials.empty:
         print("No trial finished.", file=sys.stderr)
         return 1
     print(summary(outcome))
     missing = s.space.trials - len(outcome.trials)
     if missing > 0:   # interrupted (Ctrl-C) or the driver lost the cluster
-        print(f"\n{missing} trials did not finish: continue with python -m sweep.run "
-              f"--cluster {cluster.path} --name {s.name} --resume")
+        print(f"\n{missing} trials did not finish: continue with "
+              f"{commands.module('sweep.run', '--cluster', str(cluster.path), '--name', s.name, '--resume')}")
         return 1
     return 0
 

@@ -134,3 +134,76 @@ def test_cli_help_renders():
     proc = subprocess.run([sys.executable, "-m", "fkd_core.synth", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "--pose" in proc.stdout and "% of rows" in proc.stdout
+
+
+def test_test_set_matches_kaggle_and_scores_zero_against_itself(tmp_path, capsys):
+    """--test writes Kaggle's three test files; lookup rows = present coordinates, and a
+    submission of the true values scores RMSE 0, one off by 3 px scores exactly 3."""
+    import pandas as pd
+
+    from fkd_core import score
+    from fkd_core.data import load_test_images
+
+    out = tmp_path / "faces" / "training.csv"
+    assert synth.main(["--n", "20", "--seed", "3", "--test", "10", "--kaggle-missing", "--out", str(out)]) == 0
+    folder = out.parent
+    test = load_test_images(str(folder / "test.csv"), cache_dir=str(tmp_path / "cache"))
+    images, keypoints = synth.generate(10, 3 + synth.TEST_SEED_OFFSET, 1.0,
+                                       complete_fraction=synth.KAGGLE_COMPLETE_FRACTION)
+    assert torch.equal(test.images, images) and test.synthetic
+    assert list(test.image_ids) == [str(i) for i in range(1, 11)]
+    train_images, _ = synth.generate(20, 3)
+    assert not any(torch.equal(a, b) for a in images for b in train_images)   # other faces
+    lookup = pd.read_csv(folder / "IdLookupTable.csv")
+    solution = pd.read_csv(folder / "solution.csv")
+    assert list(lookup.columns) == ["RowId", "ImageId", "FeatureName", "Location"]
+    assert lookup["Location"].isna().all() and list(solution.columns) == ["RowId", "Location"]
+    # 30% of 10 = 3 complete faces x 30 values + 7 faces x 4 keypoints x 2 = 146 rows
+    assert len(lookup) == len(solution) == 3 * 30 + 7 * 8 == 146
+    row = lookup.iloc[100]                                       # a 4-keypoint face
+    k, axis = divmod(KAGGLE15.columns.index(row["FeatureName"]), 2)
+    assert solution["Location"].iloc[100] == pytest.approx(keypoints[row["ImageId"] - 1, k, axis].item(), abs=1e-6)
+    truth = score.read_locations(folder / "solution.csv")
+    assert score.rmse(truth, truth) == 0.0
+    assert score.rmse(truth + 3.0, truth) == pytest.approx(3.0)
+    capsys.readouterr()
+    sub = tmp_path / "sub.csv"
+    solution.assign(Location=solution["Location"] - 3.0).to_csv(sub, index=False)
+    assert score.main(["--submission", str(sub), "--solution", str(folder / "solution.csv")]) == 0
+    assert capsys.readouterr().out.startswith("RMSE 3.0000 px over 146 locations")
+
+
+def test_score_errors_are_one_line_naming_file_row_and_column(tmp_path, capsys):
+    from fkd_core import score
+
+    solution = tmp_path / "solution.csv"
+    solution.write_text("RowId,Location\n1,10.0\n2,20.0\n")
+    (tmp_path / "short.csv").write_text("RowId,Location\n1,10.0\n")
+    (tmp_path / "bad.csv").write_text("RowId,Location\n1,10.0\n2,abc\n")
+    (tmp_path / "cols.csv").write_text("Id,Value\n1,10.0\n")
+    for name, expected in [("short.csv", "short.csv: column RowId: 1 RowIds of the solution are missing, e.g. 2"),
+                           ("bad.csv", "bad.csv: row 3, column Location: expected a number, got 'abc'"),
+                           ("cols.csv", "cols.csv: row 1 (header): expected columns ['RowId', 'Location']")]:
+        assert score.main(["--submission", str(tmp_path / name), "--solution", str(solution)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, err
+
+
+def test_files_follow_the_umask_and_progress_is_shown(tmp_path, capsys):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        assert synth.main(["--n", "600", "--test", "5", "--out", str(tmp_path / "t.csv.gz")]) == 0
+    finally:
+        os.umask(old)
+    for name in ("t.csv.gz", "test.csv", "IdLookupTable.csv", "solution.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name   # 0666 & ~0027
+    err = capsys.readouterr().err.splitlines()
+    # Not a terminal: a plain line when the work passes a quarter. Units: 4 x 605 = 2420;
+    # drawing 600 = 24.8%; writing blocks of 256 rows (x3 units): 56.5%, 88.3%, 99.2% (no new
+    # quarter); the 5 test faces end at 100%.
+    assert [line.split("%")[0].split()[-1] for line in err] == ["57", "88", "100"], err
+    data = load_dataset(str(tmp_path / "t.csv.gz"), cache_dir=str(tmp_path / "cache"))
+    assert torch.equal(data.images, synth.generate(600, 0)[0])      # written in 3 blocks, one header
+    assert not list(tmp_path.glob(".*"))                            # no temporary file left

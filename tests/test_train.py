@@ -319,3 +319,16 @@ def test_step_bar_draws_in_place_on_a_terminal_only(monkeypatch):
     quiet(1, 1)
     quiet.epoch_done(2)
     assert quiet.stream.getvalue() == ""
+
+
+def test_step_bar_gives_no_estimate_before_a_step_is_timed(monkeypatch):
+    """The clock starts when step 1 ends: at step 1 nothing is timed yet ("~0 s left" was wrong);
+    at step 3 two steps took 4 s, so the 7 steps left take ~14 s."""
+    clock = iter([0.0, 100.0, 104.0])   # __init__, step 1, step 3
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    bar = train_module.StepBar(_Terminal(), "x", max_epochs=1, every=0.0)
+    bar(1, 10)
+    bar(3, 10)
+    first, third = bar.stream.getvalue().split("\r")[1:]
+    assert first.endswith("1/10 steps  0 s, estimating time left")
+    assert third.endswith("3/10 steps  4 s, ~14 s left")
