@@ -42,6 +42,19 @@ class TrialConfig:
     """Seed of the split; equal across losses so that comparisons are paired."""
     missing: Missing = "mask"
     """"mask": exclude missing keypoints. "ffill": the study's forward fill. "drop": complete rows only."""
+    groups: str = "auto"
+    """Who is who, so that no person is on two sides of a split: "auto" (a Kaggle file's
+    <file>.groups.csv sidecar, an image folder's file names), "none" (row-level splits), or a
+    groups CSV path (columns row,group)."""
+    group_regex: str = ""
+    """Image folders: regex whose first group names the person in a file name (default: the name
+    without a trailing _<digits> and extension)."""
+    test_fraction: float = 0.15
+    """Fraction of the groups held out as the test split, used for final numbers only."""
+    test_seed: int = 0
+    """Seed of the test split; fixed per data set, never varied by a sweep."""
+    score_test: bool = False
+    """Score the test split each epoch (confirm phase only; search never reads it)."""
 
     # --- model ----------------------------------------------------------------------------
     backbone: str = "small_cnn"
