@@ -77,7 +77,8 @@ class Plan:
     @staticmethod
     def from_dict(raw: dict[str, Any]) -> "Plan":
         return Plan(int(raw["replicates"]), float(raw.get("margin", V.DEFAULT_MARGIN)),
-                    bool(raw.get("until_decided", False)), raw.get("max_seeds"))
+                    bool(raw.get("until_decided", False)),
+                    None if raw.get("max_seeds") is None else int(raw["max_seeds"]))
 
 
 # --- which configs, which replicates --------------------------------------------------------
@@ -281,9 +282,31 @@ def record_looks(uri: str, replicates: int, looks: int, data_sets: dict[str, Any
 
 # --- command line ----------------------------------------------------------------------------
 
+def plan_of(args: argparse.Namespace, space: Any) -> Plan | None:
+    """sweep.run's confirm plan: the space's `confirm` settings, overridden by the options given.
+
+    None when neither asks for a confirm phase (and --smoke-test without --confirm: a smoke test
+    checks the plumbing in seconds). Resumed sweeps (space None) take the options only.
+    """
+    given = {k: v for k, v in (("replicates", args.confirm), ("margin", args.margin),
+                               ("max_seeds", args.max_seeds)) if v is not None}
+    if args.until_decided:
+        given["until_decided"] = True
+    default = dict(getattr(space, "confirm", None) or {})
+    if args.confirm is None and (getattr(args, "smoke_test", False) or not default):
+        if given:
+            raise ConfirmError(f"{', '.join('--' + k.replace('_', '-') for k in given)} need "
+                               "--confirm N (replicates of the confirm phase)")
+        return None
+    if args.confirm is not None and "until_decided" not in given and "max_seeds" not in given:
+        default.pop("until_decided", None)   # --confirm N alone: exactly N replicates
+        default.pop("max_seeds", None)
+    return Plan.from_dict({**default, **given})
+
+
 def add_plan_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--margin", type=float, default=V.DEFAULT_MARGIN,
-                   help="equivalence margin in px, fixed before the run (default %(default)s)")
+    p.add_argument("--margin", type=float,
+                   help=f"equivalence margin in px, fixed before the run (default {V.DEFAULT_MARGIN})")
     p.add_argument("--until-decided", action="store_true",
                    help="add rounds of replicates until every cell is decided (an anytime-valid "
                         "confidence sequence keeps the error rate under the repeated looks)")
@@ -301,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_plan_options(p)
     try:
         args = p.parse_args(argv)
-        plan = Plan(args.seeds, args.margin, args.until_decided, args.max_seeds)
+        plan = Plan(args.seeds, V.DEFAULT_MARGIN if args.margin is None else args.margin,
+                    args.until_decided, args.max_seeds)
         s, cluster = _settings(args.results, args.cluster)
     except (UsageError, ConfirmError, ValueError) as err:
         print(f"sweep.confirm: error: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from fkd_core.metrics import EPOCH
 from sweep.spaces import Space
 
 ARM_FIELDS = ("shape", "alpha")
@@ -99,3 +100,12 @@ class CellArmASHA(FIFOScheduler):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+def scheduler_for(space: Space) -> FIFOScheduler:
+    """The search's scheduler: ASHA per cell x arm, or FIFO when the space has no ASHA."""
+    if not space.asha:
+        return FIFOScheduler()
+    return CellArmASHA(CellArmKey(space), time_attr=EPOCH, max_t=space.max_epochs,
+                       grace_period=space.asha.grace_period,
+                       reduction_factor=space.asha.reduction_factor)
