@@ -127,9 +127,14 @@ def alpha_text(level: float, binned: bool) -> str:
     return f"[{level:g}, {level * 10:g})" if binned else f"{level:g}"
 
 
-def cell_columns(trials: pd.DataFrame) -> list[str]:
-    """The TrialConfig columns that define cells (module docstring), backbone first."""
-    skip = set(ARM_COLUMNS) | set(REPLICATE_KEYS) | set(RUNTIME_COLUMNS) | set(PHASE_COLUMNS)
+def cell_columns(trials: pd.DataFrame, searched: Sequence[str] = ()) -> list[str]:
+    """The TrialConfig columns that define cells (module docstring), backbone first.
+
+    searched: the space's search parameters (sweep.json), which never define cells; without
+    them a sampled float is recognised by having more than MAX_CELL_LEVELS values.
+    """
+    skip = set(ARM_COLUMNS) | set(REPLICATE_KEYS) | set(RUNTIME_COLUMNS) | set(PHASE_COLUMNS) \
+        | set(searched)
     cols = []
     for name, kind in config_fields().items():
         if name in skip or name not in trials or trials[name].nunique(dropna=False) < 2:
@@ -149,7 +154,7 @@ def cell_label(values: Sequence[Any], cols: Sequence[str]) -> str:
                       for c, v in zip(cols, values))
 
 
-def prepare(trials: pd.DataFrame) -> pd.DataFrame:
+def prepare(trials: pd.DataFrame, searched: Sequence[str] = ()) -> pd.DataFrame:
     """Add phase, outcome, arm, alpha_level and cell columns to a copy of the trials table.
 
     Cells come from the columns that vary among the search trials; a confirm trial keeps the
@@ -163,7 +168,7 @@ def prepare(trials: pd.DataFrame) -> pd.DataFrame:
     t["arm"] = arm_of(t)
     t["alpha_level"] = alpha_levels(t)
     search = t["phase"] == "search"
-    cols = cell_columns(t[search])
+    cols = cell_columns(t[search], searched)
     labels = [cell_label(v, cols) for v in t[cols].itertuples(index=False)] if cols \
         else ["all trials"] * len(t)
     stored = t["cell"] if "cell" in t else pd.Series("", index=t.index)
@@ -195,7 +200,12 @@ def _first_label(rows: pd.DataFrame) -> str:
 
 def analyze(root: str, out: str | None = None) -> Path:
     """Read root's Parquet results, write report.md and figures into out; return report path."""
-    from sweep.report import build_report
+    return analyze_with_verdicts(root, out)[0]
+
+
+def analyze_with_verdicts(root: str, out: str | None = None) -> tuple[Path, str]:
+    """analyze(), plus the verdict lines the CLI prints (one per cell, or why there are none)."""
+    from sweep.report import build_report, verdict_lines
 
     trials = read_parquet(root, "trials.parquet")
     epochs = read_parquet(root, "epochs.parquet")
@@ -207,7 +217,12 @@ def analyze(root: str, out: str | None = None) -> Path:
     report.write_text(text)
     for name, table in tables.items():   # the tables' numbers, machine-readable
         table.to_csv(out_dir / f"{name}.csv", index=False)
-    return report
+    return report, verdict_lines(text)
+
+
+def searched_params(settings: dict[str, Any]) -> list[str]:
+    """The search parameters of the sweep's space, from its sweep.json ([] when unknown)."""
+    return list(((settings.get("space") or {}).get("search") or {}))
 
 
 def read_settings(root: str) -> dict[str, Any]:
@@ -240,10 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "(default: the results folder; ./analysis/<name> for a bucket)")
     args = parser.parse_args(argv)
     try:
-        report = analyze(args.results, args.out)
+        report, verdicts = analyze_with_verdicts(args.results, args.out)
     except FileNotFoundError as exc:
         print(f"{args.results}: {exc}", file=sys.stderr)
         return 2
+    print(verdicts)
     print(f"wrote {report}")
     return 0
 

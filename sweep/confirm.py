@@ -163,7 +163,8 @@ class _Pick:
 
 
 def run_round(s: Any, data_sets: dict[str, Any], configs: list[dict[str, Any]], *,
-              round_no: int, train_fn: Any = None, log: Callable[[str], None] | None = print) -> None:
+              round_no: int, recorded: int = 0, train_fn: Any = None,
+              log: Callable[[str], None] | None = print) -> None:
     """Train the given confirm configs on the connected Ray cluster, at full budget (FIFO)."""
     from ray import tune
 
@@ -175,8 +176,9 @@ def run_round(s: Any, data_sets: dict[str, Any], configs: list[dict[str, Any]], 
         tune.with_parameters(train_trial, datasets={k: share(d) for k, d in data_sets.items()},
                              train_fn=train_fn),
         {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
+    # The writer counts every recorded trial, search included: `recorded` are already there.
     writer = R.ResultsWriter(s.results_uri, s.name, data_info(data_sets), log=log,
-                             total=len(configs))
+                             total=recorded + len(configs))
     space = {"i": tune.grid_search(list(range(len(configs)))),
              **{k: tune.sample_from(_Pick(configs, k)) for k in configs[0]}}
     tune.Tuner(trainable, param_space=space,
@@ -207,7 +209,8 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
     """Run the confirm phase of the sweep in s.results_uri: rounds until decided or done."""
     from sweep.analyze import prepare, read_parquet
 
-    trials = prepare(read_parquet(s.results_uri, "trials.parquet"))
+    searched = list(s.space.search)
+    trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
     arms = choose_arms(trials[trials["phase"] == "search"])
     if not arms:
         raise ConfirmError(f"{s.results_uri}: no cell has a finished trial in both the base arm "
@@ -221,9 +224,10 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
             log(f"\nConfirm round {looks + 1}: {len(todo)} trials (replicates up to {target}, "
                 f"{len(arms)} cell x arm recipes, full budget, test scored)")
         if todo:
-            run_round(s, data_sets, todo, round_no=looks + 1, train_fn=train_fn, log=log)
+            run_round(s, data_sets, todo, round_no=looks + 1, recorded=len(trials),
+                      train_fn=train_fn, log=log)
         looks += 1
-        trials = prepare(read_parquet(s.results_uri, "trials.parquet"))
+        trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
         confirmed = trials[trials["phase"] == "confirm"]
         if not V.has_test_metrics(confirmed):
             record_looks(s.results_uri, target, looks, data_sets)

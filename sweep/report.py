@@ -20,7 +20,8 @@ import pandas as pd
 from fkd_core import metrics as M
 from sweep import figures as F
 from sweep import verdicts as V
-from sweep.analyze import MAX_CELL_LEVELS, best, cell_columns, full_budget, prepare
+from sweep.analyze import (MAX_CELL_LEVELS, best, cell_columns, full_budget, prepare,
+                           searched_params)
 from sweep.figures import _py, importance_params
 from sweep.stats import importance_ranking
 
@@ -235,6 +236,20 @@ def verdict_console(result: Any, rule: V.Rule, uri: str) -> str:
     return "\n".join(lines)
 
 
+def verdict_lines(report_text: str) -> str:
+    """Section 1 of a report as console text: the lead line and one line per cell."""
+    section = report_text.split("## 1. ", 1)[-1].split("\n## 2. ", 1)[0]
+    lines = ["Verdicts (confirm phase, test split):"]
+    for line in section.splitlines()[1:]:
+        if line.startswith("| ") and not line.startswith("| cell "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            lines.append(f"  {cells[0]:<24} {cells[1]:<20} n={cells[2]:<3} d={cells[3]}  "
+                         f"P(improve)={cells[6]}  {cells[8].strip('*')}")
+        elif line.startswith(("On ", "_No")):
+            lines.append("  " + line.strip("_").replace("**", ""))
+    return "\n".join(lines)
+
+
 # --- section 2: the search -------------------------------------------------------------------
 
 def recipes_markdown(t: pd.DataFrame) -> str:
@@ -286,10 +301,11 @@ def search_section(t: pd.DataFrame, epochs: pd.DataFrame, root: str, out: Path, 
 def build_report(trials: pd.DataFrame, epochs: pd.DataFrame, root: str, out: Path,
                  settings: dict[str, Any] | None = None) -> tuple[str, dict[str, pd.DataFrame]]:
     """Write every figure into out; return the text of report.md and its tables by name."""
-    t = prepare(trials)
     settings = settings or {}
+    searched = searched_params(settings)
+    t = prepare(trials, searched)
     phrase = data_phrase(t)
-    cols = cell_columns(t[t["phase"] == "search"])
+    cols = cell_columns(t[t["phase"] == "search"], searched)
     r = Report()
     r.add(f"# Sweep analysis: {Path(root.rstrip('/')).name}", "",
           f"Data: {phrase}. Source: `{root}`; {len(t)} trials ({(t['phase'] == 'search').sum()} "

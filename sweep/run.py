@@ -426,17 +426,17 @@ def summary(outcome: Outcome, verdicts: str | None = None) -> str:
     lines += [f"\nSearch: {len(search)} trials in {outcome.fit_seconds:.0f} s: "
               + ", ".join(f"{n} {st}" for st, n in search["status"].value_counts().items())]
     lines += ["Search, best full-budget trial per cell x arm (validation; the optimiser's pick, "
-              "not evidence):", _search_table(search)]
+              "not evidence):", _search_table(search, list(outcome.settings.space.search))]
     lines += ["\nWrote:"] + [f"  {k:<12}{v}" for k, v in outcome.paths.items()]
     lines += [f"\nNext: python -m sweep.analyze {outcome.settings.results_uri}   |   "
               f"optuna-dashboard sqlite:///{outcome.settings.optuna_path.resolve()}"]
     return "\n".join(lines)
 
 
-def _search_table(search: Any) -> str:
+def _search_table(search: Any, searched: list[str]) -> str:
     from sweep.analyze import full_budget, prepare
 
-    full = full_budget(prepare(search))
+    full = full_budget(prepare(search, searched))
     if full.empty:
         return "  (no search trial ran the full budget)"
     col = f"best_{M.VAL_RMSE}"
