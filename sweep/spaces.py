@@ -27,8 +27,8 @@ The trial seed is ``trial.number % seeds``: grid points are enqueued seed-minor 
 enqueue order gives every cell its seeds in turn, and TPE never "optimises" a seed.
 
     >>> space = get_space("quick")
-    >>> len(space.cells())            # 2 backbones x 2 augmentations x 2 losses x 1 seed
-    8
+    >>> len(space.cells())            # 2 augmentations x 2 losses x 1 seed (small_cnn only)
+    4
 """
 from __future__ import annotations
 
