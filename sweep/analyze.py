@@ -205,7 +205,7 @@ def analyze(root: str, out: str | None = None) -> Path:
 
 def analyze_with_verdicts(root: str, out: str | None = None) -> tuple[Path, str]:
     """analyze(), plus the verdict lines the CLI prints (one per cell, or why there are none)."""
-    from sweep.report import build_report, verdict_lines
+    from sweep.report import build_report
 
     trials = read_parquet(root, "trials.parquet")
     epochs = read_parquet(root, "epochs.parquet")
@@ -213,11 +213,11 @@ def analyze_with_verdicts(root: str, out: str | None = None) -> tuple[Path, str]
     out_dir = Path(out) if out else default_out(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / "report.md"
-    text, tables = build_report(trials, epochs, root, out_dir, settings)
+    text, tables, verdicts = build_report(trials, epochs, root, out_dir, settings)
     report.write_text(text)
     for name, table in tables.items():   # the tables' numbers, machine-readable
         table.to_csv(out_dir / f"{name}.csv", index=False)
-    return report, verdict_lines(text)
+    return report, verdicts
 
 
 def searched_params(settings: dict[str, Any]) -> list[str]:

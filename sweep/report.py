@@ -195,16 +195,15 @@ PAIRING = ("Each shape arm is trained with the base arm's best search config plu
 
 
 def verdict_section(t: pd.DataFrame, settings: dict[str, Any], phrase: str,
-                    out: Path) -> tuple[list[str], pd.DataFrame]:
-    """Markdown lines of section 1, and the verdict table (empty when there is none)."""
+                    out: Path) -> tuple[list[str], pd.DataFrame, str]:
+    """Markdown lines of section 1, the verdict table (empty when there is none), console text."""
     confirm = t[t["phase"] == "confirm"]
     head = ["## 1. Verdicts: confirm phase, scored on the test split", ""]
-    if confirm.empty:
-        return head + [f"_No confirm phase in these results ({phrase}): the search alone does "
-                       "not answer the question. Run `python -m sweep.confirm <results> --seeds "
-                       "N`._", ""], pd.DataFrame()
-    if not V.has_test_metrics(confirm):
-        return head + [f"_No verdict: {V.NO_TEST_METRICS}._", ""], pd.DataFrame()
+    if confirm.empty or not V.has_test_metrics(confirm):
+        why = (f"No confirm phase in these results ({phrase}): the search alone does not answer "
+               "the question. Run `python -m sweep.confirm <results> --seeds N`."
+               if confirm.empty else f"No verdict: {V.NO_TEST_METRICS}.")
+        return head + [f"_{why}_", ""], pd.DataFrame(), verdict_lines(pd.DataFrame(), why)
     rule, note = rule_of(settings)
     table = V.verdict_table(confirm, rule)
     table["margin"] = rule.margin
@@ -212,13 +211,13 @@ def verdict_section(t: pd.DataFrame, settings: dict[str, Any], phrase: str,
     looks = int((settings.get("confirm") or {}).get("looks", 1))
     counts = table["verdict"].value_counts()
     lead = ", ".join(f"{counts.get(v, 0)} {v}" for v in V.VERDICTS if counts.get(v, 0))
-    lines = head + [f"On {phrase}: **{lead}** of {len(table)} cell(s) (shape term vs base loss, "
-                    "test RMSE).", "", verdict_markdown(table), "",
+    sentence = f"On {phrase}: {lead} of {len(table)} cell(s) (shape term vs base loss, test RMSE)."
+    lines = head + [sentence.replace(lead, f"**{lead}**", 1), "", verdict_markdown(table), "",
                     method_sentence(rule, note, replicates, looks, split_phrase(settings)), "",
                     PAIRING, ""]
     fig = F.figure_verdicts(V.paired_differences(confirm), table, out, rule.method())
     lines += [f"![confirm verdicts]({fig})", ""] if fig else []
-    return lines, table
+    return lines, table, verdict_lines(table, sentence)
 
 
 def verdict_console(result: Any, rule: V.Rule, uri: str) -> str:
@@ -236,17 +235,13 @@ def verdict_console(result: Any, rule: V.Rule, uri: str) -> str:
     return "\n".join(lines)
 
 
-def verdict_lines(report_text: str) -> str:
-    """Section 1 of a report as console text: the lead line and one line per cell."""
-    section = report_text.split("## 1. ", 1)[-1].split("\n## 2. ", 1)[0]
-    lines = ["Verdicts (confirm phase, test split):"]
-    for line in section.splitlines()[1:]:
-        if line.startswith("| ") and not line.startswith("| cell "):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            lines.append(f"  {cells[0]:<24} {cells[1]:<20} n={cells[2]:<3} d={cells[3]}  "
-                         f"P(improve)={cells[6]}  {cells[8].strip('*')}")
-        elif line.startswith(("On ", "_No")):
-            lines.append("  " + line.strip("_").replace("**", ""))
+def verdict_lines(table: pd.DataFrame, lead: str) -> str:
+    """Section 1 as console text (sweep.analyze prints it): the lead, then one line per cell."""
+    lines = ["Verdicts (confirm phase, test split):", f"  {lead}"]
+    for r in table.itertuples():
+        lines.append(f"  {r.cell:<24} {r.shape} (α={r.alpha:.3g})  n={r.n}  d={_num(r.d_mean)} "
+                     f"[{_num(r.ci_low)}, {_num(r.ci_high)}] px  P(improve)={_num(r.p_improve, 2)}"
+                     f"  {r.verdict}")
     return "\n".join(lines)
 
 
@@ -299,8 +294,10 @@ def search_section(t: pd.DataFrame, epochs: pd.DataFrame, root: str, out: Path, 
 
 
 def build_report(trials: pd.DataFrame, epochs: pd.DataFrame, root: str, out: Path,
-                 settings: dict[str, Any] | None = None) -> tuple[str, dict[str, pd.DataFrame]]:
-    """Write every figure into out; return the text of report.md and its tables by name."""
+                 settings: dict[str, Any] | None = None
+                 ) -> tuple[str, dict[str, pd.DataFrame], str]:
+    """Write every figure into out; return report.md's text, its tables by name, and the
+    verdicts as console text."""
     settings = settings or {}
     searched = searched_params(settings)
     t = prepare(trials, searched)
@@ -313,8 +310,8 @@ def build_report(trials: pd.DataFrame, epochs: pd.DataFrame, root: str, out: Pat
           f"`python -m sweep.analyze {root}`. Cells are formed by "
           f"{', '.join(f'`{c}`' for c in cols) or 'nothing (one cell)'}; arms by the shape term "
           "(none = base loss).", "")
-    lines, table = verdict_section(t, settings, phrase, out)
+    lines, table, console = verdict_section(t, settings, phrase, out)
     r.add(*lines)
     search_section(t, epochs, root, out, r)
     r.add("## Failed and diverged trials", "", excluded_markdown(t), "")
-    return r.text(), {"verdicts": table}
+    return r.text(), {"verdicts": table}, console

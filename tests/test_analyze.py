@@ -364,7 +364,7 @@ def test_smoke_sweep_end_to_end(tmp_path: Path) -> None:
     conf = trials[trials["phase"] == "confirm"]
     if np.isfinite(conf["best_test_rmse_px"]).any():   # an fkd_core.train that scores test
         for cell in ("none", "study"):
-            assert re.search(rf"^  {cell} .* (better|worse|equivalent|undecided)$", cli, re.M), cli
+            assert re.search(rf"^  {cell} .*  (better|worse|equivalent|undecided)$", cli, re.M), cli
     else:
         assert "no test metrics" in cli
     text = (out / "report.md").read_text()

@@ -101,6 +101,7 @@ def _sequential_run(d: np.ndarray, rule: V.Rule) -> str:
         n = min(n + rule.first_round, rule.max_replicates)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("true_d,wrong", [(0.0, ("better", "worse")),
                                            (0.05, ("equivalent", "better"))])
 def test_sequential_error_rate_by_simulation(true_d, wrong):
@@ -116,6 +117,7 @@ def test_sequential_error_rate_by_simulation(true_d, wrong):
     assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
 
 
+@pytest.mark.slow
 def test_naive_repeated_t_tests_would_fail_the_same_simulation():
     """The check above has teeth: stopping at the first significant Student-t look over the same
     looks rejects a true null far more often than 5%."""
