@@ -264,16 +264,33 @@ def record_plan(uri: str, plan: Plan, arms: Sequence[Arm]) -> None:
     """The confirm plan (margin fixed before the run), the recipes and this command."""
     def change(saved: dict[str, Any]) -> None:
         old = saved.get("confirm") or {}
-        if old.get("plan") and old["plan"].get("margin") != plan.margin:
-            raise ConfirmError(f"{uri}: its confirm phase was run with margin "
-                               f"{old['plan']['margin']:g} px; a margin is fixed before the run, "
-                               "so it cannot change now")
+        _check_continuation(uri, old, plan)
         saved["confirm"] = {**old, "plan": plan.to_dict(),
                             "recipes": [{"cell": a.cell, "arm": a.arm, "from_trial": a.source_trial,
                                          "alpha": a.fields["alpha"]} for a in arms],
                             "commands": [*old.get("commands", []), sys.argv[:]],
                             "seed_of_replicate_r": f"seed = split_seed = {CONFIRM_SEED0} + r"}
     _update_sweep_json(uri, change)
+
+
+def _check_continuation(uri: str, old: dict[str, Any], plan: Plan) -> None:
+    """A confirm phase that already looked at test results may only go on validly: the same
+    margin, and more replicates only under the anytime-valid sequence (a fixed-N t-interval
+    recomputed after looking would no longer be a 95% interval)."""
+    before = old.get("plan")
+    if not before:
+        return
+    if before.get("margin") != plan.margin:
+        raise ConfirmError(f"{uri}: its confirm phase was run with margin {before['margin']:g} px; "
+                           "a margin is fixed before the run, so it cannot change now")
+    grows = plan.ceiling > int(old.get("replicates", 0))
+    if old.get("looks") and grows and not plan.until_decided:
+        raise ConfirmError(f"{uri}: its confirm phase already gave verdicts on "
+                           f"{old.get('replicates')} replicates; adding replicates after looking "
+                           "needs --until-decided (an anytime-valid confidence sequence)")
+    if before.get("sequential") and not plan.until_decided:
+        raise ConfirmError(f"{uri}: its confirm phase ran --until-decided; continue it with "
+                           "--until-decided (a fixed-N interval is not valid after those looks)")
 
 
 def record_looks(uri: str, replicates: int, looks: int, data_sets: dict[str, Any]) -> None:

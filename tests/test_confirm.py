@@ -231,8 +231,19 @@ def test_analyze_prints_a_verdict_per_cell(two_phases, tmp_path, capsys):
     assert (tmp_path / "fig1_confirm_verdicts.png").stat().st_size > 10_000
 
 
-@pytest.mark.slow
-def test_margin_is_fixed_once_the_confirm_phase_ran(two_phases, ray_local):
-    folder, _, _ = two_phases
-    with pytest.raises(C.ConfirmError, match="cannot change now"):
-        C.record_plan(str(folder), C.Plan(3, margin=0.1), [])
+@pytest.mark.parametrize("plan,message", [
+    (C.Plan(3, margin=0.1, until_decided=True, max_seeds=12), "cannot change now"),
+    (C.Plan(9, margin=0.05), "ran --until-decided; continue it with --until-decided"),
+])
+def test_a_confirm_phase_that_looked_goes_on_only_validly(tmp_path, plan, message):
+    saved = {"confirm": {"plan": C.Plan(3, 0.05, True, 9).to_dict(), "replicates": 9, "looks": 3}}
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    with pytest.raises(C.ConfirmError, match=message):
+        C.record_plan(str(tmp_path), plan, [])
+    saved["confirm"]["plan"] = C.Plan(3).to_dict()
+    saved["confirm"].update(replicates=3, looks=1)
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    with pytest.raises(C.ConfirmError, match="adding replicates after looking needs --until-decided"):
+        C.record_plan(str(tmp_path), C.Plan(5), [])
+    C.record_plan(str(tmp_path), C.Plan(5, until_decided=True, max_seeds=9), [])   # valid
+    assert json.loads((tmp_path / "sweep.json").read_text())["confirm"]["plan"]["sequential"]
