@@ -10,18 +10,18 @@
 #   git rm -r -q results/fkd-yt15-quick results/fkd-yt15-reproduce results/synthetic-rigidity
 #   git commit -m "results: remove the pre-protocol studies"
 #
-# CPU time, estimated from the trial times on this 2-core machine (results/fkd-yt15-quick:
-# small_cnn, no augmentation, 6.2 s per epoch on fkd-yt15's training rows, best epoch 12.8 of 16;
-# results/fkd-yt15-reproduce: 3.7 s/epoch with `study` augmentation, 8.1 s with `study_exact`;
-# the synthetic faces: ~2.5 s per epoch per 1,000 faces under load), two trials at a time:
-#   fkd-yt15            search 8 trials (~65 epochs with ASHA per arm)          ~  7 core-min
-#                       confirm 2 arms x 5..10 replicates x ~17 epochs (stops
-#                       4 after its best)                                        ~ 18-35 core-min
-#   fkd-yt15-reproduce  4 configs x (1 search + 3 confirm) x 10 epochs            ~ 16 core-min
-#   synthetic-rigidity  6 configs x (1 search + 3 confirm) x 8 epochs, 1,000 faces ~ 8 core-min
-#   + Ray start and analysis, ~1 minute per study
-# Total: ~50-70 core-minutes, i.e. ~25-35 minutes on 2 cores (the upper end when fkd-yt15 stays
-# undecided and runs all 10 replicates).
+# CPU time, from a short measurement (2 epochs of small_cnn, one torch thread, CPU seconds of
+# the process, on this 2-core machine while five others ran tests: wall time was ~5x the CPU
+# time): fkd-yt15 2.2 CPU-s per epoch (no augmentation; 1.7 with study_exact), 1,000 synthetic
+# faces 0.43 CPU-s per epoch. Two trials run at a time.
+#   fkd-yt15            search 8 trials, ~65 epochs with ASHA per arm           ~  2.5 core-min
+#                       confirm 2 arms x 5..10 replicates x ~17 epochs
+#                       (early stopping 4 after the best)                      ~  6-12.5 core-min
+#   fkd-yt15-reproduce  4 configs x (1 search + 3 confirm) x 10 epochs           ~  5.5 core-min
+#   synthetic-rigidity  6 configs x (1 search + 3 confirm) x 8 epochs            ~  1.5 core-min
+#   + Ray start, trial start-up and the three analyses                          ~  3 core-min
+# Total: ~19-25 core-minutes, ~10-13 minutes on 2 idle cores; at the ~2.5x slowdown measured under
+# the shared load of earlier runs (trial wall times in the old results), ~25-32 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
