@@ -66,3 +66,13 @@ if name.startswith("fkd-yt15") and split != ["group-disjoint"]:
     sys.exit(1)
 CHECK
 done
+
+# The README's Results table: one line per study, each cell's verdict, interval and replicates.
+"$PY" - <<'ROWS'
+import pandas as pd
+for name in ("fkd-yt15", "fkd-yt15-reproduce", "synthetic-rigidity"):
+    table = pd.read_csv(f"results/{name}/verdicts.csv")
+    cells = "; ".join(f"{r.cell} ({r.shape}): **{r.verdict}**, d {r.d_mean:+.3f} "
+                      f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] px, n={r.n}" for r in table.itertuples())
+    print(f"{name}: {cells}")
+ROWS
