@@ -115,18 +115,6 @@ def alpha_levels(trials: pd.DataFrame) -> pd.Series:
     return alpha
 
 
-# alpha_level of a shape arm pooled over all its α (no α level had two seeds to average).
-POOLED = -1.0
-
-
-def alpha_text(level: float, binned: bool) -> str:
-    if level == POOLED:
-        return "all sampled α, pooled"
-    if not level > 0:
-        return "0"
-    return f"[{level:g}, {level * 10:g})" if binned else f"{level:g}"
-
-
 def cell_columns(trials: pd.DataFrame, searched: Sequence[str] = ()) -> list[str]:
     """The TrialConfig columns that define cells (module docstring), backbone first.
 
@@ -180,11 +168,6 @@ def prepare(trials: pd.DataFrame, searched: Sequence[str] = ()) -> pd.DataFrame:
 def full_budget(t: pd.DataFrame) -> pd.DataFrame:
     """Search trials at one budget: finished (ok) and not stopped by ASHA (module docstring)."""
     return t[(t["phase"] == "search") & (t["outcome"] == "ok") & (t["status"] != "asha_stopped")]
-
-
-def is_binned(t: pd.DataFrame) -> bool:
-    shaped = t.loc[t["arm"] != "base", "alpha"].astype(float)
-    return bool(len(shaped)) and not np.allclose(t.loc[shaped.index, "alpha_level"], shaped)
 
 
 # --- per replicate -----------------------------------------------------------------------

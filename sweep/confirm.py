@@ -33,7 +33,6 @@ from sweep import verdicts as V
 # Confirm seeds start far from the search's (0, 1, ...): the best config was picked partly for
 # its luck on those seeds and that split, so reusing them would carry the selection into the test.
 CONFIRM_SEED0 = 1000
-OK_STATUSES = ("completed", "asha_stopped", "early_stopped")
 
 
 class ConfirmError(ValueError):

@@ -70,16 +70,15 @@ def figure_verdicts(diffs: dict[tuple[str, str], pd.Series], table: pd.DataFrame
     margin = float(table["margin"].iloc[0]) if "margin" in table else 0.0
     if margin > 0:
         ax.axvspan(-margin, margin, color="tab:green", alpha=0.12, label=f"±margin {margin:g} px")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     ax.set_yticks(range(len(table)), [f"{r.cell}\n{r.shape}, α={r.alpha:.3g}" for r in table.itertuples()])
     ax.invert_yaxis()
     ax.set_xlabel("d = test RMSE (shape arm) − test RMSE (base arm), px (< 0: shape term better)")
     n = int(table["n"].max())
-    title = f"Confirm phase, test split: paired differences per replicate, mean and 95% interval"
+    title = "Confirm phase, test split: paired differences per replicate, mean and 95% interval"
     if n < 2:
         title += "\nONE REPLICATE: no interval, no verdict can be drawn"
-    ax.set_title(title, fontsize=9)
-    fig.text(0.01, 0.005, method, fontsize=6.5, color="dimgrey")
+    ax.set_title(f"{title}\n{method}", fontsize=8)
     return save(fig, out / "fig1_confirm_verdicts.png")
 
 
@@ -122,7 +121,10 @@ def figure_alpha(t: pd.DataFrame, out: Path) -> str | None:
             ax.set(xscale="log", xlim=xlim, xlabel="α (weight of the shape term, log scale)",
                    ylabel=METRIC_LABELS[metric], title=f"{bb}: {METRIC_LABELS[metric]} vs α")
         row[0].legend(fontsize=7)
-    fig.suptitle("Search, full-budget trials: α response (dots = trials, line = mean per α, dashed = base loss)")
+    title = "Search, full-budget trials: α response (dots = trials, line = mean per α, dashed = base loss)"
+    if ok["seed"].nunique() < 2:
+        title += "\nONE SEED: every point is a single run, no replicate"
+    fig.suptitle(title)
     return save(fig, out / "fig2_alpha_response.png")
 
 

@@ -150,7 +150,7 @@ def rule_of(settings: dict[str, Any]) -> tuple[V.Rule, str]:
     """The decision rule recorded in sweep.json before the confirm phase ran, and a note."""
     plan = (settings.get("confirm") or {}).get("plan")
     if not plan:
-        return V.Rule(), "the margin is the default (no confirm plan recorded in sweep.json)"
+        return V.Rule(), "the default: no confirm plan is recorded in sweep.json"
     rule = V.Rule(margin=float(plan["margin"]), alpha=float(plan.get("alpha", V.DEFAULT_ALPHA)),
                   sequential=bool(plan["sequential"]), first_round=int(plan["first_round"]),
                   max_replicates=int(plan["max_replicates"]))

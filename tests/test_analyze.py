@@ -266,7 +266,6 @@ def test_continuous_alpha_is_binned_by_decade(tmp_path: Path) -> None:
                        (2.0, 0.05, 1.5), 5, True) for i, a in enumerate(alphas)]
     t = analyze.prepare(pd.DataFrame(rows))
     assert t["alpha_level"].tolist() == pytest.approx([0.001, 0.001, 0.01, 0.01, 0.1, 0.1])
-    assert analyze.is_binned(t)
 
 
 def test_a_figure_with_one_replicate_says_so(tmp_path: Path, monkeypatch) -> None:
