@@ -60,6 +60,8 @@ class Plan:
                                f"{self.replicates} replicates")
         if self.max_seeds is not None and not self.until_decided:
             raise ConfirmError("--max-seeds needs --until-decided")
+        if self.until_decided and self.max_seeds is None:
+            raise ConfirmError("--until-decided needs --max-seeds M (where adding rounds stops)")
 
     @property
     def ceiling(self) -> int:

@@ -78,6 +78,7 @@ def test_missing_configs_skips_replicates_already_run():
     ({"replicates": 3, "margin": -1.0}, "--margin must be >= 0 px, got -1"),
     ({"replicates": 4, "until_decided": True, "max_seeds": 3}, "--max-seeds 3 is below the first round of 4"),
     ({"replicates": 3, "max_seeds": 6}, "--max-seeds needs --until-decided"),
+    ({"replicates": 3, "until_decided": True}, "--until-decided needs --max-seeds M"),
 ])
 def test_bad_plans(kwargs, message):
     with pytest.raises(C.ConfirmError, match=message):
