@@ -268,8 +268,9 @@ def search_section(t: pd.DataFrame, epochs: pd.DataFrame, root: str, out: Path, 
     r.add("## 2. Search (validation split; an optimiser, not evidence)", "",
           f"{len(search)} search trials; {len(full)} ran the full budget and are the only ones "
           f"shown below ({stopped} stopped early by ASHA, which ranks a trial only against its "
-          "own cell x arm, are left out: their numbers are from earlier epochs). Best config "
-          "per cell x arm, as retrained by the confirm phase:", "", recipes_markdown(t), "")
+          "own cell x arm, are left out: their numbers are from earlier epochs). Best full-budget "
+          "trial per cell x arm; the confirm phase retrains the base arm's config, and that "
+          "same config plus the shape arm's α (so the shape arm's own lr below is not used):", "", recipes_markdown(t), "")
     r.add("### α response (search, full budget)", "")
     r.figure(F.figure_alpha(full, out), "alpha response", "α figure skipped: no full-budget shape-arm trial.")
     r.add("### Accuracy vs shape trade-off (search, full budget)", "")
