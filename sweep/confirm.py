@@ -22,13 +22,15 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import pandas as pd
-
-from fkd_core import metrics as M
 from fkd_core.config import TrialConfig, config_fields
 from sweep import verdicts as V
+
+if TYPE_CHECKING:
+    import pandas as pd
+# pandas, torch (fkd_core.metrics) and Ray are imported where used: sweep.run imports this
+# module for its command-line options, and --help should not wait for them.
 
 # Confirm seeds start far from the search's (0, 1, ...): the best config was picked partly for
 # its luck on those seeds and that split, so reusing them would carry the selection into the test.
@@ -100,9 +102,11 @@ def best_search_trial(rows: pd.DataFrame) -> pd.Series:
 
     Trials ASHA cut short are not compared with full-budget ones: their numbers are early ones.
     """
+    from fkd_core.metrics import OBJECTIVE
+
     full = rows[rows["status"] != "asha_stopped"]
     pool = full if len(full) else rows
-    return pool.loc[pool[f"best_{M.OBJECTIVE}"].astype(float).idxmin()]
+    return pool.loc[pool[f"best_{OBJECTIVE}"].astype(float).idxmin()]
 
 
 def choose_arms(search: pd.DataFrame) -> list[Arm]:
@@ -198,7 +202,7 @@ def _name(trial: Any) -> str:
 
 @dataclass
 class Result:
-    table: pd.DataFrame
+    table: "pd.DataFrame"
     """sweep.verdicts.verdict_table (empty when no test metrics)."""
     replicates: int
     looks: int
@@ -208,6 +212,8 @@ class Result:
 def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = None,
             log: Callable[[str], None] | None = print) -> Result:
     """Run the confirm phase of the sweep in s.results_uri: rounds until decided or done."""
+    import pandas as pd
+
     from sweep.analyze import prepare, read_parquet
 
     searched = list(s.space.search)

@@ -35,7 +35,6 @@ from sweep import results as R
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
 from sweep.confirm import ConfirmError, add_plan_options, plan_of
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
-from sweep.scheduler import scheduler_for
 from sweep.trainable import TrainFn, share, train_trial
 
 SWEEP_FILE = "sweep.json"
@@ -342,6 +341,8 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
 def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
                callbacks: Sequence[Any], log: Callable[[str], None] | None) -> Any:
     from ray import tune
+
+    from sweep.scheduler import scheduler_for
 
     space = s.space
     writer = R.ResultsWriter(s.results_uri, s.name, info, log=log, total=space.trials)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:   # pandas is imported where used: sweep.run's --help loads this module's users
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ def paired_difference(a: pd.Series, b: pd.Series, level: float = 0.95) -> MeanCI
     Pairing removes the variance the two arms share (same split, same initialisation seed),
     which is why this interval is narrower than the difference of two independent CIs.
     """
+    import pandas as pd
+
     if not a.index.is_unique or not b.index.is_unique:
         raise ValueError("paired_difference: each pairing key must appear once per arm")
     joined = pd.concat({"a": a, "b": b}, axis=1, join="inner")
@@ -164,6 +168,8 @@ def pareto_front(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
 
 def _levels(column: pd.Series, max_levels: int) -> pd.Series:
     """Group labels of a column: its values, or quantile bins when it is numeric and finer."""
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column) \
             and column.nunique() > max_levels:
         return pd.qcut(column.rank(method="first"), max_levels, labels=False)
@@ -177,6 +183,8 @@ def epsilon_squared(target: pd.Series, groups: pd.Series) -> float:
     SS_total grows with the number of groups k even when they explain nothing (expected
     (k − 1)/(n − 1) under the null); subtracting the within-group mean square removes that bias.
     """
+    import pandas as pd
+
     y = target.to_numpy(dtype=float)
     n = y.size
     ss_total = float(((y - y.mean()) ** 2).sum())
@@ -196,6 +204,8 @@ def importance_ranking(table: pd.DataFrame, params: Sequence[str], target: str,
     Categorical parameters group by value; numeric ones with more than max_levels distinct
     values group into max_levels equal-count bins. Rows with a non-finite target are ignored.
     """
+    import pandas as pd
+
     rows = table[np.isfinite(table[target].to_numpy(dtype=float))]
     scores = {p: epsilon_squared(rows[target], _levels(rows[p], max_levels)) for p in params}
     return pd.Series(scores, name="epsilon_squared", dtype=float).sort_values(ascending=False)
