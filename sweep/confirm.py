@@ -190,7 +190,9 @@ def run_round(s: Any, data_sets: dict[str, Any], configs: list[dict[str, Any]], 
                tune_config=tune.TuneConfig(max_concurrent_trials=s.max_concurrent, reuse_actors=True,
                                            trial_name_creator=_name, trial_dirname_creator=_name),
                run_config=tune.RunConfig(
-                   name=f"{s.name}-confirm-{round_no}", storage_path=s.storage_path, verbose=0,
+                   # A later `sweep.confirm` adds rounds to the same storage: never reuse a name.
+                   name=f"{s.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}-{round_no}",
+                   storage_path=s.storage_path, verbose=0,
                    failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                    callbacks=[writer])).fit()
