@@ -40,6 +40,10 @@ KEEP_CHECKPOINTS = 3
 
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 _METRIC_TYPES = {M.EPOCH: pa.int64(), M.DIVERGED: pa.bool_()}
+# Test metrics of an epoch: present only in confirm trials (TrialConfig.score_test), null elsewhere.
+TEST_METRICS = (M.TEST_RMSE, M.TEST_NME, M.TEST_SHAPE)
+EPOCH_KEYS = tuple(dict.fromkeys((*M.EPOCH_ROW_KEYS, *TEST_METRICS)))
+PHASES = ("search", "confirm")
 
 
 def trial_schema() -> pa.Schema:
@@ -48,8 +52,12 @@ def trial_schema() -> pa.Schema:
             ("error", pa.string())]
     cols += [(name, _ARROW[kind]) for name, kind in config_fields().items()]
     cols += [("loss_label", pa.string())]
+    # phase: search (ASHA + TPE, validation only) or confirm (full budget, paired replicates,
+    # test scored); replicate and cell (the search's cell label) are set for confirm trials only.
+    cols += [("phase", pa.string()), ("replicate", pa.int64()), ("cell", pa.string())]
     cols += [(f"best_{m}", pa.float64()) for m in M.VAL_METRICS] + [("best_epoch", pa.int64())]
     cols += [(f"final_{m}", pa.float64()) for m in M.VAL_METRICS]
+    cols += [(f"best_{m}", pa.float64()) for m in TEST_METRICS]
     cols += [("epochs", pa.int64()), ("wall_seconds", pa.float64()), ("node", pa.string()),
              (DEVICE_NAME, pa.string()), ("data_source", pa.string()), ("data_hash", pa.string()),
              ("data_synthetic", pa.bool_()), ("best_checkpoint", pa.string()),
@@ -61,7 +69,7 @@ def trial_schema() -> pa.Schema:
 
 def epoch_schema() -> pa.Schema:
     return pa.schema([("trial_id", pa.string())]
-                     + [(k, _METRIC_TYPES.get(k, pa.float64())) for k in M.EPOCH_ROW_KEYS])
+                     + [(k, _METRIC_TYPES.get(k, pa.float64())) for k in EPOCH_KEYS])
 
 
 # --- one trial's record -------------------------------------------------------------------
@@ -86,6 +94,7 @@ def trial_status(rows: list[dict[str, Any]], max_epochs: int, *, error: str | No
 def metric_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Best (at the epoch of the lowest finite val RMSE, the epoch best.pt holds) and final metrics."""
     out: dict[str, Any] = {f"{p}_{m}": math.nan for p in ("best", "final") for m in M.VAL_METRICS}
+    out.update({f"best_{m}": math.nan for m in TEST_METRICS})
     out.update(best_epoch=None, epochs=len(rows))
     if not rows:
         return out
@@ -95,6 +104,9 @@ def metric_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for m in M.VAL_METRICS:
         out[f"final_{m}"] = float(ordered[-1][m])
         out[f"best_{m}"] = float(best[m]) if best else (math.inf if m == M.VAL_RMSE else math.nan)
+    for m in TEST_METRICS:   # test metrics at the epoch chosen on validation, never the best test
+        value = best.get(m) if best else None
+        out[f"best_{m}"] = float(value) if value is not None else math.nan
     out.update(best_epoch=int(best[M.EPOCH]) if best else None, epochs=int(ordered[-1][M.EPOCH]))
     return out
 
@@ -109,11 +121,13 @@ class DataInfo:
 def trial_record(*, trial_id: str, experiment: str, cfg: TrialConfig, rows: list[dict[str, Any]],
                  status: str, error: str | None, wall_seconds: float, node: str, device: str,
                  device_name: str, data: DataInfo, best_checkpoint: str, versions: str,
-                 git_commit: str) -> dict[str, Any]:
+                 git_commit: str, phase: str = "search", replicate: int | None = None,
+                 cell: str = "") -> dict[str, Any]:
     """One row of trials.parquet."""
     fields = {**cfg.to_dict(), "device": device or cfg.device}
     return {"trial_id": trial_id, "experiment": experiment, "status": status, "error": error or "",
-            **fields, "loss_label": cfg.loss_label, **metric_summary(rows),
+            **fields, "loss_label": cfg.loss_label, "phase": phase, "replicate": replicate,
+            "cell": cell, **metric_summary(rows),
             "wall_seconds": wall_seconds, "node": node, DEVICE_NAME: device_name,
             "data_source": data.source, "data_hash": data.content_hash,
             "data_synthetic": data.synthetic, "best_checkpoint": best_checkpoint,
@@ -239,7 +253,7 @@ class ResultsWriter(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
-        row = {k: result.get(k) for k in M.EPOCH_ROW_KEYS}
+        row = {k: result.get(k) for k in EPOCH_KEYS}
         self.rows.setdefault(trial.trial_id, {})[int(row[M.EPOCH])] = row
         # Tune marks the result it decides to stop on as done before callbacks see it; a trial
         # that returns on its own ends with a duplicate result callbacks never see.
@@ -274,7 +288,9 @@ class ResultsWriter(Callback):
             error=error, wall_seconds=float(last.get("time_total_s", 0.0)),
             node=str(last.get("hostname", "")), device=device, device_name=device_name,
             data=self.data[data_key(cfg)], best_checkpoint=self._keep_best(trial),
-            versions=self.versions, git_commit=self.git_commit)
+            versions=self.versions, git_commit=self.git_commit,
+            phase=trial.config.get("phase", "search"), replicate=trial.config.get("replicate"),
+            cell=trial.config.get("cell", ""))
         self.records[trial.trial_id] = rec
         self._prune_checkpoints()
         self.write()
@@ -299,7 +315,7 @@ class ResultsWriter(Callback):
         for rec in self.records.values():
             if rec["best_checkpoint"]:
                 shape = rec["shape"] if rec["alpha"] > 0 else "none"
-                by_arm.setdefault((rec["loss"], shape), []).append(rec)
+                by_arm.setdefault((rec.get("phase") or "search", rec["loss"], shape), []).append(rec)
         for recs in by_arm.values():
             recs.sort(key=lambda r: _sort_key(r["best_val_rmse_px"]))
             for rec in recs[KEEP_CHECKPOINTS:]:
@@ -310,7 +326,7 @@ class ResultsWriter(Callback):
         """Add rows Tune kept in its own files (epochs reported before a --resume)."""
         known = self.rows.setdefault(trial_id, {})
         for row in rows:
-            known.setdefault(int(row[M.EPOCH]), {k: row.get(k) for k in M.EPOCH_ROW_KEYS})
+            known.setdefault(int(row[M.EPOCH]), {k: row.get(k) for k in EPOCH_KEYS})
 
     def refresh_metrics(self) -> None:
         """Recompute best/final metrics of recorded trials from their (merged) rows."""
@@ -350,7 +366,8 @@ def progress_line(rec: Mapping[str, Any], done: int, total: int | None) -> str:
     score = f"best {best:6.3f} px @{rec['best_epoch']}" if best is not None and math.isfinite(best) \
         else "no finite val RMSE"
     error = f"  {rec['error']}" if rec["error"] else ""
-    return (f"{count} {rec['trial_id']} {rec['backbone']:<12} {rec['loss_label']:<22} "
+    phase = f" confirm r{rec['replicate']}" if rec.get("phase") == "confirm" else ""
+    return (f"{count}{phase} {rec['trial_id']} {rec['backbone']:<12} {rec['loss_label']:<22} "
             f"aug={rec['augment']:<6} seed={rec['seed']}  {score}  {rec['status']} after "
             f"{rec['epochs']} ep, {rec['wall_seconds']:.0f}s{error}")
 

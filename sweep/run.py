@@ -7,6 +7,12 @@ weak ones early, and every trial and epoch lands in Parquet.
         --name fkd-yt15-quick --seeds 3 --max-epochs 30
     python -m sweep.run --cluster clusters/local.yaml --name fkd-yt15-quick --resume
     python -m sweep.run --smoke-test --mlflow sqlite:///runs/mlflow.db   # + one MLflow run per trial
+    python -m sweep.run --cluster clusters/local.yaml --confirm 3 --until-decided --max-seeds 12
+
+A sweep is a search (ASHA + TPE on validation; ASHA ranks a trial only within its cell x arm) and,
+with --confirm N or a space that sets `confirm`, a confirm phase (sweep.confirm): the best config
+of each cell x arm retrained on N paired replicates at full budget, scored on the test split, and
+one verdict per cell (sweep.verdicts).
 
 Writes <results-dir>/<name>/: trials.parquet, epochs.parquet, optuna.db (optuna-dashboard
 sqlite:///.../optuna.db), sweep.json (how it was run), checkpoints/<trial>/best.pt, ray/ (Tune's
@@ -17,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 import time
@@ -28,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sweep import commands, tracking
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
+from sweep.confirm import ConfirmError, add_plan_options, plan_of
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
 
 if TYPE_CHECKING:
@@ -143,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow", metavar="URI", help="also log every trial (config, per-epoch "
                    "metrics; one run per trial) to MLflow: sqlite:///runs/mlflow.db or "
                    "http://HOST:PORT (needs the mlflow extra)")
+    p.add_argument("--confirm", type=int, metavar="N", help="after the search, retrain each "
+                   "cell x arm's best config on N paired replicates and give verdicts on the test "
+                   "split. Default: the space's `confirm` (quick: 3, until decided, up to 9)")
+    add_plan_options(p)
     return p
 
 
@@ -355,11 +365,11 @@ def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
                callbacks: Sequence[Any], log: Callable[[str], None] | None) -> Any:
     from ray import tune
 
+    from sweep.scheduler import scheduler_for
+
     space = s.space
     writer = R.ResultsWriter(s.results_uri, s.name, info, log=log, total=space.trials)
-    scheduler = (tune.schedulers.ASHAScheduler(
-        time_attr=M.EPOCH, max_t=space.max_epochs, grace_period=space.asha.grace_period,
-        reduction_factor=space.asha.reduction_factor) if space.asha else tune.schedulers.FIFOScheduler())
+    scheduler = scheduler_for(space)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -430,20 +440,17 @@ def _paths(s: Settings) -> dict[str, str]:
 
 # --- the end-of-sweep summary --------------------------------------------------------------
 
-def summary(outcome: Outcome) -> str:
-    """Best trials, MSE vs MSE + shape term, and the paths written."""
-    import pandas as pd
-
+def summary(outcome: Outcome, verdicts: str | None = None) -> str:
+    """The confirm verdicts on test first, then the search (full-budget trials only), then paths."""
     t = outcome.trials
-    lines = [f"\n{len(t)} trials in {outcome.fit_seconds:.0f} s: "
-             + ", ".join(f"{n} {st}" for st, n in t["status"].value_counts().items())]
-    ok = t[t[f"best_{M.VAL_RMSE}"].map(math.isfinite)]
-    cols = ["trial_id", "backbone", "augment", "loss_label", "seed", f"best_{M.VAL_RMSE}",
-            f"best_{M.VAL_NME}", f"best_{M.VAL_SHAPE}", "epochs", "status"]
-    lines += ["\nBest trials (val RMSE px):", ok.nsmallest(5, f"best_{M.VAL_RMSE}")[cols]
-              .to_string(index=False, float_format=lambda v: f"{v:.4g}")]
-    lines += ["\nCGD vs MSE, val RMSE px per cell (paired on seed, equal budget where ASHA cut a "
-              f"pair short; report and figures: {commands.module('sweep.analyze')}):", _headline_table(t, outcome.epochs)]
+    search = t[t["phase"] == "search"] if "phase" in t else t
+    lines = [verdicts if verdicts else
+             f"\nVerdicts: none (search only; add --confirm N, or run "
+             f"{commands.module('sweep.confirm', outcome.settings.results_uri, '--seeds', 'N')})"]
+    lines += [f"\nSearch: {len(search)} trials in {outcome.fit_seconds:.0f} s: "
+              + ", ".join(f"{n} {st}" for st, n in search["status"].value_counts().items())]
+    lines += ["Search, best full-budget trial per cell x arm (validation; the optimiser's pick, "
+              "not evidence):", _search_table(search, list(outcome.settings.space.search))]
     lines += ["\nWrote:"] + [f"  {k:<12}{v}" for k, v in outcome.paths.items()]
     study = f"sqlite:///{outcome.settings.optuna_path.resolve()}"
     dashboard = f"{commands.script('optuna-dashboard')} {study}"
@@ -454,24 +461,26 @@ def summary(outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
-def _headline_table(trials: Any, epochs: Any) -> str:
-    """sweep.analyze's headline, val RMSE rows only, as a console table."""
-    import pandas as pd
+def _search_table(search: Any, searched: list[str]) -> str:
+    from sweep.analyze import full_budget, prepare
 
-    from sweep import analyze
+    full = full_budget(prepare(search, searched))
+    if full.empty:
+        return "  (no search trial ran the full budget)"
+    col = f"best_{M.VAL_RMSE}"
+    rows = full.loc[full.groupby(["cell", "arm"], sort=False)[col].idxmin().to_numpy()]
+    rows = rows.rename(columns={col: "val RMSE px", "objective_label": "arm label"})
+    return rows[["cell", "arm label", "alpha", "lr", "val RMSE px", "best_epoch", "epochs",
+                 "trial_id"]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
-    t = analyze.prepare(trials)
-    head = analyze.headline(t, epochs)
-    head = head[head["metric"] == M.VAL_RMSE]
-    if head.empty:
-        return "  (no finished trials)"
-    binned = analyze.is_binned(t)
-    rows = [{"cell": r["cell"], "base": f"{r['base_label']} {analyze.ci(r, 'base').fmt(3)}",
-             "shape term at best alpha": (f"{r['shape_label']} a={analyze.alpha_text(r['alpha_level'], binned)} "
-                                          f"{analyze.ci(r, 'shape').fmt(3)}") if r["shape"] else "-",
-             "paired diff": analyze.ci(r, "diff").fmt(3), "pairs": r["diff_n"],
-             "equal-budget pairs": r["budget_matched"]} for _, r in head.iterrows()]
-    return pd.DataFrame(rows).to_string(index=False)
+
+def confirm_after_search(s: Settings, data_sets: dict[str, Any], plan: Any) -> str:
+    """Run the confirm phase on the search just finished; return the verdict table's text."""
+    from sweep.confirm import confirm
+    from sweep.report import verdict_console
+
+    result = confirm(s, data_sets, plan)
+    return verdict_console(result, plan.rule(), s.results_uri)
 
 
 def header(s: Settings, data_sets: dict[str, Any]) -> str:
@@ -511,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad options, spaces or data paths fail here, before Ray starts.
         _check_resume_args(args) if args.resume else _space(args)
         tracking.check(args.mlflow)
-    except (UsageError, ClusterError, SpaceError, tracking.TrackingError) as err:
+        plan_of(args, None if args.resume else _space(args))
+    except (UsageError, ClusterError, SpaceError, ConfirmError, tracking.TrackingError) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     import ray
@@ -519,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     connect(cluster)
     try:
         return _main(args, cluster)
-    except (UsageError, SpaceError) as err:
+    except (UsageError, SpaceError, ConfirmError) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     finally:
@@ -541,12 +551,15 @@ def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
     if outcome.trials is None or outcome.trials.empty:
         print("No trial finished.", file=sys.stderr)
         return 1
-    print(summary(outcome))
-    missing = s.space.trials - len(outcome.trials)
+    missing = s.space.trials - len(outcome.trials[outcome.trials["phase"] == "search"])
     if missing > 0:   # interrupted (Ctrl-C) or the driver lost the cluster
+        print(summary(outcome))
         print(f"\n{missing} trials did not finish: continue with "
               f"{commands.module('sweep.run', '--cluster', str(cluster.path), '--name', s.name, '--resume')}")
         return 1
+    plan = plan_of(args, s.space)
+    verdicts = confirm_after_search(s, data_sets, plan) if plan else None
+    print(summary(outcome, verdicts))
     return 0
 
 

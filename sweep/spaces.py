@@ -15,7 +15,10 @@ A space is a small designed experiment plus an optional search:
   designed experiment is reproduced exactly and its trials still live in the Optuna study;
   ``search`` parameters of those cells are still sampled by TPE. False lets TPE pick the axes too.
 - ``asha``: grace period and reduction factor of ASHA on val_rmse_px, or null to run every trial
-  to ``max_epochs`` (designed comparisons need equal budgets, so the grids use null).
+  to ``max_epochs`` (designed comparisons need equal budgets, so the grids use null). ASHA keeps
+  separate rungs per cell x arm (sweep.scheduler).
+- ``confirm``: the confirm phase run after the search unless the command line says otherwise
+  (sweep.confirm): ``{replicates: N, until_decided: bool, max_seeds: M, margin: px}``, or absent.
 
 Why grids go through Optuna rather than ``tune.grid_search``: one code path for every space, one
 Optuna study per sweep (optuna-dashboard shows all of them), and a grid may still search alpha.
@@ -24,8 +27,8 @@ The trial seed is ``trial.number % seeds``: grid points are enqueued seed-minor 
 enqueue order gives every cell its seeds in turn, and TPE never "optimises" a seed.
 
     >>> space = get_space("quick")
-    >>> len(space.cells())            # 2 backbones x 2 augmentations x 2 losses x 1 seed
-    8
+    >>> len(space.cells())            # 2 augmentations x 2 losses x 1 seed (small_cnn only)
+    4
 """
 from __future__ import annotations
 
@@ -45,21 +48,28 @@ _SHAPE_ON = ["cgd", "seed_cgd"]
 # torch; tests/test_spaces.py checks the two lists agree.
 BACKBONE_NAMES = ("small_cnn", "resnet18", "mobilenet_v3_small", "resnet50", "densenet121")
 
+# The default (`make sweep`): a useful answer in < 10 minutes on 2 CPU cores. CPU backbones only:
+# resnet18 trains ~11 images/s on one core here (its trials took 90-114 s and learned least), so it
+# lives in the GPU-sized spaces. small_cnn: 4 search trials per cell x arm (ASHA has peers to
+# rank), then the confirm phase in rounds of 3 paired replicates until decided or 9.
+QUICK: dict[str, Any] = {
+    "description": "CPU-sized: small_cnn x augmentation none/study x MSE vs MSE + alpha*CGD; lr "
+                   "and alpha searched (TPE), ASHA per cell x arm; then confirm on paired "
+                   "replicates, verdicts on the test split.",
+    "grid": True,
+    "seeds": 1,
+    "num_samples": 16,
+    "max_epochs": 10,
+    "asha": {"grace_period": 2, "reduction_factor": 2},
+    "fixed": {"data": "synthetic", "synth_n": 1000, "patience": 10, "backbone": "small_cnn"},
+    "axes": {"augment": ["none", "study"], "shape": ["none", "cgd"]},
+    "search": {"alpha": {"log_uniform": [1e-3, 1.0], "when": {"shape": _SHAPE_ON}},
+               "lr": {"log_uniform": [3e-4, 3e-3]}},
+    "confirm": {"replicates": 3, "until_decided": True, "max_seeds": 9, "margin": 0.05},
+}
+
 SPACES: dict[str, dict[str, Any]] = {
-    "quick": {
-        "description": "CPU-sized: small_cnn/resnet18 x augmentation none/study x MSE vs "
-                       "MSE + alpha*CGD, alpha log-uniform in [1e-3, 1] (TPE); ASHA.",
-        "grid": True,
-        "seeds": 1,
-        # 600 synthetic faces and 8 epochs keep the default sweep under 10 minutes on 2 cores:
-        # resnet18 trains ~11 images/s on one core, so each of its epochs costs ~50 s there.
-        "max_epochs": 8,
-        "asha": {"grace_period": 2, "reduction_factor": 2},
-        "fixed": {"data": "synthetic", "synth_n": 600, "patience": 10},
-        "axes": {"backbone": ["small_cnn", "resnet18"], "augment": ["none", "study"],
-                 "shape": ["none", "cgd"]},
-        "search": {"alpha": {"log_uniform": [1e-3, 1.0], "when": {"shape": _SHAPE_ON}}},
-    },
+    "quick": QUICK,
     "study": {
         "description": "The study's grid: resnet50/densenet121 x {MSE, MSE + 0.01*CGD} x "
                        "augmentation {none, study}, paired seeds and splits, full budget.",
@@ -128,7 +138,8 @@ SPACES: dict[str, dict[str, Any]] = {
 }
 
 _KEYS = ("name", "description", "grid", "seeds", "num_samples", "max_epochs", "asha", "fixed",
-         "axes", "search")
+         "axes", "search", "confirm")
+_CONFIRM_KEYS = {"replicates": int, "until_decided": bool, "max_seeds": int, "margin": float}
 _DATA_FIELDS = ("data", "synth_n", "synth_seed", "synth_pose")
 
 
@@ -169,6 +180,7 @@ class Space:
     grid: bool
     asha: Asha | None
     num_samples: int | None = None   # None: one trial per grid point (grid) or 16 (search)
+    confirm: Mapping[str, Any] | None = None   # the confirm phase's defaults (module docstring)
 
     @property
     def trials(self) -> int:
@@ -227,6 +239,7 @@ class Space:
             "search": {k: {("log_uniform" if p.log else "uniform"): [p.low, p.high],
                            **({"when": {w: list(a) for w, a in p.when.items()}} if p.when else {})}
                        for k, p in self.search.items()},
+            **({"confirm": dict(self.confirm)} if self.confirm else {}),
         }
 
 
@@ -264,9 +277,25 @@ def from_dict(raw: Mapping[str, Any], origin: str = "space") -> Space:
         max_epochs=_positive(raw.get("max_epochs", fixed.get("max_epochs", 30)), origin, "max_epochs"),
         grid=bool(raw.get("grid", True)),
         asha=Asha(int(asha["grace_period"]), float(asha["reduction_factor"])) if asha else None,
-        num_samples=raw.get("num_samples"))
+        num_samples=raw.get("num_samples"), confirm=_confirm(raw.get("confirm"), origin))
     _check_cells(space, origin)
     return space
+
+
+def _confirm(raw: Any, origin: str) -> dict[str, Any] | None:
+    """The space's confirm settings, checked for keys and types (sweep.confirm checks values)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or "replicates" not in raw:
+        raise SpaceError(f"{origin}: confirm: expected a mapping with replicates (and optionally "
+                         f"{sorted(set(_CONFIRM_KEYS) - {'replicates'})})")
+    for key, value in raw.items():
+        kind = _CONFIRM_KEYS.get(key)
+        if kind is None:
+            raise SpaceError(f"{origin}: confirm.{key}: unknown key; valid: {sorted(_CONFIRM_KEYS)}")
+        if value is not None and not isinstance(value, (int, float) if kind is float else kind):
+            raise SpaceError(f"{origin}: confirm.{key}: expected {kind.__name__}, got {value!r}")
+    return dict(raw)
 
 
 class Sampler:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:   # pandas is imported where used: sweep.run's --help loads this module's users
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ def paired_difference(a: pd.Series, b: pd.Series, level: float = 0.95) -> MeanCI
     Pairing removes the variance the two arms share (same split, same initialisation seed),
     which is why this interval is narrower than the difference of two independent CIs.
     """
+    import pandas as pd
+
     if not a.index.is_unique or not b.index.is_unique:
         raise ValueError("paired_difference: each pairing key must appear once per arm")
     joined = pd.concat({"a": a, "b": b}, axis=1, join="inner")
@@ -164,6 +168,8 @@ def pareto_front(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarra
 
 def _levels(column: pd.Series, max_levels: int) -> pd.Series:
     """Group labels of a column: its values, or quantile bins when it is numeric and finer."""
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column) \
             and column.nunique() > max_levels:
         return pd.qcut(column.rank(method="first"), max_levels, labels=False)
@@ -177,6 +183,8 @@ def epsilon_squared(target: pd.Series, groups: pd.Series) -> float:
     SS_total grows with the number of groups k even when they explain nothing (expected
     (k − 1)/(n − 1) under the null); subtracting the within-group mean square removes that bias.
     """
+    import pandas as pd
+
     y = target.to_numpy(dtype=float)
     n = y.size
     ss_total = float(((y - y.mean()) ** 2).sum())
@@ -196,6 +204,119 @@ def importance_ranking(table: pd.DataFrame, params: Sequence[str], target: str,
     Categorical parameters group by value; numeric ones with more than max_levels distinct
     values group into max_levels equal-count bins. Rows with a non-finite target are ignored.
     """
+    import pandas as pd
+
     rows = table[np.isfinite(table[target].to_numpy(dtype=float))]
     scores = {p: epsilon_squared(rows[target], _levels(rows[p], max_levels)) for p in params}
     return pd.Series(scores, name="epsilon_squared", dtype=float).sort_values(ascending=False)
+
+
+# --- decisions: p-values, Holm, an anytime-valid confidence sequence ------------------------
+
+def t_pvalue(values: Sequence[float] | np.ndarray, mu: float = 0.0) -> float:
+    """Two-sided p-value of Student's one-sample t-test of mean == mu (NaN when n < 2)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return math.nan
+    sd = float(x.std(ddof=1))
+    if sd == 0.0:
+        return 0.0 if float(x.mean()) != mu else 1.0
+    t = (float(x.mean()) - mu) / (sd / math.sqrt(x.size))
+    return min(1.0, 2.0 * t_cdf(-abs(t), x.size - 1))
+
+
+def tost_pvalue(values: Sequence[float] | np.ndarray, margin: float) -> float:
+    """p-value that the mean lies inside (−margin, margin), scaled to match a two-sided CI.
+
+    2 · max of the two one-sided t-tests (mean <= −margin, mean >= margin), capped at 1: it is
+    <= a exactly when the two-sided (1 − a) Student-t CI lies inside ±margin, so at a = 0.05 the
+    rule reads "the 95% CI is inside ±margin", as DESIGN.md defines equivalence.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return math.nan
+    sd = float(x.std(ddof=1))
+    if sd == 0.0:
+        return 0.0 if abs(float(x.mean())) < margin else 1.0
+    se, mean = sd / math.sqrt(x.size), float(x.mean())
+    p_low = 1.0 - t_cdf((mean + margin) / se, x.size - 1)   # H0: mean <= -margin
+    p_high = t_cdf((mean - margin) / se, x.size - 1)        # H0: mean >= margin
+    return min(1.0, 2.0 * max(p_low, p_high))
+
+
+def prob_improvement(values: Sequence[float] | np.ndarray) -> float:
+    """P(mean difference < 0): the Student-t posterior of the mean under a flat prior
+    (the reference posterior for normal data), i.e. t_cdf(−mean / se, n − 1). NaN when n < 2."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return math.nan
+    se = float(x.std(ddof=1)) / math.sqrt(x.size)
+    if se == 0.0:
+        return float(x.mean() < 0)
+    return t_cdf(-float(x.mean()) / se, x.size - 1)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN stays NaN and does not count in the family).
+
+    Sorted ascending, p_adj(k) = max over j <= k of min(1, (m − j + 1) · p(j)); rejecting where
+    p_adj <= alpha keeps the family-wise error rate <= alpha under any dependence.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, math.nan)
+    idx = np.flatnonzero(np.isfinite(p))
+    order = idx[np.argsort(p[idx], kind="stable")]
+    m, running = len(order), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (m - k) * p[i]))
+        out[i] = running
+    return out
+
+
+def cs_evalue(n: int, mean: float, ss: float, mu: float, c: float) -> float:
+    """Lai's (1976) scale-invariant mixture e-value of H0: mean == mu after n normal values.
+
+    E_n = sqrt(c / (n + c)) · (A / (A − n·u / (n + c)))^(n/2), A = ss + u, u = n·(mean − mu)²,
+    ss = Σ(x − mean)²: the likelihood ratio of the t-statistic's invariant sequence, mixed over
+    the standardised effect δ ~ N(0, 1/c). It is a nonnegative martingale under H0 whatever σ, so
+    by Ville's inequality P(E_n >= 1/a at any n) <= a: valid however many looks are taken.
+    """
+    if n < 2:
+        return 1.0
+    u = n * (mean - mu) ** 2
+    a = ss + u
+    if a <= 0.0:
+        return 1.0
+    denom = ss + u * c / (n + c)
+    if denom <= 0.0:
+        return math.inf
+    return math.sqrt(c / (n + c)) * (a / denom) ** (n / 2.0)
+
+
+def cs_half_width(n: int, ss: float, level: float, c: float) -> float:
+    """Half-width of the confidence sequence {mu : E_n(mu) < 1/(1 − level)} around the mean.
+
+    Solving E_n(mu) = 1/a for u = n·(mean − mu)²: with K = (sqrt((n + c)/c) / a)^(2/n),
+    u < (K − 1)·ss / (1 − K·c/(n + c)); infinite (no information yet) when K·c/(n + c) >= 1.
+    """
+    if n < 2:
+        return math.inf
+    alpha = 1.0 - level
+    k = (math.sqrt((n + c) / c) / alpha) ** (2.0 / n)
+    room = 1.0 - k * c / (n + c)
+    if room <= 0.0:
+        return math.inf
+    return math.sqrt((k - 1.0) * ss / (n * room))
+
+
+def cs_mixture(max_n: int, alpha: float = 0.05) -> float:
+    """The mixture parameter c that makes the sequence narrowest at max_n replicates.
+
+    Chosen from the planned maximum alone (before any data), so it costs no validity.
+    """
+    grid = np.geomspace(0.01, 100.0, 400)
+    widths = [cs_half_width(max_n, float(max_n - 1), 1.0 - alpha, float(c)) for c in grid]
+    return float(grid[int(np.argmin(widths))])

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -44,6 +45,29 @@ def test_metric_summary_takes_every_best_metric_at_the_best_epoch():
     assert (s["best_epoch"], s["best_val_rmse_px"], s["best_val_shape_err_px"]) == (2, 2.0, 1.0)
     assert s["best_val_nme"] == pytest.approx(2.0 / 40)
     assert (s["final_val_rmse_px"], s["final_val_shape_err_px"], s["epochs"]) == (4.0, 0.1, 3)
+
+
+def test_test_metrics_are_taken_at_the_epoch_chosen_on_validation():
+    rows = [row(1, 5.0), row(2, 2.0), row(3, 4.0)]
+    for r, test in zip(rows, (3.0, 2.5, 1.0)):   # test is best at epoch 3: never looked at
+        r.update({M.TEST_RMSE: test, M.TEST_NME: test / 40, M.TEST_SHAPE: test / 2})
+    s = R.metric_summary(rows)
+    assert (s["best_epoch"], s[f"best_{M.TEST_RMSE}"], s[f"best_{M.TEST_SHAPE}"]) == (2, 2.5, 1.25)
+    search = R.metric_summary([row(1, 5.0)])                    # no test keys: a search trial
+    assert math.isnan(search[f"best_{M.TEST_RMSE}"])
+
+
+def test_confirm_trials_carry_phase_replicate_and_cell(tmp_path):
+    rec = record(phase="confirm", replicate=2, cell="none")
+    assert (rec["phase"], rec["replicate"], rec["cell"]) == ("confirm", 2, "none")
+    assert (record()["phase"], record()["replicate"]) == ("search", None)
+    R.write_atomic(R.to_table([rec, record("t2")], R.trial_schema()), str(tmp_path / "t.parquet"))
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    assert list(back["phase"]) == ["confirm", "search"] and back["replicate"].iloc[0] == 2
+    rows = [{"trial_id": "t1", **row(1, 2.0), M.TEST_RMSE: 1.5}, {"trial_id": "t2", **row(1, 2.0)}]
+    R.write_atomic(R.to_table(rows, R.epoch_schema()), str(tmp_path / "e.parquet"))
+    epochs = pd.read_parquet(tmp_path / "e.parquet")
+    assert epochs[M.TEST_RMSE].iloc[0] == 1.5 and pd.isna(epochs[M.TEST_RMSE].iloc[1])
 
 
 def test_metric_summary_of_a_trial_that_only_diverged():

@@ -43,7 +43,7 @@ def test_backbone_names_match_the_model_registry():
     assert sorted(BACKBONE_NAMES) == sorted(BACKBONES)
 
 
-@pytest.mark.parametrize("name,cells", [("quick", 8), ("study", 24), ("reproduce", 12),
+@pytest.mark.parametrize("name,cells", [("quick", 4), ("study", 24), ("reproduce", 12),
                                         ("rigidity", 18)])
 def test_grid_sizes(name, cells):
     assert len(get_space(name).cells()) == cells
@@ -159,3 +159,22 @@ def test_alpha_search_is_log_uniform_over_the_range():
     param = space.search["alpha"]
     assert param.log and math.isclose(param.low, 1e-3) and param.high == 1.0
     assert not param.applies({"shape": "none"}) and param.applies({"shape": "cgd"})
+
+
+def test_default_space_trains_cpu_backbones_only_and_confirms():
+    """make sweep must answer in < 10 minutes on 2 cores: resnet18 and larger are GPU-sized."""
+    quick = get_space("quick")
+    backbones = {quick.fixed.get("backbone")} | set(quick.axes.get("backbone", {}))
+    assert backbones - {None} == {"small_cnn"}
+    assert quick.confirm == {"replicates": 3, "until_decided": True, "max_seeds": 9, "margin": 0.05}
+    assert quick.trials // len(quick.combos()) >= 4     # ASHA per cell x arm needs peers
+
+
+@pytest.mark.parametrize("confirm,message", [
+    ({"replicate": 3}, "expected a mapping with replicates"),
+    ({"replicates": 3, "seeds": 2}, "confirm.seeds: unknown key"),
+    ({"replicates": "3"}, "confirm.replicates: expected int"),
+])
+def test_bad_confirm_settings_name_the_key(confirm, message):
+    with pytest.raises(SpaceError, match=message):
+        from_dict({"axes": {}, "confirm": confirm}, origin="mine.yaml")

@@ -70,7 +70,7 @@ def test_help_explains_every_option(capsys):
     text = capsys.readouterr().out
     for option in ("--space", "--data", "--name", "--num-samples", "--max-epochs", "--seeds",
                    "--cpus-per-trial", "--gpus-per-trial", "--storage", "--resume", "--smoke-test",
-                   "--results-dir"):
+                   "--results-dir", "--confirm", "--margin", "--until-decided", "--max-seeds"):
         assert option in text
 
 
@@ -86,7 +86,8 @@ def test_smoke_test_cli_writes_every_result(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert seconds < 120, f"smoke test took {seconds:.0f} s"
     out = proc.stdout
-    assert "Best trials" in out and "CGD vs MSE" in out and "trials.parquet" in out
+    assert "Verdicts: none (search only" in out and "trials.parquet" in out
+    assert "Search, best full-budget trial per cell x arm" in out
     assert "Trial status" not in out and "Traceback" not in out      # compact, no Tune tables
 
     folder = tmp_path / "results" / "smoke"

@@ -1,0 +1,398 @@
+"""The confirm phase: retrain the search's best configs on paired replicates, score the test split.
+
+    python -m sweep.confirm results/<name> --seeds 5                  # confirm an existing search
+    python -m sweep.confirm results/<name> --seeds 3 --until-decided --max-seeds 12
+    python -m sweep.run ... --confirm 3                              # search, then confirm
+
+For every cell, the search's best base-arm config (lowest validation RMSE among the trials ASHA
+let run to the full budget) is the recipe; each shape arm is that same recipe plus the shape term
+and α of the shape arm's best search trial. A pair therefore differs only in the arm (shape,
+alpha), so d = test RMSE(shape) − test RMSE(base) is the effect of adding the shape term at its
+tuned α, not of a different lr or augmentation the search happened to pick for one arm.
+Replicate r trains both arms with seed = split_seed = CONFIRM_SEED0 + r: a fresh train/validation
+split per replicate, the same one for both arms; the test rows never change (test_seed is fixed).
+Every confirm trial runs the full budget (no ASHA), with score_test=True; its best epoch is chosen
+on validation and the test metrics at that epoch are the ones compared (sweep.verdicts).
+Confirm trials go into the same trials.parquet / epochs.parquet with phase="confirm".
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from fkd_core.config import TrialConfig, config_fields
+from sweep import verdicts as V
+
+if TYPE_CHECKING:
+    import pandas as pd
+# pandas, torch (fkd_core.metrics) and Ray are imported where used: sweep.run imports this
+# module for its command-line options, and --help should not wait for them.
+
+# Confirm seeds start far from the search's (0, 1, ...): the best config was picked partly for
+# its luck on those seeds and that split, so reusing them would carry the selection into the test.
+CONFIRM_SEED0 = 1000
+
+
+class ConfirmError(ValueError):
+    """Bad confirm options or a results folder that cannot be confirmed; one line for users."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many replicates, and the decision rule; fixed before any confirm trial runs."""
+
+    replicates: int
+    """Replicates of the first round (and of each later round with until_decided)."""
+    margin: float = V.DEFAULT_MARGIN
+    until_decided: bool = False
+    max_seeds: int | None = None
+    """Until-decided: stop adding rounds at this many replicates."""
+
+    def __post_init__(self) -> None:
+        if self.replicates < 1:
+            raise ConfirmError(f"--confirm/--seeds must be >= 1 replicate, got {self.replicates}")
+        if not (self.margin >= 0 and math.isfinite(self.margin)):
+            raise ConfirmError(f"--margin must be >= 0 px, got {self.margin:g}")
+        if self.max_seeds is not None and self.max_seeds < self.replicates:
+            raise ConfirmError(f"--max-seeds {self.max_seeds} is below the first round of "
+                               f"{self.replicates} replicates")
+        if self.max_seeds is not None and not self.until_decided:
+            raise ConfirmError("--max-seeds needs --until-decided")
+        if self.until_decided and self.max_seeds is None:
+            raise ConfirmError("--until-decided needs --max-seeds M (where adding rounds stops)")
+
+    @property
+    def ceiling(self) -> int:
+        return self.max_seeds if self.until_decided and self.max_seeds else self.replicates
+
+    def rule(self) -> V.Rule:
+        return V.Rule(margin=self.margin, sequential=self.until_decided,
+                      first_round=self.replicates, max_replicates=self.ceiling)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"replicates": self.replicates, "until_decided": self.until_decided,
+                "max_seeds": self.max_seeds, **self.rule().to_dict()}
+
+    @staticmethod
+    def from_dict(raw: dict[str, Any]) -> "Plan":
+        return Plan(int(raw["replicates"]), float(raw.get("margin", V.DEFAULT_MARGIN)),
+                    bool(raw.get("until_decided", False)),
+                    None if raw.get("max_seeds") is None else int(raw["max_seeds"]))
+
+
+# --- which configs, which replicates --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Arm:
+    """One confirm recipe: a cell's arm and the TrialConfig fields it trains with."""
+
+    cell: str
+    arm: str
+    fields: dict[str, Any]
+    source_trial: str
+    """Search trial the arm's own part (base recipe, or shape + alpha) comes from."""
+
+
+def best_search_trial(rows: pd.DataFrame) -> pd.Series:
+    """Lowest validation RMSE among the trials ASHA let run to the full budget (else among all).
+
+    Trials ASHA cut short are not compared with full-budget ones: their numbers are early ones.
+    """
+    from fkd_core.metrics import OBJECTIVE
+
+    full = rows[rows["status"] != "asha_stopped"]
+    pool = full if len(full) else rows
+    return pool.loc[pool[f"best_{OBJECTIVE}"].astype(float).idxmin()]
+
+
+def choose_arms(search: pd.DataFrame) -> list[Arm]:
+    """Base recipe + one shape arm per shape term, per cell (module docstring).
+
+    search: prepared search-phase trials (sweep.analyze.prepare): columns cell, arm, outcome.
+    Cells without a finished base-arm trial or without a shape arm cannot be paired: skipped.
+    """
+    ok = search[search["outcome"] == "ok"]
+    arms = []
+    for cell, c in ok.groupby("cell", sort=False):
+        base_rows = c[c["arm"] == "base"]
+        shapes = sorted(set(c["arm"]) - {"base"})
+        if base_rows.empty or not shapes:
+            continue
+        base = best_search_trial(base_rows)
+        recipe = _fields(base)
+        arms.append(Arm(cell, "base", {**recipe, "shape": "none", "alpha": 0.0}, base["trial_id"]))
+        for shape in shapes:
+            top = best_search_trial(c[c["arm"] == shape])
+            arms.append(Arm(cell, shape, {**recipe, "shape": top["shape"],
+                                          "alpha": float(top["alpha"])}, top["trial_id"]))
+    return arms
+
+
+def _fields(trial: pd.Series) -> dict[str, Any]:
+    fields = {k: (trial[k].item() if hasattr(trial[k], "item") else trial[k])
+              for k in config_fields() if k in trial}
+    # trials.parquet holds the device a trial ran on ("cuda:0"); the confirm trial picks its own.
+    fields["device"] = TrialConfig().device
+    return fields
+
+
+def tune_config(arm: Arm, replicate: int) -> dict[str, Any]:
+    """The Tune config of one confirm trial: TrialConfig fields under "cfg", plus its labels."""
+    seed = CONFIRM_SEED0 + replicate
+    cfg = TrialConfig(**{**arm.fields, "seed": seed, "split_seed": seed, "score_test": True})
+    return {"cfg": cfg.to_dict(), "phase": "confirm", "replicate": replicate, "cell": arm.cell}
+
+
+def missing_configs(arms: Sequence[Arm], done: pd.DataFrame, upto: int) -> list[dict[str, Any]]:
+    """Tune configs of replicates 0..upto-1 not yet in the confirm trials `done` (so an
+    interrupted or extended confirm only runs what is missing)."""
+    have = set(zip(done["cell"], done["arm"], done["replicate"])) if len(done) else set()
+    return [tune_config(a, r) for r in range(upto) for a in arms
+            if (a.cell, a.arm, r) not in have]
+
+
+# --- running it ----------------------------------------------------------------------------
+
+class _Pick:
+    """tune.sample_from callable: one key of the i-th prepared config (picklable)."""
+
+    def __init__(self, configs: list[dict[str, Any]], key: str):
+        self.configs, self.key = configs, key
+
+    def __call__(self, config: dict[str, Any]) -> Any:
+        return self.configs[config["i"]][self.key]
+
+
+def run_round(s: Any, data_sets: dict[str, Any], configs: list[dict[str, Any]], *,
+              round_no: int, recorded: int = 0, train_fn: Any = None,
+              log: Callable[[str], None] | None = print) -> None:
+    """Train the given confirm configs on the connected Ray cluster, at full budget (FIFO)."""
+    from ray import tune
+
+    from sweep import results as R
+    from sweep.run import MAX_FAILURES, data_info
+    from sweep.trainable import share, train_trial
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, datasets={k: share(d) for k, d in data_sets.items()},
+                             train_fn=train_fn),
+        {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
+    # The writer counts every recorded trial, search included: `recorded` are already there.
+    writer = R.ResultsWriter(s.results_uri, s.name, data_info(data_sets), log=log,
+                             total=recorded + len(configs))
+    space = {"i": tune.grid_search(list(range(len(configs)))),
+             **{k: tune.sample_from(_Pick(configs, k)) for k in configs[0]}}
+    tune.Tuner(trainable, param_space=space,
+               tune_config=tune.TuneConfig(max_concurrent_trials=s.max_concurrent, reuse_actors=True,
+                                           trial_name_creator=_name, trial_dirname_creator=_name),
+               run_config=tune.RunConfig(
+                   # A later `sweep.confirm` adds rounds to the same storage: never reuse a name.
+                   name=f"{s.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}-{round_no}",
+                   storage_path=s.storage_path, verbose=0,
+                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                   callbacks=[writer])).fit()
+
+
+def _name(trial: Any) -> str:
+    return trial.trial_id
+
+
+@dataclass
+class Result:
+    table: "pd.DataFrame"
+    """sweep.verdicts.verdict_table (empty when no test metrics)."""
+    replicates: int
+    looks: int
+    note: str = ""
+
+
+def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = None,
+            log: Callable[[str], None] | None = print) -> Result:
+    """Run the confirm phase of the sweep in s.results_uri: rounds until decided or done."""
+    import pandas as pd
+
+    from sweep.analyze import prepare, read_parquet
+
+    searched = list(s.space.search)
+    trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
+    arms = choose_arms(trials[trials["phase"] == "search"])
+    if not arms:
+        raise ConfirmError(f"{s.results_uri}: no cell has a finished trial in both the base arm "
+                           "and a shape arm, so there is nothing to confirm")
+    record_plan(s.results_uri, plan, arms)
+    rule, target, looks = plan.rule(), plan.replicates, 0
+    while True:
+        done = trials[trials["phase"] == "confirm"]
+        todo = missing_configs(arms, done, target)
+        if log:
+            log(f"\nConfirm round {looks + 1}: {len(todo)} trials (replicates up to {target}, "
+                f"{len(arms)} cell x arm recipes, full budget, test scored)")
+        if todo:
+            run_round(s, data_sets, todo, round_no=looks + 1, recorded=len(trials),
+                      train_fn=train_fn, log=log)
+        looks += 1
+        trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
+        confirmed = trials[trials["phase"] == "confirm"]
+        if not V.has_test_metrics(confirmed):
+            record_looks(s.results_uri, target, looks, data_sets)
+            return Result(pd.DataFrame(), target, looks, V.NO_TEST_METRICS)
+        table = V.verdict_table(confirmed, rule)
+        if not plan.until_decided or V.all_decided(table.to_dict("records")) \
+                or target >= plan.ceiling:
+            record_looks(s.results_uri, target, looks, data_sets)
+            return Result(table, target, looks)
+        target = min(target + plan.replicates, plan.ceiling)
+
+
+# --- sweep.json: the plan, the looks, the commands ------------------------------------------
+
+def split_kinds(data_sets: dict[str, Any], cfg: TrialConfig | None = None) -> dict[str, str]:
+    """'group-disjoint' or 'row-level' per data set (fkd_core.data.split_kind), or why not known."""
+    try:
+        from fkd_core.data import split_kind
+    except ImportError:
+        return {k: "not recorded (this fkd_core.data has no split_kind: no test split yet)"
+                for k in data_sets}
+    return {k: split_kind(d, cfg or TrialConfig(score_test=True)) for k, d in data_sets.items()}
+
+
+def _update_sweep_json(uri: str, change: Callable[[dict[str, Any]], None]) -> None:
+    from sweep.run import SWEEP_FILE, _read_json, _write_json
+
+    saved = _read_json(f"{uri}/{SWEEP_FILE}") or {}
+    change(saved)
+    _write_json(f"{uri}/{SWEEP_FILE}", saved)
+
+
+def record_plan(uri: str, plan: Plan, arms: Sequence[Arm]) -> None:
+    """The confirm plan (margin fixed before the run), the recipes and this command."""
+    def change(saved: dict[str, Any]) -> None:
+        old = saved.get("confirm") or {}
+        _check_continuation(uri, old, plan)
+        saved["confirm"] = {**old, "plan": plan.to_dict(),
+                            "recipes": [{"cell": a.cell, "arm": a.arm, "from_trial": a.source_trial,
+                                         "alpha": a.fields["alpha"]} for a in arms],
+                            "commands": [*old.get("commands", []), sys.argv[:]],
+                            "seed_of_replicate_r": f"seed = split_seed = {CONFIRM_SEED0} + r"}
+    _update_sweep_json(uri, change)
+
+
+def _check_continuation(uri: str, old: dict[str, Any], plan: Plan) -> None:
+    """A confirm phase that already looked at test results may only go on validly: the same
+    margin, and more replicates only under the anytime-valid sequence (a fixed-N t-interval
+    recomputed after looking would no longer be a 95% interval)."""
+    before = old.get("plan")
+    if not before:
+        return
+    if before.get("margin") != plan.margin:
+        raise ConfirmError(f"{uri}: its confirm phase was run with margin {before['margin']:g} px; "
+                           "a margin is fixed before the run, so it cannot change now")
+    grows = plan.ceiling > int(old.get("replicates", 0))
+    if old.get("looks") and grows and not plan.until_decided:
+        raise ConfirmError(f"{uri}: its confirm phase already gave verdicts on "
+                           f"{old.get('replicates')} replicates; adding replicates after looking "
+                           "needs --until-decided (an anytime-valid confidence sequence)")
+    if before.get("sequential") and not plan.until_decided:
+        raise ConfirmError(f"{uri}: its confirm phase ran --until-decided; continue it with "
+                           "--until-decided (a fixed-N interval is not valid after those looks)")
+
+
+def record_looks(uri: str, replicates: int, looks: int, data_sets: dict[str, Any]) -> None:
+    def change(saved: dict[str, Any]) -> None:
+        c = saved.setdefault("confirm", {})
+        c.update(replicates=replicates, looks=c.get("looks", 0) + looks,
+                 split=split_kinds(data_sets), finished=time.strftime("%Y-%m-%d %H:%M:%S %z"))
+    _update_sweep_json(uri, change)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def plan_of(args: argparse.Namespace, space: Any) -> Plan | None:
+    """sweep.run's confirm plan: the space's `confirm` settings, overridden by the options given.
+
+    None when neither asks for a confirm phase (and --smoke-test without --confirm: a smoke test
+    checks the plumbing in seconds). Resumed sweeps (space None) take the options only.
+    """
+    given = {k: v for k, v in (("replicates", args.confirm), ("margin", args.margin),
+                               ("max_seeds", args.max_seeds)) if v is not None}
+    if args.until_decided:
+        given["until_decided"] = True
+    default = dict(getattr(space, "confirm", None) or {})
+    if args.confirm is None and (getattr(args, "smoke_test", False) or not default):
+        if given:
+            raise ConfirmError(f"{', '.join('--' + k.replace('_', '-') for k in given)} need "
+                               "--confirm N (replicates of the confirm phase)")
+        return None
+    if args.confirm is not None and "until_decided" not in given and "max_seeds" not in given:
+        default.pop("until_decided", None)   # --confirm N alone: exactly N replicates
+        default.pop("max_seeds", None)
+    return Plan.from_dict({**default, **given})
+
+
+def add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--margin", type=float,
+                   help=f"equivalence margin in px, fixed before the run (default {V.DEFAULT_MARGIN})")
+    p.add_argument("--until-decided", action="store_true",
+                   help="add rounds of replicates until every cell is decided (an anytime-valid "
+                        "confidence sequence keeps the error rate under the repeated looks)")
+    p.add_argument("--max-seeds", type=int, help="with --until-decided: stop at this many replicates")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from sweep.run import UsageError, _Parser, quiet_environment
+
+    quiet_environment()
+    p = _Parser(prog="python -m sweep.confirm", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", help="results folder of a finished search (results/<name>)")
+    p.add_argument("--seeds", type=int, required=True, help="paired replicates (first round)")
+    p.add_argument("--cluster", default="clusters/local.yaml")
+    add_plan_options(p)
+    try:
+        args = p.parse_args(argv)
+        plan = Plan(args.seeds, V.DEFAULT_MARGIN if args.margin is None else args.margin,
+                    args.until_decided, args.max_seeds)
+        s, cluster = _settings(args.results, args.cluster)
+    except (UsageError, ConfirmError, ValueError) as err:
+        print(f"sweep.confirm: error: {err}", file=sys.stderr)
+        return 2
+    import ray
+
+    from sweep.cluster import connect
+    from sweep.report import verdict_console
+    from sweep.run import _load_or_fail
+
+    connect(cluster)
+    try:
+        result = confirm(s, _load_or_fail(s.space), plan)
+    except (UsageError, ConfirmError) as err:
+        print(f"sweep.confirm: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        ray.shutdown()
+    print(verdict_console(result, plan.rule(), s.results_uri))
+    return 0
+
+
+def _settings(results: str, cluster_file: str) -> tuple[Any, Any]:
+    from sweep.cluster import load_cluster
+    from sweep.run import SWEEP_FILE, Settings, _read_json
+    from sweep.spaces import from_dict
+
+    cluster = load_cluster(cluster_file)
+    uri = results.rstrip("/")
+    saved = _read_json(f"{uri}/{SWEEP_FILE}")
+    if saved is None:
+        raise ConfirmError(f"{uri}/{SWEEP_FILE} not found: not a sweep's results folder")
+    s = Settings(name=saved["name"], space=from_dict(saved["space"], origin=f"{uri}/{SWEEP_FILE}"),
+                 results_uri=uri, storage_path=saved["storage_path"], resources=saved["resources"],
+                 max_concurrent=saved["max_concurrent"], command=sys.argv[:])
+    return s, cluster
+
+
+if __name__ == "__main__":
+    sys.exit(main())

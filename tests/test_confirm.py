@@ -1,0 +1,250 @@
+"""sweep.confirm: which configs are confirmed, how replicates pair, the plan's checks, and the two
+phases end to end through Ray with a fake train function reporting val and test metrics."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fkd_core import metrics as M
+from fkd_core.config import TrialConfig, config_fields
+from sweep import confirm as C
+from sweep import verdicts as V
+from sweep.analyze import prepare
+
+ARM_FIELDS = {"shape", "alpha"}
+
+
+# --- choosing the recipes --------------------------------------------------------------------
+
+def search_row(i: int, augment: str, shape: str, alpha: float, lr: float, rmse: float,
+               status: str = "completed") -> dict:
+    cfg = TrialConfig(augment=augment, shape=shape, alpha=alpha, lr=lr, max_epochs=8)
+    return {**cfg.to_dict(), "trial_id": f"s{i}", "status": status, "phase": "search",
+            f"best_{M.VAL_RMSE}": rmse, "epochs": 8 if status == "completed" else 2,
+            "loss_label": cfg.loss_label}
+
+
+def search_table() -> pd.DataFrame:
+    rows = [search_row(0, "none", "none", 0.0, 1e-3, 2.0),
+            search_row(1, "none", "none", 0.0, 2e-3, 1.9),          # best base, none
+            search_row(2, "none", "none", 0.0, 3e-3, 1.0, "asha_stopped"),  # early: not eligible
+            search_row(3, "none", "cgd", 0.3, 5e-4, 1.8),           # best cgd, none (other lr)
+            search_row(4, "none", "cgd", 0.01, 2e-3, 1.95),
+            search_row(5, "study", "none", 0.0, 1e-3, 2.5),
+            search_row(6, "study", "cgd", 0.05, 1e-3, 2.4)]
+    return prepare(pd.DataFrame(rows), searched=["lr", "alpha"])
+
+
+def test_best_config_is_taken_among_full_budget_trials():
+    arms = {(a.cell, a.arm): a for a in C.choose_arms(search_table())}
+    assert arms[("none", "base")].source_trial == "s1"     # not s2: ASHA stopped it at epoch 2
+    assert arms[("none", "cgd")].source_trial == "s3"
+    assert len(arms) == 4
+
+
+def test_confirm_pairs_differ_only_in_the_arm():
+    arms = C.choose_arms(search_table())
+    configs = C.missing_configs(arms, pd.DataFrame(), upto=3)
+    assert len(configs) == 4 * 3
+    by = {(c["cell"], c["cfg"]["shape"], c["replicate"]): c["cfg"] for c in configs}
+    for cell in ("none", "study"):
+        for r in range(3):
+            base, shaped = by[(cell, "none", r)], by[(cell, "cgd", r)]
+            differ = {k for k in config_fields() if base[k] != shaped[k]}
+            assert differ == ARM_FIELDS
+            assert base["seed"] == base["split_seed"] == shaped["split_seed"] == C.CONFIRM_SEED0 + r
+            assert base["score_test"] and shaped["score_test"]
+    # the shape arm keeps the base arm's lr (2e-3), with its own best alpha (0.3)
+    assert by[("none", "cgd", 0)]["lr"] == 2e-3 and by[("none", "cgd", 0)]["alpha"] == 0.3
+
+
+def test_missing_configs_skips_replicates_already_run():
+    arms = C.choose_arms(search_table())
+    done = pd.DataFrame({"cell": ["none", "none"], "arm": ["base", "cgd"], "replicate": [0, 0]})
+    todo = C.missing_configs(arms, done, upto=2)
+    assert len(todo) == 4 * 2 - 2
+    assert all(not (c["cell"] == "none" and c["replicate"] == 0) for c in todo)
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"replicates": 0}, "must be >= 1 replicate, got 0"),
+    ({"replicates": 3, "margin": -1.0}, "--margin must be >= 0 px, got -1"),
+    ({"replicates": 4, "until_decided": True, "max_seeds": 3}, "--max-seeds 3 is below the first round of 4"),
+    ({"replicates": 3, "max_seeds": 6}, "--max-seeds needs --until-decided"),
+    ({"replicates": 3, "until_decided": True}, "--until-decided needs --max-seeds M"),
+])
+def test_bad_plans(kwargs, message):
+    with pytest.raises(C.ConfirmError, match=message):
+        C.Plan(**kwargs)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--confirm", "0"], "--confirm/--seeds must be >= 1 replicate, got 0"),
+    (["--confirm", "2", "--margin", "-1"], "--margin must be >= 0 px, got -1"),
+    (["--confirm", "4", "--until-decided", "--max-seeds", "3"], "below the first round of 4"),
+    (["--space", "rigidity", "--margin", "0.1"], "--margin need --confirm N"),
+])
+def test_sweep_run_rejects_bad_confirm_options_in_one_line(argv, message, capsys):
+    from sweep.run import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("sweep.run: error:")
+
+
+def test_sweep_confirm_rejects_a_folder_without_a_sweep(tmp_path, capsys):
+    assert C.main([str(tmp_path), "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sweep.json not found" in err
+    assert C.main([str(tmp_path), "--seeds", "0"]) == 2
+
+
+def test_space_default_and_command_line_override():
+    from sweep.run import build_parser
+    from sweep.spaces import get_space
+
+    quick = get_space("quick")
+    plan = C.plan_of(build_parser().parse_args([]), quick)
+    assert (plan.replicates, plan.until_decided, plan.max_seeds) == (3, True, 9)
+    plan = C.plan_of(build_parser().parse_args(["--confirm", "2"]), quick)
+    assert (plan.replicates, plan.until_decided, plan.max_seeds) == (2, False, None)
+    assert C.plan_of(build_parser().parse_args(["--smoke-test"]), quick) is None
+    assert C.plan_of(build_parser().parse_args([]), get_space("rigidity")) is None
+
+
+# --- both phases end to end, with a fake train function ------------------------------------------
+
+EFFECT = {"none": -0.3, "study": 0.0}     # shape − base test RMSE per cell, by construction
+
+
+def fake_train(cfg, data, report, *, checkpoint_dir=None, resume_from=None):
+    """Deterministic val and test metrics; test only when cfg.score_test (as fkd_core.train).
+
+    The shape arm's test RMSE differs from its base partner by EFFECT[augment] plus a small
+    replicate-dependent wobble, so paired differences have a known mean and a spread.
+    """
+    wobble = 0.004 * math.sin(cfg.seed) if cfg.uses_shape else 0.0
+    level = 2.0 + 0.1 * math.cos(cfg.seed) + (EFFECT[cfg.augment] + wobble if cfg.uses_shape else 0.0)
+    val_level = level + 50 * abs(math.log10(cfg.lr / 1e-3)) * 0.01
+    for epoch in range(1, cfg.max_epochs + 1):
+        val = val_level + 1.0 / epoch
+        row = {M.EPOCH: epoch, M.TRAIN_LOSS: val, M.VAL_LOSS: val, M.VAL_RMSE: val,
+               M.VAL_NME: val / 40, M.VAL_SHAPE: val, M.LR: cfg.lr, M.EPOCH_SECONDS: 0.01,
+               M.IMAGES_PER_S: 1.0, M.DIVERGED: False}
+        if cfg.score_test:
+            # the test value at the best-val epoch (the last) is `level`; earlier ones are worse
+            row.update({M.TEST_RMSE: level + 1.0 / epoch - 1.0 / cfg.max_epochs,
+                        M.TEST_NME: level / 40, M.TEST_SHAPE: level})
+        report(row)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_phases(ray_local, tmp_path_factory):
+    from sweep.run import load_data, local_settings, run_sweep
+    from sweep.spaces import from_dict
+
+    space = from_dict({
+        "grid": True, "seeds": 1, "num_samples": 8, "max_epochs": 4,
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "fixed": {"backbone": "small_cnn", "synth_n": 60},
+        "axes": {"augment": ["none", "study"], "shape": ["none", "cgd"]},
+        "search": {"alpha": {"log_uniform": [1e-3, 1.0], "when": {"shape": ["cgd"]}},
+                   "lr": {"log_uniform": [3e-4, 3e-3]}}})
+    tmp = tmp_path_factory.mktemp("confirm")
+    s = local_settings(space, str(tmp), "two", max_concurrent=2)
+    data = load_data(space)
+    run_sweep(s, data, train_fn=fake_train, log=None)
+    plan = C.Plan(3, margin=0.05, until_decided=True, max_seeds=9)
+    result = C.confirm(s, data, plan, train_fn=fake_train, log=None)
+    return tmp / "two", result, plan
+
+
+@pytest.mark.slow
+def test_both_phases_land_in_the_same_parquet_files(two_phases):
+    folder, result, _ = two_phases
+    trials = pd.read_parquet(folder / "trials.parquet")
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    search, conf = trials[trials.phase == "search"], trials[trials.phase == "confirm"]
+    assert len(search) == 8 and len(conf) == 4 * result.replicates
+    assert conf.replicate.notna().all() and search.replicate.isna().all()
+    # test metrics: recorded at the best-val epoch (the last) for confirm trials, absent in search
+    assert np.isfinite(conf[f"best_{M.TEST_RMSE}"]).all() and search[f"best_{M.TEST_RMSE}"].isna().all()
+    assert (conf.best_epoch == conf.max_epochs).all() and (conf.status == "completed").all()
+    search_rows = epochs[epochs.trial_id.isin(search.trial_id)]
+    assert search_rows[M.TEST_RMSE].isna().all()
+    assert epochs[epochs.trial_id.isin(conf.trial_id)][M.TEST_RMSE].notna().all()
+
+
+@pytest.mark.slow
+def test_test_rows_are_identical_across_arms_seeds_replicates_and_phases(two_phases):
+    folder, _, _ = two_phases
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert trials.seed.nunique() > 2 and set(trials.phase) == {"search", "confirm"}
+    for column in ("data", "synth_n", "synth_seed", "synth_pose", "test_fraction", "test_seed",
+                   "groups", "group_regex", "data_hash"):
+        assert trials[column].nunique() == 1, column
+    assert (trials.score_test == (trials.phase == "confirm")).all()   # search never scores test
+
+
+@pytest.mark.slow
+def test_verdicts_follow_the_constructed_effects_and_rounds(two_phases):
+    folder, result, plan = two_phases
+    table = result.table.set_index("cell")
+    assert table.loc["none", "verdict"] == "better"
+    assert table.loc["none", "d_mean"] == pytest.approx(-0.3, abs=0.01)
+    assert table.loc["study", "verdict"] == "equivalent"
+    assert result.looks >= 2 and result.replicates == 3 * result.looks   # rounds of 3 were added
+    saved = json.loads((folder / "sweep.json").read_text())["confirm"]
+    assert saved["plan"]["margin"] == 0.05 and saved["plan"]["sequential"]
+    assert saved["replicates"] == result.replicates and saved["looks"] == result.looks
+
+
+@pytest.mark.slow
+def test_analyze_prints_a_verdict_per_cell(two_phases, tmp_path, capsys):
+    from sweep import analyze
+
+    folder, _, _ = two_phases
+    assert analyze.main([str(folder), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "Verdicts (confirm phase, test split):"
+    cells = [line.split() for line in out.splitlines() if line.startswith(("  none ", "  study "))]
+    assert {c[0]: c[-1] for c in cells} == {"none": "better", "study": "equivalent"}
+    text = (tmp_path / "report.md").read_text()
+    assert text.index("## 1. Verdicts") < text.index("## 2. Search")
+    assert "confidence sequence" in text and "Holm" in text and "synthetic" in text
+    assert (tmp_path / "fig1_confirm_verdicts.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("plan,message", [
+    (C.Plan(3, margin=0.1, until_decided=True, max_seeds=12), "cannot change now"),
+    (C.Plan(9, margin=0.05), "ran --until-decided; continue it with --until-decided"),
+])
+def test_a_confirm_phase_that_looked_goes_on_only_validly(tmp_path, plan, message):
+    saved = {"confirm": {"plan": C.Plan(3, 0.05, True, 9).to_dict(), "replicates": 9, "looks": 3}}
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    with pytest.raises(C.ConfirmError, match=message):
+        C.record_plan(str(tmp_path), plan, [])
+    saved["confirm"]["plan"] = C.Plan(3).to_dict()
+    saved["confirm"].update(replicates=3, looks=1)
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    with pytest.raises(C.ConfirmError, match="adding replicates after looking needs --until-decided"):
+        C.record_plan(str(tmp_path), C.Plan(5), [])
+    C.record_plan(str(tmp_path), C.Plan(5, until_decided=True, max_seeds=9), [])   # valid
+    assert json.loads((tmp_path / "sweep.json").read_text())["confirm"]["plan"]["sequential"]
