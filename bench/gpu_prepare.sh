@@ -28,8 +28,9 @@ report() {
   untracked=$(git ls-files -z --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | awk '$2 == "total" {s += $1} END {print s + 0}')
   gpu=$( [ -d .gpu ] && du -sb .gpu | cut -f1 || echo 0)
   total=$((tracked + untracked + gpu))
-  awk -v t="$tracked" -v u="$untracked" -v g="$gpu" -v all="$total" -v lim="$LIMIT_MIB" 'BEGIN {
+  awk -v t="$tracked" -v u="$untracked" -v g="$gpu" -v all="$total" -v lim="$LIMIT_MIB" -v py="$py" 'BEGIN {
     m = 1048576
+    printf "python: %s\n", py
     printf "travels: tracked %.1f MiB + untracked (not ignored) %.1f MiB + .gpu %.1f MiB = %.1f MiB of %d MiB\n", t/m, u/m, g/m, all/m, lim
     if (all > lim * m) { print "TOO LARGE: the device tool will refuse it"; exit 1 }
   }'
