@@ -27,8 +27,8 @@ def test_dry_run_with_a_failed_worker_reaches_every_section_within_budget(tmp_pa
     wall = time.monotonic() - start
     result = json.loads((tmp_path / "gpu.json").read_text())
     assert result["device"] == "cpu (dry run)" and result["budget_s"] == budget
-    assert list(result["seconds"]) == ["matmul", "throughput", "augmentation", "packing", "sweep",
-                                       "compile", "total"]
+    assert [k for k in result["seconds"] if k != "total"] == ["matmul", "throughput", "augmentation",
+                                                             "packing", "sweep", "compile"]
     assert result["seconds"]["total"] <= budget and wall <= budget + 5
     one, two = result["packing"]
     assert one["trials"] == 1 and one["errors"] == []          # a lone trial is never injected
