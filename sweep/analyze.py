@@ -52,7 +52,8 @@ OK_STATUSES = ("completed", "asha_stopped", "early_stopped")
 ARM_COLUMNS = ("shape", "alpha")
 REPLICATE_KEYS = ("seed", "split_seed", "synth_seed")
 # Knobs that change speed, not results: they never split cells nor enter importance.
-RUNTIME_COLUMNS = ("device", "precision", "channels_last", "compile", "compile_mode")
+RUNTIME_COLUMNS = ("device", "precision", "channels_last", "compile", "compile_mode", "checkpoint_every",
+                   "checkpoint_best")
 # A float column with more distinct values than this was sampled, not gridded: not a cell.
 MAX_CELL_LEVELS = 5
 # Cells drawn in the learning-curve figure; more would make unreadable panels.
