@@ -65,19 +65,20 @@ class Sizes:
     packing: tuple[tuple[str, int], ...]          # (backbone, trials) runs, always
     packing_extra: tuple[tuple[str, int], ...]    # runs made only when the section has time left
     packing_run_s: float                          # each packing run's deadline (spawn to last row)
-    compile_backbones: tuple[str, ...]
-    compile_modes: tuple[str, ...]
+    packing_faces: int                            # faces each packed trial trains on
+    compile_runs: tuple[tuple[str, str], ...]     # (backbone, torch.compile mode), most wanted first
     compile_batches: tuple[int, int]              # (training, validation) whole batches
     sections: dict[str, float]                    # planned seconds per section, in order
 
 
 FULL = Sizes("cuda", 8192, (64, 256), 3, 60, 8192, ("resnet50", "densenet121", "resnet18", "small_cnn"),
              (("resnet50", 1), ("resnet50", 4), ("resnet50", 8)),
-             (("densenet121", 8), ("densenet121", 4), ("resnet50", 2)), 45.0,
-             ("small_cnn", "resnet50"), ("default", "reduce-overhead"), (24, 4),
+             (("densenet121", 8), ("densenet121", 4), ("resnet50", 2)), 45.0, 4096,
+             (("resnet50", "default"), ("small_cnn", "default"), ("resnet50", "reduce-overhead"),
+              ("small_cnn", "reduce-overhead")), (24, 4),
              {"matmul": 15, "throughput": 75, "augmentation": 25, "packing": 100, "sweep": 90, "compile": 55})
-DRY = Sizes("cpu", 64, (8,), 2, 3, 256, ("small_cnn",), (("small_cnn", 1), ("small_cnn", 2)), (), 40.0,
-            ("small_cnn",), ("default",), (6, 2),
+DRY = Sizes("cpu", 64, (8,), 2, 3, 256, ("small_cnn",), (("small_cnn", 1), ("small_cnn", 2)), (), 40.0, 64,
+            (("small_cnn", "default"),), (6, 2),
             {"matmul": 3, "throughput": 10, "augmentation": 7, "packing": 40, "sweep": 0, "compile": 30})
 DEFAULT_BUDGET_S = {"cuda": 360.0, "cpu": 90.0}
 
@@ -261,6 +262,7 @@ def measure(sizes: Sizes, out: Path, budget_s: float, sweep_data: Path,
         rows = result["packing"] = []
         end = time.monotonic() + bound
         batch = max(sizes.batches)
+        faces = data.subset(range(min(sizes.packing_faces, len(data))))
         bare_at = {r["backbone"]: r["bare_images_per_s"] for r in result.get("throughput", []) if r["batch"] == batch}
         plan = [(b, n, True) for b, n in sizes.packing] + [(b, n, False) for b, n in sizes.packing_extra]
         for k, (backbone, trials, always) in enumerate(plan):
@@ -272,7 +274,7 @@ def measure(sizes: Sizes, out: Path, budget_s: float, sweep_data: Path,
                 if always:
                     rows.append({"backbone": backbone, "trials": trials, "skipped": "out of time"})
                 continue
-            row = packed_run(backbone, trials, batch, sizes.epochs, sizes.faces, device, seconds,
+            row = packed_run(backbone, trials, batch, sizes.epochs, faces, device, seconds,
                              bare_at.get(backbone), inject)
             rows.append(row)
             run.save()
@@ -294,32 +296,31 @@ def measure(sizes: Sizes, out: Path, budget_s: float, sweep_data: Path,
         batch = max(sizes.batches)
         eager_at = {r["backbone"]: r["train_images_per_s"] for r in result.get("throughput", []) if r["batch"] == batch}
         reason = compile_unavailable(device)
-        for backbone in sizes.compile_backbones:
-            for mode in sizes.compile_modes:
-                row: dict[str, Any] = {"backbone": backbone, "batch": batch, "mode": mode,
-                                       "eager_images_per_s": eager_at.get(backbone)}
-                rows.append(row)
-                if reason:
-                    row["skipped"] = reason
-                    continue
-                started = time.monotonic()
-                try:
-                    row.update(compiled_run(backbone, batch, sizes.epochs, device, mode, *sizes.compile_batches))
-                    row["speedup"] = row["compiled_images_per_s"] / row["eager_images_per_s"] \
-                        if row["eager_images_per_s"] else None
-                except FellBackToEager as e:   # a number that would lie: say so loudly
-                    row["error"] = f"fell back to eager: {e}"
-                    _log(f"ERROR compile {backbone} {mode}: {row['error']}")
-                except Exception as e:   # a mode that does not work here is a finding, not a crash
-                    if _timed_out(e):   # inductor wraps what is raised inside a compilation
-                        row["error"] = f"timed out after {time.monotonic() - started:.0f} s (compilation included)"
-                        raise SectionTimeout(f"stopped at its {bound:.0f} s bound") from e
-                    row["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
-                finally:
-                    row["seconds_incl_compile"] = time.monotonic() - started
-                    torch._dynamo.reset()
-                    run.save()
-                _log(f"compile {backbone} b{batch} {mode}: {row.get('compiled_images_per_s', row.get('error'))}")
+        for backbone, mode in sizes.compile_runs:
+            row: dict[str, Any] = {"backbone": backbone, "batch": batch, "mode": mode,
+                                   "eager_images_per_s": eager_at.get(backbone)}
+            rows.append(row)
+            if reason:
+                row["skipped"] = reason
+                continue
+            started = time.monotonic()
+            try:
+                row.update(compiled_run(backbone, batch, sizes.epochs, device, mode, *sizes.compile_batches))
+                row["speedup"] = row["compiled_images_per_s"] / row["eager_images_per_s"] \
+                    if row["eager_images_per_s"] else None
+            except FellBackToEager as e:   # a number that would lie: say so loudly
+                row["error"] = f"fell back to eager: {e}"
+                _log(f"ERROR compile {backbone} {mode}: {row['error']}")
+            except Exception as e:   # a mode that does not work here is a finding, not a crash
+                if _timed_out(e):   # inductor wraps what is raised inside a compilation
+                    row["error"] = f"timed out after {time.monotonic() - started:.0f} s (compilation included)"
+                    raise SectionTimeout(f"stopped at its {bound:.0f} s bound") from e
+                row["error"] = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+            finally:
+                row["seconds_incl_compile"] = time.monotonic() - started
+                torch._dynamo.reset()
+                run.save()
+            _log(f"compile {backbone} b{batch} {mode}: {row.get('compiled_images_per_s', row.get('error'))}")
 
     run.section("matmul", matmul)
     run.section("throughput", throughput)

@@ -2,10 +2,10 @@
 fractional-GPU trials (``--gpus-per-trial 1/N``), measured over one shared window.
 
     from bench.gpu_packing import packed_run
-    packed_run("resnet50", trials=4, batch=256, epochs=3, device="cuda", seconds=40)
+    packed_run("resnet50", trials=4, batch=256, epochs=3, data=faces, device="cuda", seconds=40)
 
-Each worker process loads its data, initialises CUDA under its memory cap and trains one warm-up
-epoch, then reports ready and waits. The parent starts every worker at once (a barrier: it
+Each worker process gets the data through shared memory, initialises CUDA under its memory cap
+and trains one warm-up epoch, then reports ready and waits. The parent starts every worker at once (a barrier: it
 waits until each worker is ready or dead), and each worker times its own training window. The
 aggregate is every trial's training images over the shared window (first start to last end),
 and the overlap says how much of that window all trials ran together.
@@ -28,13 +28,14 @@ from typing import Any
 import torch
 
 from fkd_core.config import TrialConfig
-from fkd_core.data import load_dataset
 from fkd_core.metrics import IMAGES_PER_S
 from fkd_core.train import limit_gpu_memory, split_rows, train
 
 # Share of the card left free besides the parent's baseline: the CUDA context estimate
 # (fkd_core.train.CUDA_CONTEXT_BYTES) is a guess, and a card filled to 100% fails at random.
 HEADROOM = 0.05
+# A worker's timed window ends this long before the run's deadline, so that its row arrives.
+WORKER_MARGIN_S = 2.0
 # --inject-failure: the last worker of each packed run raises, or exits without a row.
 INJECT = ("raise", "exit")
 
@@ -43,10 +44,9 @@ class _Enough(Exception):
     """Raised from a worker's report to end its timed training before the deadline."""
 
 
-def _worker(index: int, backbone: str, batch: int, epochs: int, faces: int, device: str,
+def _worker(index: int, backbone: str, batch: int, epochs: int, data: Any, device: str,
             share: float, deadline: float, inject: str | None, start_evt: Any, out: Any) -> None:
     try:
-        data = load_dataset("synthetic", synth_n=faces, synth_seed=0)
         if device == "cpu":   # dry run: the packed processes share the cores instead of fighting for them
             torch.set_num_threads(max(1, int((os.cpu_count() or 1) * share)))
         # What sweep.trainable does for a packed trial, with the share left after the parent.
@@ -94,18 +94,20 @@ def _timed(cfg: TrialConfig, data: Any, device: str, deadline: float) -> dict[st
             "images_per_s": max(r[IMAGES_PER_S] for r in rows)}
 
 
-def packed_run(backbone: str, trials: int, batch: int, epochs: int, faces: int, device: str,
+def packed_run(backbone: str, trials: int, batch: int, epochs: int, data: Any, device: str,
                seconds: float, bare: float | None = None, inject: str | None = None) -> dict[str, Any]:
     """``trials`` worker processes training at once on ``device``, all done or killed within
-    ``seconds``; ``bare``: the bare loop's images/s alone on the device (each trial's ratio);
-    ``inject``: the last worker of a run of 2 or more fails that way (see INJECT)."""
+    ``seconds``; ``data``: a KeypointData on the CPU, handed to the workers through shared memory
+    (generating it in each worker took seconds per worker); ``bare``: the bare loop's images/s
+    alone on the device (each trial's ratio); ``inject``: the last worker of a run of 2 or more
+    fails that way (see INJECT)."""
     deadline = time.monotonic() + seconds
     baseline_mib, total_mib = card_memory_mib(device)
     share = worker_share(trials, baseline_mib / total_mib) if device == "cuda" else 1 / trials
     ctx = mp.get_context("spawn")
     start_evt, out = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_worker, daemon=True, args=(
-        i, backbone, batch, epochs, faces, device, share, deadline,
+        i, backbone, batch, epochs, data, device, share, deadline - WORKER_MARGIN_S,
         inject if trials > 1 and i == trials - 1 else None, start_evt, out)) for i in range(trials)]
     for p in procs:
         p.start()

@@ -14,6 +14,7 @@ from bench import gpu
 from bench.gpu_compile import FellBackToEager, compile_unavailable, compiled_run
 from bench.gpu_packing import packed_run, window_summary
 from fkd_core.config import TrialConfig
+from fkd_core.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +81,8 @@ def test_window_summary_counts_images_over_the_shared_window():
 
 @pytest.mark.slow
 def test_packed_workers_run_together_and_a_dead_worker_sends_an_error_row():
-    result = packed_run("small_cnn", 3, batch=8, epochs=4, faces=96, device="cpu", seconds=120,
+    faces = load_dataset("synthetic", synth_n=96, synth_seed=0)
+    result = packed_run("small_cnn", 3, batch=8, epochs=4, data=faces, device="cpu", seconds=120,
                         inject="exit")
     ok = [w for w in result["workers"] if "error" not in w]
     assert [w["worker"] for w in ok] == [0, 1]
@@ -96,7 +98,8 @@ def test_packed_workers_run_together_and_a_dead_worker_sends_an_error_row():
 @pytest.mark.slow
 def test_a_packing_run_ends_at_its_deadline_with_a_row_per_worker():
     start = time.monotonic()
-    result = packed_run("small_cnn", 2, batch=8, epochs=2, faces=64, device="cpu", seconds=1.0)
+    faces = load_dataset("synthetic", synth_n=64, synth_seed=0)
+    result = packed_run("small_cnn", 2, batch=8, epochs=2, data=faces, device="cpu", seconds=1.0)
     assert time.monotonic() - start < 15                        # killed, not waited for
     assert result["errors"] == [f"worker {i}: no row within the run's 1 s deadline; killed" for i in (0, 1)]
     assert result["aggregate_images_per_s"] == 0.0 and not result["started"]
@@ -193,12 +196,12 @@ def test_prepare_report_counts_untracked_files_without_a_venv(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_sh_passes_the_remaining_budget(tmp_path):
-    """bench/gpu.sh end to end on the CPU (DRY_RUN), with a 40 s limit: bench.gpu gets what
+    """bench/gpu.sh end to end on the CPU (DRY_RUN), with a 60 s limit: bench.gpu gets what
     the limit leaves minus the margin, and its whole run fits in it."""
-    env = {**os.environ, "DRY_RUN": "1", "LIMIT": "40", "OUT": str(tmp_path), "PYTHON": sys.executable}
+    env = {**os.environ, "DRY_RUN": "1", "LIMIT": "60", "OUT": str(tmp_path), "PYTHON": sys.executable}
     done = subprocess.run(["bash", "bench/gpu.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "gpu.json").read_text())
-    assert 10 <= result["budget_s"] <= 20 and result["seconds"]["total"] <= result["budget_s"]
+    assert 30 <= result["budget_s"] <= 40 and result["seconds"]["total"] <= result["budget_s"]
     assert "[gpu.sh] exit 0" in done.stdout
