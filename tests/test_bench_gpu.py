@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_dry_run_with_a_failed_worker_reaches_every_section_within_budget(tmp_path):
-    budget = 90
+    budget = gpu.DEFAULT_BUDGET_S["cpu"]
     start = time.monotonic()
     assert gpu.main(["--dry-run", "--out", str(tmp_path), "--inject-failure", "raise",
                      "--budget-seconds", str(budget)]) == 0
