@@ -377,10 +377,12 @@ def markdown(result: dict) -> str:
         if "skipped" in sweep:
             lines += ["", f"Study sweep: skipped, {sweep['skipped']}"]
         else:
-            lines += ["", f"Study sweep: exit {sweep['returncode']} after {sweep['wall_s']:.0f} s (Ctrl-C at "
-                          f"{_num(sweep['interrupted_after_s'])} s), {sweep.get('trials_rows', 0)} trials "
-                          f"{sweep.get('statuses', {})}, {sweep.get('epochs_rows', 0)} epoch rows, median epoch "
-                          f"{_num(sweep.get('median_epoch_s'), '.1f')} s at {_num(sweep.get('median_images_per_s'))} img/s"]
+            box = f"Ctrl-C at {sweep['interrupted_after_s']:.0f} s" if sweep["interrupted_after_s"] else "in its box"
+            lines += ["", f"Study sweep: exit {sweep['returncode']} after {sweep['wall_s']:.0f} s ({box}), "
+                          f"{sweep.get('trials_rows', 0)} trials "
+                          f"{sweep.get('statuses', {})}, {sweep.get('epochs_rows', 0)} epoch rows, median "
+                          f"epoch {_num(sweep.get('median_epoch_s'), '.1f')} s at "
+                          f"{_num(sweep.get('median_images_per_s'))} img/s"]
     if result.get("compile"):
         lines += ["", "| backbone | batch | torch.compile mode | eager img/s | compiled img/s | speedup "
                   "| graphs | s incl. compile |", "|---|---|---|---|---|---|---|---|"]
