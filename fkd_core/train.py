@@ -273,15 +273,25 @@ def _atomic_write(path: Path, payload: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(directory: str | Path, state: dict[str, Any], best: bool) -> None:
-    """checkpoint.pt every epoch, plus best.pt when the epoch improved the best val RMSE."""
+def save_checkpoint(directory: str | Path, state: dict[str, Any], best: bool, resume: bool = True) -> None:
+    """checkpoint.pt when ``resume`` (a resume point), best.pt when ``best`` (the epoch improved
+    the best val RMSE); the same bytes, serialised once."""
+    if not (best or resume):
+        return
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    _atomic_write(directory / CHECKPOINT, buffer.getvalue())
+    if resume:
+        _atomic_write(directory / CHECKPOINT, buffer.getvalue())
     if best:
         _atomic_write(directory / BEST, buffer.getvalue())
+
+
+def checkpoint_due(every: int, epoch: int, last: bool) -> bool:
+    """Whether ``epoch`` writes checkpoint.pt under TrialConfig.checkpoint_every (the trial's
+    last epoch always does, so a finished trial's checkpoint holds its final state)."""
+    return last or (every > 0 and epoch % every == 0)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -454,7 +464,8 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         cfg: every knob of the trial.
         data: the whole labelled set; split and missing policy are applied here.
         report: called after the epoch's checkpoint (if any) is written.
-        checkpoint_dir: write checkpoint.pt each epoch (and best.pt on improvement) there.
+        checkpoint_dir: write checkpoint.pt (every cfg.checkpoint_every epochs and the last) and
+            best.pt (on improvement, when cfg.checkpoint_best) there.
         resume_from: a directory holding checkpoint.pt; training continues at its next epoch.
         on_step: called after each training step with (step, steps in the epoch), for progress
             bars; it gets plain ints, so it adds no host sync.
@@ -500,7 +511,9 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         trial.scheduler.step(row[metrics.VAL_LOSS])
         progress.wall_seconds = wall_before + time.perf_counter() - start
         if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, trial.state(progress, cfg, data), improved)
+            last = epoch == cfg.max_epochs or progress.patience_spent(cfg.patience)
+            save_checkpoint(checkpoint_dir, trial.state(progress, cfg, data), improved and cfg.checkpoint_best,
+                            resume=checkpoint_due(cfg.checkpoint_every, epoch, last))
         report(row)
         if progress.patience_spent(cfg.patience):
             stopped = "early_stop"

@@ -45,7 +45,8 @@ OK_STATUSES = ("completed", "asha_stopped", "early_stopped")
 ARM_COLUMNS = ("shape", "alpha")
 REPLICATE_KEYS = ("seed", "split_seed", "synth_seed")
 # Knobs that change speed, not results: they never split cells nor enter importance.
-RUNTIME_COLUMNS = ("device", "precision", "channels_last", "compile", "compile_mode")
+RUNTIME_COLUMNS = ("device", "precision", "channels_last", "compile", "compile_mode", "checkpoint_every",
+                   "checkpoint_best")
 # Set by the phase, never by the space: they do not split cells.
 PHASE_COLUMNS = ("score_test", "phase", "replicate", "cell")
 # A float column with more distinct values than this was sampled, not gridded: not a cell.

@@ -98,9 +98,16 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
     try:
         resume_from = _restore(tune.get_checkpoint(), workdir)
 
+        written = _written(workdir)
+
         def report(row: dict[str, Any]) -> None:
-            tune.report({**row, DEVICE: device, DEVICE_NAME: device_name},
-                        checkpoint=tune.Checkpoint.from_directory(str(workdir)))
+            # Only an epoch that wrote a file (TrialConfig.checkpoint_every/_best) is handed to
+            # Tune: each hand-over copies the whole folder into the trial's storage.
+            nonlocal written
+            now = _written(workdir)
+            checkpoint = tune.Checkpoint.from_directory(str(workdir)) if now != written else None
+            written = now
+            tune.report({**row, DEVICE: device, DEVICE_NAME: device_name}, checkpoint=checkpoint)
 
         try:
             train_fn(cfg, data, report, checkpoint_dir=str(workdir), resume_from=resume_from)
@@ -136,6 +143,12 @@ def _limit_gpu_memory(share: float, device: str) -> float | None:
     if share <= 0.0 or not device.startswith("cuda"):
         return None
     return limit_gpu_memory(share, torch.device(device))
+
+
+def _written(workdir: Path) -> set[tuple[str, int, int]]:
+    """(name, inode, mtime) of each file: train replaces a checkpoint by renaming a new file
+    over it, so a write always changes the inode even within the clock's resolution."""
+    return {(p.name, p.stat().st_ino, p.stat().st_mtime_ns) for p in workdir.iterdir() if p.is_file()}
 
 
 def _restore(checkpoint: Any, workdir: Path) -> str | None:
