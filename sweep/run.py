@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 from fkd_core import metrics as M
 from sweep import results as R
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
+from sweep.lock import FolderError, SweepBusy, SweepLock, check_name, check_writable, lock_dir
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
 from sweep.trainable import TrainFn, share, train_trial
 
@@ -151,8 +152,10 @@ def _space(args: argparse.Namespace) -> Space:
     num_samples, max_epochs, seeds = args.num_samples, args.max_epochs, args.seeds
     if args.smoke_test:
         fixed.update(SMOKE["fixed"])
-        num_samples = num_samples or SMOKE["num_samples"]
-        max_epochs, seeds = max_epochs or SMOKE["max_epochs"], seeds or SMOKE["seeds"]
+        # `is None`, not `or`: an explicit 0 is the user's value (and rejected below).
+        num_samples = SMOKE["num_samples"] if num_samples is None else num_samples
+        max_epochs = SMOKE["max_epochs"] if max_epochs is None else max_epochs
+        seeds = SMOKE["seeds"] if seeds is None else seeds
     if args.data:
         fixed["data"] = args.data
     for opt, value in (("--num-samples", num_samples), ("--max-epochs", max_epochs),
@@ -476,20 +479,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         cluster = load_cluster(args.cluster)
         # Bad options, spaces or data paths fail here, before Ray starts.
-        _check_resume_args(args) if args.resume else _space(args)
-    except (UsageError, ClusterError, SpaceError) as err:
+        space = None if args.resume else _space(args)
+        if args.resume:
+            _check_resume_args(args)
+        # The sweep owns its folder from here on: a second run of the same name stops here.
+        lock = _own_folder(args, cluster, space)
+    except (UsageError, ClusterError, SpaceError, FolderError, SweepBusy) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     import ray
 
-    connect(cluster)
     try:
+        connect(cluster)
         return _main(args, cluster)
     except (UsageError, SpaceError) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()
+        lock.release()
+
+
+def _own_folder(args: argparse.Namespace, cluster: ClusterSpec, space: Space | None) -> SweepLock:
+    """Check --name and --results-dir, then lock <results-dir>/<name> (sweep.lock)."""
+    if args.name is None and space is not None:   # the default name, fixed now for the lock
+        args.name = f"{space.name}-{_data_tag(space)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_name(args.name)
+    root = args.results_dir or (args.storage if args.storage and "://" in args.storage
+                                else cluster.results_dir)
+    check_writable(root)
+    lock = SweepLock(lock_dir(f"{root.rstrip('/')}/{args.name}", args.name))
+    lock.acquire()
+    return lock
 
 
 def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:

@@ -51,6 +51,10 @@ def study_trials(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     (["--space", "nope"], "unknown space 'nope'"),
     (["--cluster", "missing.yaml"], "missing.yaml: no such cluster file"),
     (["--num-samples", "0"], "--num-samples must be >= 1"),
+    # --smoke-test fills in what was not given, never an explicit 0 (issue 13, item 8)
+    (["--smoke-test", "--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+    (["--smoke-test", "--max-epochs", "0"], "--max-epochs must be >= 1, got 0"),
+    (["--smoke-test", "--seeds", "0"], "--seeds must be >= 1, got 0"),
     (["--max-epochs", "x"], "invalid int value"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--resume"], "--resume needs --name"),
@@ -205,3 +209,10 @@ def test_data_reaches_trials_from_shared_memory_without_a_copy(ray_local):
     assert isinstance(raw, np.ndarray) and not raw.flags.writeable
     assert got.images.data_ptr() == raw.__array_interface__["data"][0]
     assert got.images.equal(original.images) and len(got) == 50 and got.schema == original.schema
+
+
+def test_smoke_test_keeps_explicit_values_and_fills_in_the_rest():
+    from sweep.run import _space, build_parser
+
+    space = _space(build_parser().parse_args(["--smoke-test", "--seeds", "2", "--num-samples", "1"]))
+    assert (space.seeds, space.trials, space.max_epochs) == (2, 1, SMOKE["max_epochs"])
