@@ -135,8 +135,7 @@ def resolve(args: argparse.Namespace, cluster: ClusterSpec, cluster_gpus: float,
     root = args.results_dir or (args.storage if args.storage and "://" in args.storage
                                 else cluster.results_dir)
     results_uri = f"{root.rstrip('/')}/{name}"
-    if R.read_table(f"{results_uri}/{R.TRIALS_FILE}") is not None or \
-            _exists(f"{results_uri}/{SWEEP_FILE}"):
+    if _exists(f"{results_uri}/{R.TRIALS_FILE}") or _exists(f"{results_uri}/{SWEEP_FILE}"):
         raise UsageError(f"{results_uri} already holds a sweep: add --resume to continue it, "
                          "or pick another --name")
     return Settings(name=name, space=space, results_uri=results_uri,
@@ -316,15 +315,17 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
         tune.with_parameters(train_trial, datasets={k: share(d) for k, d in data_sets.items()},
                              train_fn=train_fn),
         {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
-    if s.resume:
-        tuner = tune.Tuner.restore(s.experiment_path, trainable=trainable, resume_errored=False,
-                                   restart_errored=False)
+    if s.resume:   # rebuilt from Optuna, Parquet and the trial folders, not Tune's snapshot
+        from sweep.recovery import resume_sweep
+
+        grid, fit_seconds = resume_sweep(
+            s, trainable, info, lambda st: _new_tuner(st, trainable, info, callbacks, log), log)
     else:
         save_settings(s, info)
         tuner = _new_tuner(s, trainable, info, callbacks, log)
-    start = time.perf_counter()
-    grid = tuner.fit()
-    fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        grid = tuner.fit()
+        fit_seconds = time.perf_counter() - start
     trials = _finalize(s, info, grid)
     epochs = R.read_table(f"{s.results_uri}/{R.EPOCHS_FILE}")
     return Outcome(s, trials, fit_seconds, _paths(s), epochs.to_pandas() if epochs is not None else None)
@@ -369,8 +370,9 @@ def _searcher(s: Settings) -> Any:
     return OptunaSearch(
         Sampler(s.space), metric=M.OBJECTIVE, mode="min", sampler=sampler, study_name=s.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{s.optuna_path.resolve()}"),
-        # Only the grid points this sweep will run, so none waits forever in the study.
-        points_to_evaluate=s.space.cells()[:s.space.trials] or None)
+        # Only the grid points this sweep will run, so none waits forever in the study; a resumed
+        # study still holds the ones not yet run (enqueued at its start).
+        points_to_evaluate=None if s.resume else s.space.cells()[:s.space.trials] or None)
 
 
 def _trial_name(trial: Any) -> str:
@@ -492,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         connect(cluster)
         return _main(args, cluster)
-    except (UsageError, SpaceError) as err:
+    except (UsageError, SpaceError, R.DamagedResults) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     finally:

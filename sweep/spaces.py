@@ -296,7 +296,8 @@ class Sampler:
         trial.set_user_attr("seed", seed)
         # The Tune config: Optuna's picks (what was searched) plus the complete TrialConfig
         # fields under "cfg", which the trainable turns into TrialConfig(**config["cfg"]).
-        return {"cfg": self.space.fields(picks, seed=seed)}
+        # "optuna_trial" ties the Tune trial to its Optuna trial for a resume (sweep.recovery).
+        return {"cfg": self.space.fields(picks, seed=seed), "optuna_trial": trial.number}
 
 
 def data_key(cfg: TrialConfig) -> str:

@@ -96,7 +96,7 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
     # storage each epoch, so a retry on any node starts from the last reported epoch.
     workdir = Path(tempfile.mkdtemp(prefix="fkd-trial-"))
     try:
-        resume_from = _restore(tune.get_checkpoint(), workdir)
+        resume_from = _restore(tune.get_checkpoint() or _resume_checkpoint(config), workdir)
 
         def report(row: dict[str, Any]) -> None:
             tune.report({**row, DEVICE: device, DEVICE_NAME: device_name},
@@ -136,6 +136,14 @@ def _limit_gpu_memory(share: float, device: str) -> float | None:
     if share <= 0.0 or not device.startswith("cuda"):
         return None
     return limit_gpu_memory(share, torch.device(device))
+
+
+def _resume_checkpoint(config: dict[str, Any]) -> Any:
+    """The checkpoint a rebuilt --resume hands a trial it reruns (sweep.recovery), if any."""
+    from ray import tune
+
+    path = config.get("resume_checkpoint")
+    return tune.Checkpoint(path) if path else None
 
 
 def _restore(checkpoint: Any, workdir: Path) -> str | None:
