@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from sweep import results as R
 from sweep.results import DamagedResults, ResultsWriter
+from sweep.trainable import ROWS_FILE
 
 RESUME_OF = "resume_of"
 """Config key of a phase-A trial: the id of the trial it continues (its rows and record)."""
@@ -78,6 +79,10 @@ def scan(experiment_dir: Path) -> dict[str, Found]:
         epoch, path = _latest_checkpoint(folder)
         if path is not None and epoch >= trial.checkpoint_epoch:
             trial.checkpoint, trial.checkpoint_epoch = path, epoch
+            # The checkpoint's own rows: result.json may not have received the last ones.
+            for row in _result_lines(Path(path) / ROWS_FILE):
+                if int(row["epoch"]) <= epoch:
+                    trial.rows.setdefault(int(row["epoch"]), row)
     return found
 
 

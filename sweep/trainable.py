@@ -11,6 +11,7 @@ continues from it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import shutil
 import tempfile
@@ -99,6 +100,7 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
         resume_from = _restore(tune.get_checkpoint() or _resume_checkpoint(config), workdir)
 
         def report(row: dict[str, Any]) -> None:
+            _append_row(workdir, row)   # the checkpoint carries every row it has seen
             tune.report({**row, DEVICE: device, DEVICE_NAME: device_name},
                         checkpoint=tune.Checkpoint.from_directory(str(workdir)))
 
@@ -136,6 +138,17 @@ def _limit_gpu_memory(share: float, device: str) -> float | None:
     if share <= 0.0 or not device.startswith("cuda"):
         return None
     return limit_gpu_memory(share, torch.device(device))
+
+
+# Every reported row, one JSON line each, inside the trial's checkpoint: Tune's result.json is
+# written by the driver and can lag behind (or lose the tail of) a checkpoint the trial already
+# persisted when the driver is killed; sweep.recovery reads the rows from here.
+ROWS_FILE = "rows.jsonl"
+
+
+def _append_row(workdir: Path, row: dict[str, Any]) -> None:
+    with open(workdir / ROWS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def _resume_checkpoint(config: dict[str, Any]) -> Any:
