@@ -180,7 +180,11 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
     _set_aside_damaged(s.results_uri, log)
     writer = R.ResultsWriter(s.results_uri, s.name, info, log=None)
     writer.setup()
-    study = optuna.load_study(study_name=s.name, storage=f"sqlite:///{s.optuna_path.resolve()}")
+    try:
+        study = optuna.load_study(study_name=s.name, storage=f"sqlite:///{s.optuna_path.resolve()}")
+    except KeyError:   # optuna.db lost or replaced: it is the list of trials the sweep proposed
+        raise DamagedResults(f"{s.optuna_path}: no Optuna study {s.name!r}, which --resume needs "
+                             "(the list of proposed trials); start a new sweep with another --name") from None
     found = scan(Path(s.experiment_path))
     for trial in found.values():   # epochs reported after the last Parquet write
         writer.merge_rows(trial.trial_id, trial.rows.values())
