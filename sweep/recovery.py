@@ -199,9 +199,11 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
     start = time.perf_counter()
     if todo.rerun:
         _rerun(s, trainable, info, todo.rerun, log)
-    _tell_optuna(study, s.results_uri, todo)
+    recorded = _tell_optuna(study, s.results_uri, todo)
     grid: Any = []
     remaining = s.space.trials - todo.proposed
+    if any(item[RESUME_OF] not in recorded for item in todo.rerun):
+        return grid, time.perf_counter() - start   # Ctrl-C in phase A: stop, resume later
     if remaining > 0:
         # Phase B: the study pops its remaining enqueued grid points first, then samples.
         space = dataclasses.replace(s.space, num_samples=remaining)
@@ -285,11 +287,13 @@ def _fixed_configs(items: list[dict[str, Any]]) -> Any:
     return FixedConfigs()
 
 
-def _tell_optuna(study: Any, results_uri: str, todo: Plan) -> None:
-    """Finish the Optuna trials of settled and rerun trials as OptunaSearch would have."""
+def _tell_optuna(study: Any, results_uri: str, todo: Plan) -> set[str]:
+    """Finish the Optuna trials of settled and rerun trials as OptunaSearch would have; return
+    the ids of the recorded trials."""
     import optuna
 
     from fkd_core import metrics as M
+
     table = R.read_table(f"{results_uri}/{R.TRIALS_FILE}")
     records = {r["trial_id"]: r for r in table.to_pylist()} if table is not None else {}
     for trial_id, rec in records.items():
@@ -301,6 +305,7 @@ def _tell_optuna(study: Any, results_uri: str, todo: Plan) -> None:
             study.tell(number, state=optuna.trial.TrialState.FAIL)
         else:
             study.tell(number, value)
+    return set(records)
 
 
 # --- phase A's results writer ---------------------------------------------------------------
