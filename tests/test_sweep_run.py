@@ -216,3 +216,18 @@ def test_smoke_test_keeps_explicit_values_and_fills_in_the_rest():
 
     space = _space(build_parser().parse_args(["--smoke-test", "--seeds", "2", "--num-samples", "1"]))
     assert (space.seeds, space.trials, space.max_epochs) == (2, 1, SMOKE["max_epochs"])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("axes: {backbone: [small_cnn, nope]}\n", "axes.backbone[1]: 'nope' is not one of"),
+    ("fixed: !!python/object:os.system {}\n", "tag !!python/object:os.system is not allowed"),
+    ("fixed: {lr: abc}\n", "fixed.lr: expected a number, got 'abc'"),
+])
+def test_bad_space_file_is_one_line_before_ray_starts(tmp_path, capsys, text, message):
+    space = tmp_path / "bad.yaml"
+    space.write_text(text)
+    start = time.perf_counter()
+    assert main(["--space", str(space), "--results-dir", str(tmp_path / "r")]) == 2
+    assert time.perf_counter() - start < 5 and not (tmp_path / "r").exists()   # no Ray, no folder
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{space}: " in err and message in err
