@@ -517,7 +517,10 @@ def _own_folder(args: argparse.Namespace, cluster: ClusterSpec, space: Space | N
     root = args.results_dir or (args.storage if args.storage and "://" in args.storage
                                 else cluster.results_dir)
     check_writable(root)
-    lock = SweepLock(lock_dir(f"{root.rstrip('/')}/{args.name}", args.name))
+    folder = f"{root.rstrip('/')}/{args.name}"
+    if args.resume and "://" not in folder and not Path(folder, SWEEP_FILE).is_file():
+        raise UsageError(f"{folder}/{SWEEP_FILE} not found: nothing to resume under --name {args.name}")
+    lock = SweepLock(lock_dir(folder, args.name))
     lock.acquire()
     return lock
 
