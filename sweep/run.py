@@ -549,9 +549,13 @@ def _load_or_fail(space: Space) -> dict[str, Any]:
     from fkd_core.data import DataError
 
     try:
-        return load_data(space)
+        data_sets = load_data(space)
     except (DataError, FileNotFoundError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
+    for d in data_sets.values():   # every trial would fail on it: say so once, before Tune starts
+        if not d.keypoints.isfinite().all(dim=-1).any():
+            raise UsageError(f"{d.source}: no keypoint is present in any of its {len(d)} rows")
+    return data_sets
 
 
 if __name__ == "__main__":

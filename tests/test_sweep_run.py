@@ -231,3 +231,20 @@ def test_bad_space_file_is_one_line_before_ray_starts(tmp_path, capsys, text, me
     assert time.perf_counter() - start < 5 and not (tmp_path / "r").exists()   # no Ray, no folder
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{space}: " in err and message in err
+
+
+@pytest.mark.slow
+def test_data_without_any_keypoint_is_one_line_before_trials_start(tmp_path):
+    from fkd_core.synth import main as synth_main
+
+    synth_main(["--n", "40", "--seed", "1", "--out", str(tmp_path / "s.csv")])
+    frame = pd.read_csv(tmp_path / "s.csv")
+    frame[frame.columns[:-1]] = np.nan                  # every keypoint missing
+    frame.to_csv(tmp_path / "empty.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "sweep.run", "--cluster", local_cluster(tmp_path, 1),
+                           "--smoke-test", "--data", str(tmp_path / "empty.csv"), "--name", "e"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if "WARNING" not in l]
+    assert lines == [f"sweep.run: error: {tmp_path / 'empty.csv'}: no keypoint is present in any "
+                     "of its 40 rows"]
