@@ -254,7 +254,7 @@ def _rerun(s: Any, trainable: Any, info: dict[str, Any], items: list[dict[str, A
 
     from sweep import run
 
-    writer = ResumedWriter(s.results_uri, s.name, info, log=log, total=len(items))
+    writer = ResumedWriter(s.results_uri, s.name, info, log=log, total=s.space.trials)
     tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
