@@ -141,6 +141,15 @@ def split_rows(data: KeypointData, cfg: TrialConfig) -> tuple[Tensor, Tensor, Te
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError(f"{data.source}: {len(train_idx)} training and {len(val_idx)} validation "
                          f"rows after split={cfg.split!r}, missing={cfg.missing!r}; need at least one each")
+    # A split without a single present keypoint gives a 0/0 loss or metric: the run would
+    # "diverge" in epoch 1 for a reason that is the data's, not the optimiser's.
+    # One host read for both splits (these are CPU tensors; the count is per trial, not per step).
+    splits = {"training": train_kps, "validation": data.keypoints[val_idx]}
+    present = torch.stack([torch.isfinite(k).all(dim=-1).any() for k in splits.values()])
+    if not present.all():
+        name, kps = next((n, k) for (n, k), ok in zip(splits.items(), present.tolist()) if not ok)
+        raise ValueError(f"{data.source}: no keypoint is present in the {len(kps)} {name} rows "
+                         f"(missing={cfg.missing!r}); nothing to learn or score")
     return train_idx, train_kps, val_idx
 
 
@@ -441,8 +450,15 @@ def _run_epoch(trial: _Trial, net: nn.Module, epoch: int, objective: Loss, steps
     whatever scores validation scores test) and return the reported row (the only host reads)."""
     t0 = time.perf_counter()
     lr = trial.optimizer.param_groups[0]["lr"]
-    train_loss = train_one_epoch(net, trial.optimizer, objective, train_data, steps,
-                                 trial.batch_gen, trial.aug_gen).item()
+    try:
+        train_loss = train_one_epoch(net, trial.optimizer, objective, train_data, steps,
+                                     trial.batch_gen, trial.aug_gen).item()
+    except RuntimeError as err:
+        # Adam with lr ~1e38 overflows float32 inside its own update ("value cannot be converted
+        # to type float without overflow"): the same outcome as a NaN loss, so record a divergence.
+        if "overflow" not in str(err):
+            raise
+        train_loss = math.inf
     train_seconds = time.perf_counter() - t0
     lost = {"loss": math.inf, "rmse_px": math.inf, "nme": math.inf, "shape_err_px": math.inf}
     if math.isfinite(train_loss):
@@ -660,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.resume:
             bar.epoch = load_checkpoint(out, map_location="cpu")["epoch"] + 1
+        out.mkdir(parents=True, exist_ok=True)   # a run that diverges in epoch 1 saves no checkpoint
         summary = train(cfg, data, report, checkpoint_dir=str(out),
                         resume_from=str(out) if args.resume else None, on_step=bar)
     except (ValueError, OSError, WeightsUnavailable) as exc:
@@ -667,9 +684,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _write_metrics(out, rows)
     (out / "summary.json").write_text(_strict_json(summary.to_dict()) + "\n")
-    print(f"[{tag}] {summary.stopped} after {summary.epochs} epochs: best val RMSE "
-          f"{summary.best_val_rmse_px:.3f} px at epoch {summary.best_epoch}; best model {out / BEST}",
-          file=sys.stderr)
+    if summary.best_epoch == 0:   # diverged in its first epoch: no model worth keeping
+        print(f"[{tag}] diverged in epoch {summary.epochs} (loss not finite; lr {cfg.lr:g}): no model "
+              f"saved; epochs in {out / 'metrics.csv'}", file=sys.stderr)
+    else:
+        print(f"[{tag}] {summary.stopped} after {summary.epochs} epochs: best val RMSE "
+              f"{summary.best_val_rmse_px:.3f} px at epoch {summary.best_epoch}; best model {out / BEST}",
+              file=sys.stderr)
     if args.json:
         print(_strict_json(summary.to_dict()))
     return 0

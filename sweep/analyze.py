@@ -68,15 +68,21 @@ def best(metric: str) -> str:
 
 def read_parquet(root: str, name: str) -> pd.DataFrame:
     """root/name as a DataFrame; root is a folder or an s3:// / gs:// URI."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     uri = f"{root.rstrip('/')}/{name}"
-    if "://" in root:
-        import pyarrow.fs
+    try:
+        if "://" in root:
+            import pyarrow.fs
 
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-        return pq.read_table(path, filesystem=fs).to_pandas()
-    return pq.read_table(uri).to_pandas()
+            fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+            return pq.read_table(path, filesystem=fs).to_pandas()
+        return pq.read_table(uri).to_pandas()
+    except pa.ArrowInvalid as exc:   # truncated: one line saying how to rebuild it (exit 2)
+        from sweep.results import damaged
+
+        raise damaged(uri, exc) from None
 
 
 def classify(trials: pd.DataFrame) -> pd.Series:
@@ -242,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report, verdicts = analyze_with_verdicts(args.results, args.out)
     except FileNotFoundError as exc:
         print(f"{args.results}: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        if type(exc).__name__ != "DamagedResults":   # sweep.results, imported only on that path
+            raise
+        print(f"sweep.analyze: error: {exc}", file=sys.stderr)
         return 2
     print(verdicts)
     print(f"wrote {report}")

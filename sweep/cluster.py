@@ -17,6 +17,7 @@ Three kinds of file are accepted by ``--cluster``:
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,8 @@ class ClusterSpec:
     dashboard_host: str = "127.0.0.1"
     include_dashboard: bool = False
     object_store_mb: int | None = None
+    loopback_only: bool = False
+    """Local only: every Ray process (GCS, raylet, workers, agents) listens on 127.0.0.1."""
     max_trials_at_once: int | None = None
     """What the cluster file says it can hold at once (ray up / KubeRay), None for local."""
 
@@ -121,10 +124,26 @@ def connect(spec: ClusterSpec) -> None:
         ray.init(address="auto", logging_level=logging.WARNING, log_to_driver=False)
         return
     store = spec.object_store_mb * 2**20 if spec.object_store_mb else None
+    if spec.loopback_only:
+        _keep_on_loopback()
     ray.init(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, object_store_memory=store,
              include_dashboard=spec.include_dashboard, dashboard_host=spec.dashboard_host,
              # Trials print nothing the sweep needs; their errors reach the results table.
              logging_level=logging.WARNING, log_to_driver=False)
+
+
+def _keep_on_loopback() -> None:
+    """Make Ray treat this machine as a non-cluster, whose node IP is 127.0.0.1.
+
+    Ray 2.60 binds its servers to the node IP, and ray.init turns a node IP of 127.0.0.1 into
+    the machine's external address; only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 does it keep
+    the loopback address (its one meaning). The variable reaches the processes Ray starts; the
+    driver read it at import, so its copy of the constant is set too.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def per_trial_resources(spec: ClusterSpec, cluster_gpus: float) -> dict[str, float]:

@@ -155,10 +155,32 @@ def write_atomic(table: pa.Table, uri: str) -> None:
 
 
 def read_table(uri: str) -> pa.Table | None:
+    """The file's table, None when there is no file; a damaged file raises DamagedResults."""
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
-    return pq.read_table(path, filesystem=fs)
+    return read_checked(lambda: pq.read_table(path, filesystem=fs), uri)
+
+
+class DamagedResults(ValueError):
+    """A results file that cannot be read; the message names it and how to recover, one line."""
+
+
+def damaged(uri: str, err: Exception) -> DamagedResults:
+    name = posixpath.basename(posixpath.dirname(uri.rstrip("/")))
+    return DamagedResults(f"{uri}: damaged Parquet file ({' '.join(str(err).split())[:120]}); "
+                          f"python -m sweep.run --name {name} --resume rebuilds it from the "
+                          "sweep's other records (optuna.db, ray/ trial folders)")
+
+
+def read_checked(read: Callable[[], pa.Table], uri: str) -> pa.Table:
+    """``read()`` with a truncated or foreign file turned into one DamagedResults line."""
+    try:
+        return read()
+    except (pa.ArrowInvalid, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise damaged(uri, err) from None
 
 
 def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from sweep import commands, tracking
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
 from sweep.confirm import ConfirmError, add_plan_options, plan_of
+from sweep.lock import FolderError, SweepBusy, SweepLock, check_name, check_writable, lock_dir
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
 
 if TYPE_CHECKING:
@@ -166,8 +167,7 @@ def resolve(args: argparse.Namespace, cluster: ClusterSpec, cluster_gpus: float,
     root = args.results_dir or (args.storage if args.storage and "://" in args.storage
                                 else cluster.results_dir)
     results_uri = f"{root.rstrip('/')}/{name}"
-    if R.read_table(f"{results_uri}/{R.TRIALS_FILE}") is not None or \
-            _exists(f"{results_uri}/{SWEEP_FILE}"):
+    if _exists(f"{results_uri}/{R.TRIALS_FILE}") or _exists(f"{results_uri}/{SWEEP_FILE}"):
         raise UsageError(f"{results_uri} already holds a sweep: add --resume to continue it, "
                          "or pick another --name")
     return Settings(name=name, space=space, results_uri=results_uri,
@@ -183,8 +183,10 @@ def _space(args: argparse.Namespace) -> Space:
     num_samples, max_epochs, seeds = args.num_samples, args.max_epochs, args.seeds
     if args.smoke_test:
         fixed.update(SMOKE["fixed"])
-        num_samples = num_samples or SMOKE["num_samples"]
-        max_epochs, seeds = max_epochs or SMOKE["max_epochs"], seeds or SMOKE["seeds"]
+        # `is None`, not `or`: an explicit 0 is the user's value (and rejected below).
+        num_samples = SMOKE["num_samples"] if num_samples is None else num_samples
+        max_epochs = SMOKE["max_epochs"] if max_epochs is None else max_epochs
+        seeds = SMOKE["seeds"] if seeds is None else seeds
     if args.data:
         fixed["data"] = args.data
     for opt, value in (("--num-samples", num_samples), ("--max-epochs", max_epochs),
@@ -347,15 +349,24 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
         tune.with_parameters(train_trial, datasets={k: share(d) for k, d in data_sets.items()},
                              train_fn=train_fn),
         {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
-    if s.resume:
+    if s.resume and "://" not in s.experiment_path:
+        # Rebuilt from Optuna, Parquet and the trial folders, not Tune's snapshot (sweep.recovery).
+        from sweep.recovery import resume_sweep
+
+        grid, fit_seconds = resume_sweep(
+            s, trainable, info, lambda st: _new_tuner(st, trainable, info, callbacks, log), log)
+    elif s.resume:   # trial folders in a bucket: Tune's own restore (recovery reads local folders)
         tuner = tune.Tuner.restore(s.experiment_path, trainable=trainable, resume_errored=False,
                                    restart_errored=False)
+        start = time.perf_counter()
+        grid = tuner.fit()
+        fit_seconds = time.perf_counter() - start
     else:
         save_settings(s, info)
         tuner = _new_tuner(s, trainable, info, callbacks, log)
-    start = time.perf_counter()
-    grid = tuner.fit()
-    fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        grid = tuner.fit()
+        fit_seconds = time.perf_counter() - start
     trials = _finalize(s, info, grid)
     epochs = R.read_table(f"{s.results_uri}/{R.EPOCHS_FILE}")
     return Outcome(s, trials, fit_seconds, _paths(s), epochs.to_pandas() if epochs is not None else None)
@@ -400,8 +411,9 @@ def _searcher(s: Settings) -> Any:
     return OptunaSearch(
         Sampler(s.space), metric=M.OBJECTIVE, mode="min", sampler=sampler, study_name=s.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{s.optuna_path.resolve()}"),
-        # Only the grid points this sweep will run, so none waits forever in the study.
-        points_to_evaluate=s.space.cells()[:s.space.trials] or None)
+        # Only the grid points this sweep will run, so none waits forever in the study; a resumed
+        # study still holds the ones not yet run (enqueued at its start).
+        points_to_evaluate=None if s.resume else s.space.cells()[:s.space.trials] or None)
 
 
 def _trial_name(trial: Any) -> str:
@@ -518,22 +530,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_environment()   # after parsing: --help and usage errors need no optuna import
         cluster = load_cluster(args.cluster)
         # Bad options, spaces or data paths fail here, before Ray starts.
-        _check_resume_args(args) if args.resume else _space(args)
+        space = None if args.resume else _space(args)
+        if args.resume:
+            _check_resume_args(args)
         tracking.check(args.mlflow)
-        plan_of(args, None if args.resume else _space(args))
-    except (UsageError, ClusterError, SpaceError, ConfirmError, tracking.TrackingError) as err:
+        plan_of(args, space)
+        # The sweep owns its folder from here on: a second run of the same name stops here.
+        lock = _own_folder(args, cluster, space)
+    except (UsageError, ClusterError, SpaceError, ConfirmError, tracking.TrackingError, FolderError,
+            SweepBusy) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     import ray
 
-    connect(cluster)
     try:
+        connect(cluster)
         return _main(args, cluster)
-    except (UsageError, SpaceError, ConfirmError) as err:
+    except (UsageError, SpaceError, ConfirmError, R.DamagedResults) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()
+        lock.release()
+
+
+def _own_folder(args: argparse.Namespace, cluster: ClusterSpec, space: Space | None) -> SweepLock:
+    """Check --name and --results-dir, then lock <results-dir>/<name> (sweep.lock)."""
+    if args.name is None and space is not None:   # the default name, fixed now for the lock
+        args.name = f"{space.name}-{_data_tag(space)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_name(args.name)
+    root = args.results_dir or (args.storage if args.storage and "://" in args.storage
+                                else cluster.results_dir)
+    check_writable(root)
+    folder = f"{root.rstrip('/')}/{args.name}"
+    if args.resume and "://" not in folder and not Path(folder, SWEEP_FILE).is_file():
+        raise UsageError(f"{folder}/{SWEEP_FILE} not found: nothing to resume under --name {args.name}")
+    lock = SweepLock(lock_dir(folder, args.name))
+    lock.acquire()
+    return lock
 
 
 def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
@@ -567,9 +601,13 @@ def _load_or_fail(space: Space) -> dict[str, Any]:
     from fkd_core.data import DataError
 
     try:
-        return load_data(space)
+        data_sets = load_data(space)
     except (DataError, FileNotFoundError) as err:
         raise UsageError(str(err).splitlines()[0]) from None
+    for d in data_sets.values():   # every trial would fail on it: say so once, before Tune starts
+        if not d.keypoints.isfinite().all(dim=-1).any():
+            raise UsageError(f"{d.source}: no keypoint is present in any of its {len(d)} rows")
+    return data_sets
 
 
 if __name__ == "__main__":

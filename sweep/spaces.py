@@ -249,7 +249,9 @@ def get_space(name_or_path: str) -> Space:
         path = Path(name_or_path)
         if not path.is_file():
             raise SpaceError(f"{path}: no such space file")
-        raw = yaml.safe_load(path.read_text()) or {}
+        from sweep.space_check import load_yaml
+
+        raw = load_yaml(path) or {}
         if not isinstance(raw, dict):
             raise SpaceError(f"{path}: expected a mapping of {list(_KEYS)}")
         return from_dict({"name": path.stem, **raw}, origin=str(path))
@@ -264,6 +266,9 @@ def from_dict(raw: Mapping[str, Any], origin: str = "space") -> Space:
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise SpaceError(f"{origin}: unknown keys {unknown}; valid: {list(_KEYS)}")
+    from sweep.space_check import check_raw, check_search_bounds
+
+    check_raw(raw, origin)   # every value's type, before anything below indexes into it
     fixed = dict(raw.get("fixed") or {})
     _check_fields(fixed, f"{origin}: fixed")
     axes = {name: _axis(name, values, f"{origin}: axes.{name}")
@@ -279,6 +284,7 @@ def from_dict(raw: Mapping[str, Any], origin: str = "space") -> Space:
         asha=Asha(int(asha["grace_period"]), float(asha["reduction_factor"])) if asha else None,
         num_samples=raw.get("num_samples"), confirm=_confirm(raw.get("confirm"), origin))
     _check_cells(space, origin)
+    check_search_bounds(space, origin)
     return space
 
 
@@ -319,7 +325,8 @@ class Sampler:
         trial.set_user_attr("seed", seed)
         # The Tune config: Optuna's picks (what was searched) plus the complete TrialConfig
         # fields under "cfg", which the trainable turns into TrialConfig(**config["cfg"]).
-        return {"cfg": self.space.fields(picks, seed=seed)}
+        # "optuna_trial" ties the Tune trial to its Optuna trial for a resume (sweep.recovery).
+        return {"cfg": self.space.fields(picks, seed=seed), "optuna_trial": trial.number}
 
 
 def data_key(cfg: TrialConfig) -> str:

@@ -11,6 +11,7 @@ continues from it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import shutil
 import tempfile
@@ -96,14 +97,16 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
     # storage each epoch, so a retry on any node starts from the last reported epoch.
     workdir = Path(tempfile.mkdtemp(prefix="fkd-trial-"))
     try:
-        resume_from = _restore(tune.get_checkpoint(), workdir)
+        resume_from = _restore(tune.get_checkpoint() or _resume_checkpoint(config), workdir)
 
         written = _written(workdir)
 
         def report(row: dict[str, Any]) -> None:
-            # Only an epoch that wrote a file (TrialConfig.checkpoint_every/_best) is handed to
-            # Tune: each hand-over copies the whole folder into the trial's storage.
+            # The checkpoint folder carries every row it has seen (rows.jsonl, for sweep.recovery).
+            # Only an epoch that wrote a checkpoint file (TrialConfig.checkpoint_every/_best) is
+            # handed to Tune: each hand-over copies the whole folder into the trial's storage.
             nonlocal written
+            _append_row(workdir, row)
             now = _written(workdir)
             checkpoint = tune.Checkpoint.from_directory(str(workdir)) if now != written else None
             written = now
@@ -148,7 +151,27 @@ def _limit_gpu_memory(share: float, device: str) -> float | None:
 def _written(workdir: Path) -> set[tuple[str, int, int]]:
     """(name, inode, mtime) of each file: train replaces a checkpoint by renaming a new file
     over it, so a write always changes the inode even within the clock's resolution."""
-    return {(p.name, p.stat().st_ino, p.stat().st_mtime_ns) for p in workdir.iterdir() if p.is_file()}
+    return {(p.name, p.stat().st_ino, p.stat().st_mtime_ns) for p in workdir.iterdir()
+            if p.is_file() and p.name != ROWS_FILE}
+
+
+# Every reported row, one JSON line each, inside the trial's checkpoint: Tune's result.json is
+# written by the driver and can lag behind (or lose the tail of) a checkpoint the trial already
+# persisted when the driver is killed; sweep.recovery reads the rows from here.
+ROWS_FILE = "rows.jsonl"
+
+
+def _append_row(workdir: Path, row: dict[str, Any]) -> None:
+    with open(workdir / ROWS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _resume_checkpoint(config: dict[str, Any]) -> Any:
+    """The checkpoint a rebuilt --resume hands a trial it reruns (sweep.recovery), if any."""
+    from ray import tune
+
+    path = config.get("resume_checkpoint")
+    return tune.Checkpoint(path) if path else None
 
 
 def _restore(checkpoint: Any, workdir: Path) -> str | None:

@@ -95,3 +95,77 @@ def test_bad_local_file_is_one_line(tmp_path):
         load_cluster(str(path))
     with pytest.raises(ClusterError, match="no such cluster file"):
         load_cluster(str(tmp_path / "missing.yaml"))
+
+
+# --- a one-machine cluster listens on loopback only (issue 13, item 9) -------------------------
+
+LISTENERS = r'''
+import os, sys, time
+from sweep.cluster import connect, load_cluster
+import ray
+
+connect(load_cluster(sys.argv[1]))
+
+@ray.remote
+def pid():
+    return os.getpid()
+
+ray.get([pid.remote() for _ in range(2)])    # trial-like workers are up
+time.sleep(1)
+
+def parent(p):
+    try:
+        return int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+def ours(p):
+    while p > 1:
+        if p == os.getpid():
+            return True
+        p = parent(p)
+    return False
+
+inodes = {}
+for p in filter(str.isdigit, os.listdir("/proc")):
+    if not ours(int(p)):
+        continue
+    try:
+        for fd in os.listdir(f"/proc/{p}/fd"):
+            link = os.readlink(f"/proc/{p}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes[link[8:-1]] = p
+    except OSError:
+        pass
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in open(table).read().splitlines()[1:]:
+        f = line.split()
+        if f[3] == "0A" and f[9] in inodes:            # LISTEN, one of our processes
+            print(f[1].rsplit(":", 1)[0], open(f"/proc/{inodes[f[9]]}/comm").read().strip())
+ray.shutdown()
+'''
+# 127.0.0.1 as /proc/net/tcp writes it, and as an IPv4-mapped IPv6 address in tcp6.
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+@pytest.mark.slow
+def test_local_cluster_listens_on_loopback_only(tmp_path):
+    import subprocess
+    import sys
+
+    cluster = tmp_path / "local.yaml"
+    raw = yaml.safe_load((CLUSTERS / "local.yaml").read_text())
+    cluster.write_text(yaml.safe_dump({**raw, "num_cpus": 1, "gpus_per_trial": 0}))
+    proc = subprocess.run([sys.executable, "-c", LISTENERS, str(cluster)], capture_output=True,
+                          text=True, timeout=120, cwd=CLUSTERS.parent,
+                          env={**__import__("os").environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listeners = [line.split(" ", 1) for line in proc.stdout.splitlines()]
+    names = {name for _, name in listeners}
+    assert {"gcs_server", "raylet"} <= names, listeners      # Ray's own servers were seen
+    assert all(addr in LOOPBACK for addr, _ in listeners), listeners
+
+
+def test_local_file_keeps_ray_on_loopback_and_cloud_files_do_not():
+    assert load_cluster(str(CLUSTERS / "local.yaml")).loopback_only is True
+    assert not load_cluster(str(CLUSTERS / "aws.yaml")).loopback_only

@@ -196,3 +196,33 @@ def test_readme_pandas_example_runs(results_folder, capsys):
     namespace: dict = {}
     exec(_readme_block("python"), namespace)
     assert len(namespace["curve"]) == 6 and len(namespace["ok"]) == 2
+
+
+# --- a damaged trials.parquet (issue 13, item 3) ----------------------------------------------
+
+def _truncated(tmp_path: Path) -> Path:
+    folder = tmp_path / "my-sweep"
+    R.write_atomic(R.to_table([record("t1"), record("t2")], R.trial_schema()), str(folder / R.TRIALS_FILE))
+    data = (folder / R.TRIALS_FILE).read_bytes()
+    (folder / R.TRIALS_FILE).write_bytes(data[: len(data) // 2])    # a copy cut short
+    return folder
+
+
+def test_damaged_parquet_is_one_line_naming_the_file_and_the_fix(tmp_path):
+    folder = _truncated(tmp_path)
+    with pytest.raises(R.DamagedResults) as err:
+        R.read_table(str(folder / R.TRIALS_FILE))
+    message = str(err.value)
+    assert message.startswith(f"{folder / R.TRIALS_FILE}: damaged Parquet file (")
+    assert "python -m sweep.run --name my-sweep --resume rebuilds it" in message and "\n" not in message
+    assert R.read_table(str(folder / "absent.parquet")) is None
+
+
+def test_analyze_on_a_damaged_file_exits_2_with_one_line(tmp_path, capsys):
+    from sweep import analyze
+
+    folder = _truncated(tmp_path)
+    assert analyze.main([str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged Parquet file" in err and "Traceback" not in err
+    assert str(folder / R.TRIALS_FILE) in err

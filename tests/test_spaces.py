@@ -137,7 +137,7 @@ def test_yaml_file_round_trip(tmp_path):
     ({"axes": {"backbone": ["small_cnn"]}, "colour": 1}, "unknown keys ['colour']"),
     ({"axes": {"bogus_field": [1, 2]}}, "unknown TrialConfig fields ['bogus_field']"),
     ({"fixed": {"seed": 3}}, "seeds come from `seeds`"),
-    ({"axes": {"augment": ["none", "sideways"]}}, "TrialConfig.augment='sideways'"),
+    ({"axes": {"augment": ["none", "sideways"]}}, "axes.augment[1]: 'sideways' is not one of"),
     ({"search": {"alpha": {"log_uniform": [0, 1]}}}, "0 < low < high"),
     ({"search": {"synth_pose": {"uniform": [0, 2]}}}, "data fields must be axes or fixed"),
     ({"seeds": 0}, "seeds must be a positive integer"),
@@ -178,3 +178,45 @@ def test_default_space_trains_cpu_backbones_only_and_confirms():
 def test_bad_confirm_settings_name_the_key(confirm, message):
     with pytest.raises(SpaceError, match=message):
         from_dict({"axes": {}, "confirm": confirm}, origin="mine.yaml")
+
+
+# --- every value checked before Ray starts (issue 13, items 6 and 7) ---------------------------
+
+@pytest.mark.parametrize("text,message", [
+    ("fixed: [1, 2]\n", "fixed: expected a mapping of TrialConfig fields, got a list [1, 2]"),
+    ("asha: {grace_period: x, reduction_factor: 2}\n",
+     "asha.grace_period: expected a positive integer, got 'x'"),
+    ("asha: {grace_period: 2}\n", "asha: expected null or {grace_period: N, reduction_factor: R}; "
+                                  "missing ['reduction_factor']"),
+    ("search: {lr: 5}\n", "search.lr: expected {log_uniform: [low, high]} or {uniform: [low, high]}"),
+    ("search: {lr: {log_uniform: [1e-4, big]}}\n", "search.lr.log_uniform: expected [low, high] (two numbers)"),
+    ("search: {batch_size: {uniform: [8, 64]}}\n", "search.batch_size: only number fields can be searched"),
+    ("search: {flip_p: {uniform: [0.5, 2]}}\n", "search at its high end: TrialConfig.flip_p must be in [0, 1]"),
+    ("fixed: {lr: 1e-3\naxes: [\n", "line 2, column 5: YAML syntax error"),
+    ("fixed: !!python/object:os.system {}\n", "line 1, column 8: tag !!python/object:os.system is not allowed"),
+    ("fixed: {lr: abc}\n", "fixed.lr: expected a number, got 'abc'"),
+    ("fixed: {pretrained: 1}\n", "fixed.pretrained: expected true or false, got 1"),
+    ("fixed: {backbone: vgg16}\n", "fixed.backbone: 'vgg16' is not one of ['small_cnn'"),
+    ("axes: {backbone: [small_cnn, nope]}\n", "axes.backbone[1]: 'nope' is not one of"),
+    ("axes: {objective: {mse: 5}}\n", "axes.objective.mse: expected a mapping of TrialConfig fields"),
+    ("axes: {augment: none}\n", "axes.augment: expected a non-empty list of values or a mapping"),
+    ("search: {alpha: {uniform: [0, 1], when: {shape: [cgdd]}}}\n",
+     "search.alpha.when.shape[0]: 'cgdd' is not one of ['none', 'cgd', 'seed_cgd']"),
+    ("num_samples: many\n", "num_samples: expected an integer, got 'many'"),
+    ("num_samples: 0\n", "num_samples: expected a positive integer or null, got 0"),
+    ("grid: maybe\n", "grid: expected true or false, got 'maybe'"),
+])
+def test_malformed_yaml_is_one_line_naming_file_key_and_expected_type(tmp_path, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError) as err:
+        get_space(str(path))
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_yaml_reads_exponent_numbers_without_a_dot(tmp_path):
+    path = tmp_path / "mine.yaml"     # YAML 1.1 would read 1e-3 as the string '1e-3'
+    path.write_text("fixed: {lr: 1e-3}\nsearch: {alpha: {log_uniform: [1e-3, 1]}}\n")
+    space = get_space(str(path))
+    assert space.fixed["lr"] == 0.001 and space.search["alpha"].low == 0.001

@@ -51,6 +51,10 @@ def study_trials(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     (["--space", "nope"], "unknown space 'nope'"),
     (["--cluster", "missing.yaml"], "missing.yaml: no such cluster file"),
     (["--num-samples", "0"], "--num-samples must be >= 1"),
+    # --smoke-test fills in what was not given, never an explicit 0 (issue 13, item 8)
+    (["--smoke-test", "--num-samples", "0"], "--num-samples must be >= 1, got 0"),
+    (["--smoke-test", "--max-epochs", "0"], "--max-epochs must be >= 1, got 0"),
+    (["--smoke-test", "--seeds", "0"], "--seeds must be >= 1, got 0"),
     (["--max-epochs", "x"], "invalid int value"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--resume"], "--resume needs --name"),
@@ -206,3 +210,42 @@ def test_data_reaches_trials_from_shared_memory_without_a_copy(ray_local):
     assert isinstance(raw, np.ndarray) and not raw.flags.writeable
     assert got.images.data_ptr() == raw.__array_interface__["data"][0]
     assert got.images.equal(original.images) and len(got) == 50 and got.schema == original.schema
+
+
+def test_smoke_test_keeps_explicit_values_and_fills_in_the_rest():
+    from sweep.run import _space, build_parser
+
+    space = _space(build_parser().parse_args(["--smoke-test", "--seeds", "2", "--num-samples", "1"]))
+    assert (space.seeds, space.trials, space.max_epochs) == (2, 1, SMOKE["max_epochs"])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("axes: {backbone: [small_cnn, nope]}\n", "axes.backbone[1]: 'nope' is not one of"),
+    ("fixed: !!python/object:os.system {}\n", "tag !!python/object:os.system is not allowed"),
+    ("fixed: {lr: abc}\n", "fixed.lr: expected a number, got 'abc'"),
+])
+def test_bad_space_file_is_one_line_before_ray_starts(tmp_path, capsys, text, message):
+    space = tmp_path / "bad.yaml"
+    space.write_text(text)
+    start = time.perf_counter()
+    assert main(["--space", str(space), "--results-dir", str(tmp_path / "r")]) == 2
+    assert time.perf_counter() - start < 5 and not (tmp_path / "r").exists()   # no Ray, no folder
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{space}: " in err and message in err
+
+
+@pytest.mark.slow
+def test_data_without_any_keypoint_is_one_line_before_trials_start(tmp_path):
+    from fkd_core.synth import main as synth_main
+
+    synth_main(["--n", "40", "--seed", "1", "--out", str(tmp_path / "s.csv")])
+    frame = pd.read_csv(tmp_path / "s.csv")
+    frame[frame.columns[:-1]] = np.nan                  # every keypoint missing
+    frame.to_csv(tmp_path / "empty.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "sweep.run", "--cluster", local_cluster(tmp_path, 1),
+                           "--smoke-test", "--data", str(tmp_path / "empty.csv"), "--name", "e"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2
+    lines = [l for l in proc.stderr.splitlines() if "WARNING" not in l]
+    assert lines == [f"sweep.run: error: {tmp_path / 'empty.csv'}: no keypoint is present in any "
+                     "of its 40 rows"]

@@ -332,3 +332,35 @@ def test_step_bar_gives_no_estimate_before_a_step_is_timed(monkeypatch):
     first, third = bar.stream.getvalue().split("\r")[1:]
     assert first.endswith("1/10 steps  0 s, estimating time left")
     assert third.endswith("3/10 steps  4 s, ~14 s left")
+
+
+# --- a run that diverges in its first epoch (issue 13, item 10) -------------------------------
+
+@pytest.mark.parametrize("lr", ["1e30", "1e38"])   # 1e38 overflows float32 inside Adam's update
+def test_cli_first_epoch_divergence_is_recorded_not_a_traceback(lr, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = train_module.main(["--synth-n", "60", "--epochs", "3", "--lr", lr, "--device", "cpu",
+                              "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err
+    assert "diverged in epoch 1" in captured.err.strip().splitlines()[-1]
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("1,inf,inf,inf") and lines[1].endswith(",True")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "diverged" and summary["epochs"] == 1
+    assert summary["best_val_rmse_px"] is None            # inf, written as strict-JSON null
+    assert not (out / BEST).exists() and not (out / CHECKPOINT).exists()
+
+
+def test_adam_overflow_inside_the_optimiser_is_a_divergence(faces):
+    rows: list[dict] = []
+    summary = train(TrialConfig(**FAST, max_epochs=3, lr=1e38), faces, rows.append)
+    assert summary.stopped == "diverged" and [r[metrics.DIVERGED] for r in rows] == [True]
+
+
+def test_data_with_every_keypoint_missing_is_rejected_in_one_line(tmp_path, capsys):
+    data = load_dataset("synthetic", synth_n=40, synth_seed=0)
+    empty = type(data)(**{**{f: getattr(data, f) for f in data.__dataclass_fields__},
+                          "keypoints": torch.full_like(data.keypoints, math.nan)})
+    with pytest.raises(ValueError, match="no keypoint is present in the 34 training rows"):
+        train(TrialConfig(**FAST, max_epochs=1), empty, lambda row: None)

@@ -1,0 +1,340 @@
+"""``--resume`` rebuilt from what survives a killed driver: nothing lost, nothing run twice.
+
+Tune's own restore reads ``experiment_state-*.json``, a snapshot Tune rewrites in place: a
+``kill -9`` during that write leaves it empty, and even an intact snapshot can predate a trial
+that started (or finished) after it, which Tune then forgets or proposes again. So a resume
+never relies on it. It takes the sweep's state from the records written as events happen:
+
+- ``optuna.db``: every trial the sweep has proposed (not WAITING), in order, with its picks;
+- ``trials.parquet``: trials already recorded (moved aside when damaged, then rebuilt);
+- each Tune trial folder: ``params.json`` (its config and Optuna number), ``result.json`` (one
+  line per reported epoch) and its latest complete ``checkpoint_*/checkpoint.pt``.
+
+Then every proposed trial ends up recorded exactly once: a trial that had ended but was not yet
+recorded is recorded from its rows; every unfinished one runs once more, from its latest
+checkpoint when one exists (phase A: a Tune run of exactly those configs, FIFO, recorded under
+the original trial ids, results told to Optuna); the trials never proposed run as a normal
+sweep continues (phase B: the same Optuna study hands out its remaining enqueued grid points,
+then TPE). An unfinished trial that ASHA would have stopped runs to max_epochs in phase A (its
+rung statistics went with the driver).
+
+    python -m sweep.run --name my-study --resume
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sweep import results as R
+from sweep.results import DamagedResults, ResultsWriter
+from sweep.trainable import ROWS_FILE
+
+RESUME_OF = "resume_of"
+"""Config key of a phase-A trial: the id of the trial it continues (its rows and record)."""
+RESUME_CHECKPOINT = "resume_checkpoint"
+"""Config key of a phase-A trial: the checkpoint folder it starts from (None: from scratch)."""
+OPTUNA_TRIAL = "optuna_trial"
+"""Config key set by sweep.spaces.Sampler: the Optuna trial number that proposed the trial."""
+
+
+# --- what the trial folders say ----------------------------------------------------------
+
+@dataclass
+class Found:
+    """One sweep trial as its Tune folders describe it (a phase-A rerun folds into its origin)."""
+
+    trial_id: str
+    cfg: dict[str, Any]
+    optuna_trial: int | None = None
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    checkpoint_epoch: int = 0
+
+    @property
+    def stopped_by_tune(self) -> bool:
+        return bool(self.last.get("done"))
+
+
+def scan(experiment_dir: Path) -> dict[str, Found]:
+    """Every trial folder under Tune's experiment folder, by sweep trial id."""
+    found: dict[str, Found] = {}
+    folders = [d for d in experiment_dir.glob("*/") if (d / "params.json").is_file()]
+    for folder in sorted(folders, key=lambda d: d.stat().st_mtime):   # reruns after origins
+        try:
+            params = json.loads((folder / "params.json").read_text())
+        except (OSError, ValueError):
+            continue   # the driver died writing it: the trial never reported anything
+        key = params.get(RESUME_OF) or folder.name
+        trial = found.setdefault(key, Found(key, params["cfg"], params.get(OPTUNA_TRIAL)))
+        for row in _result_lines(folder / "result.json"):
+            trial.rows[int(row["epoch"])] = row
+            trial.last = row
+        epoch, path = _latest_checkpoint(folder)
+        if path is not None and epoch >= trial.checkpoint_epoch:
+            trial.checkpoint, trial.checkpoint_epoch = path, epoch
+            # The checkpoint's own rows: result.json may not have received the last ones.
+            for row in _result_lines(Path(path) / ROWS_FILE):
+                if int(row["epoch"]) <= epoch:
+                    trial.rows.setdefault(int(row["epoch"]), row)
+    return found
+
+
+def _result_lines(path: Path) -> list[dict[str, Any]]:
+    """Tune's per-epoch lines; a line cut short by the kill is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "epoch" in row:
+            rows.append(row)
+    return rows
+
+
+def _latest_checkpoint(folder: Path) -> tuple[int, str | None]:
+    """(epoch, folder) of the newest checkpoint that loads; a half-copied one is skipped."""
+    from fkd_core.train import CHECKPOINT, load_checkpoint
+
+    for ckpt in sorted(folder.glob("checkpoint_*"), reverse=True):
+        try:
+            return int(load_checkpoint(ckpt / CHECKPOINT)["epoch"]), str(ckpt)
+        except Exception:   # noqa: BLE001 - truncated zip, missing file: any failure means unusable
+            continue
+    return 0, None
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    settle: list[Found]                 # ended, not recorded: record from their rows
+    rerun: list[dict[str, Any]]         # phase-A configs
+    numbers: dict[str, int]             # sweep trial id -> Optuna trial number
+    proposed: int                       # trials the study has handed out
+
+
+def plan(study: Any, space: Any, found: dict[str, Found], recorded: set[str]) -> Plan:
+    """Sort every proposed trial into recorded / to settle / to rerun (module docstring)."""
+    import optuna
+
+    from fkd_core.config import TrialConfig
+
+    proposed = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
+    by_number = {f.optuna_trial: f for f in found.values() if f.optuna_trial is not None}
+    unmatched = [f for f in found.values() if f.optuna_trial is None]
+    settle, rerun, numbers = [], [], {}
+    for ot in proposed:
+        trial = by_number.get(ot.number)
+        if trial is None:   # folders written before the Optuna number was in the config
+            cfg = TrialConfig(**space.fields(ot.params, seed=ot.user_attrs.get("seed", 0)))
+            trial = next((f for f in unmatched if TrialConfig(**f.cfg) == cfg), None)
+            if trial is not None:
+                unmatched.remove(trial)
+        if trial is None:   # proposed, never started (or its folder is gone): from scratch
+            trial_id = uuid.uuid4().hex[:8]   # Tune's id format; the rerun is filed under it
+            numbers[trial_id] = ot.number
+            rerun.append({"cfg": space.fields(ot.params, seed=ot.user_attrs.get("seed", 0)),
+                          OPTUNA_TRIAL: ot.number, RESUME_OF: trial_id, RESUME_CHECKPOINT: None})
+            continue
+        numbers[trial.trial_id] = ot.number
+        if trial.trial_id in recorded:
+            continue
+        if _ended(trial):
+            settle.append(trial)
+        else:
+            rerun.append({"cfg": trial.cfg, OPTUNA_TRIAL: ot.number, RESUME_OF: trial.trial_id,
+                          RESUME_CHECKPOINT: trial.checkpoint})
+    return Plan(settle, rerun, numbers, len(proposed))
+
+
+def _ended(trial: Found) -> bool:
+    """Tune stopped it (ASHA, divergence) or it ran its whole budget before the kill."""
+    from fkd_core import metrics as M
+
+    rows = trial.rows.values()
+    return bool(rows) and (trial.stopped_by_tune or any(r.get(M.DIVERGED) for r in rows)
+                           or max(trial.rows) >= int(trial.cfg.get("max_epochs", math.inf)))
+
+
+# --- running it ----------------------------------------------------------------------------
+
+def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callable[[Any], Any],
+                 log: Callable[[str], None] | None) -> tuple[Any, float]:
+    """Record, rerun and continue the sweep ``s`` (see the module docstring).
+
+    ``new_tuner(settings)`` builds a normal sweep's Tuner (sweep.run); returns phase B's result
+    grid (or []) and the seconds Tune ran.
+    """
+    import optuna
+
+    _set_aside_damaged(s.results_uri, log)
+    writer = R.ResultsWriter(s.results_uri, s.name, info, log=None)
+    writer.setup()
+    try:
+        study = optuna.load_study(study_name=s.name, storage=f"sqlite:///{s.optuna_path.resolve()}")
+    except KeyError:   # optuna.db lost or replaced: it is the list of trials the sweep proposed
+        raise DamagedResults(f"{s.optuna_path}: no Optuna study {s.name!r}, which --resume needs "
+                             "(the list of proposed trials); start a new sweep with another --name") from None
+    found = scan(Path(s.experiment_path))
+    for trial in found.values():   # epochs reported after the last Parquet write
+        writer.merge_rows(trial.trial_id, trial.rows.values())
+    todo = plan(study, s.space, found, set(writer.records))
+    for trial in todo.settle:
+        writer.records[trial.trial_id] = _settled_record(s, info, trial, writer)
+    writer.write()
+    if log:
+        log(f"  resume: {len(writer.records)} trials recorded ({len(todo.settle)} just now), "
+            f"{len(todo.rerun)} to rerun from their last checkpoint, "
+            f"{max(s.space.trials - todo.proposed, 0)} not started yet")
+    start = time.perf_counter()
+    if todo.rerun:
+        _rerun(s, trainable, info, todo.rerun, log)
+    recorded = _tell_optuna(study, s.results_uri, todo)
+    grid: Any = []
+    remaining = s.space.trials - todo.proposed
+    if any(item[RESUME_OF] not in recorded for item in todo.rerun):
+        return grid, time.perf_counter() - start   # Ctrl-C in phase A: stop, resume later
+    if remaining > 0:
+        # Phase B: the study pops its remaining enqueued grid points first, then samples.
+        space = dataclasses.replace(s.space, num_samples=remaining)
+        grid = new_tuner(dataclasses.replace(s, space=space)).fit()
+    return grid, time.perf_counter() - start
+
+
+def _set_aside_damaged(results_uri: str, log: Callable[[str], None] | None) -> None:
+    """A truncated trials/epochs.parquet is renamed *.damaged-<time>; the rebuild replaces it."""
+    for name in (R.TRIALS_FILE, R.EPOCHS_FILE):
+        uri = f"{results_uri}/{name}"
+        try:
+            R.read_table(uri)
+        except DamagedResults as err:
+            fs, path = R.filesystem(uri)
+            fs.move(path, f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            if log:
+                log(f"  {err}: moved aside, rebuilding it")
+
+
+def _settled_record(s: Any, info: dict[str, Any], trial: Found, writer: Any) -> dict[str, Any]:
+    from fkd_core.config import TrialConfig
+    from sweep.spaces import data_key
+    from sweep.trainable import DEVICE, DEVICE_NAME
+
+    cfg = TrialConfig(**trial.cfg)
+    rows = list(writer.rows.get(trial.trial_id, {}).values())
+    best = ""
+    if trial.checkpoint and Path(trial.checkpoint, "best.pt").is_file():
+        import pyarrow.fs as pafs
+
+        best = f"checkpoints/{trial.trial_id}/best.pt"
+        R.copy_file(pafs.LocalFileSystem(), str(Path(trial.checkpoint, "best.pt")),
+                    f"{s.results_uri}/{best}")
+    return R.trial_record(
+        trial_id=trial.trial_id, experiment=s.name, cfg=cfg, rows=rows,
+        status=R.trial_status(rows, cfg.max_epochs, error=None, stopped_by_tune=trial.stopped_by_tune),
+        error=None, wall_seconds=float(trial.last.get("time_total_s", 0.0)),
+        node=str(trial.last.get("hostname", "")), device=str(trial.last.get(DEVICE, "")),
+        device_name=str(trial.last.get(DEVICE_NAME, "")), data=info[data_key(cfg)],
+        best_checkpoint=best, versions=writer.versions, git_commit=writer.git_commit)
+
+
+def _rerun(s: Any, trainable: Any, info: dict[str, Any], items: list[dict[str, Any]],
+           log: Callable[[str], None] | None) -> None:
+    """Phase A: exactly these configs, once each (Tune still retries a crash from its checkpoint)."""
+    from ray import tune
+
+    from sweep import run
+
+    writer = ResumedWriter(s.results_uri, s.name, info, log=log, total=s.space.trials)
+    tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=_fixed_configs(items), num_samples=len(items),
+            metric=run.M.OBJECTIVE, mode="min", max_concurrent_trials=s.max_concurrent,
+            reuse_actors=True, trial_name_creator=run._trial_name,
+            trial_dirname_creator=run._trial_name),
+        run_config=tune.RunConfig(
+            name=s.name, storage_path=s.storage_path, verbose=0, stop=run._diverged,
+            failure_config=tune.FailureConfig(max_failures=run.MAX_FAILURES),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[writer]),
+    ).fit()
+
+
+def _fixed_configs(items: list[dict[str, Any]]) -> Any:
+    """A Tune searcher that hands out exactly ``items``, in order, once each."""
+    from ray.tune.search import Searcher
+
+    class FixedConfigs(Searcher):
+        def __init__(self) -> None:
+            super().__init__(metric=None, mode=None)
+            self.items = list(items)
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            return self.items.pop(0) if self.items else Searcher.FINISHED
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            pass
+
+    return FixedConfigs()
+
+
+def _tell_optuna(study: Any, results_uri: str, todo: Plan) -> set[str]:
+    """Finish the Optuna trials of settled and rerun trials as OptunaSearch would have; return
+    the ids of the recorded trials."""
+    import optuna
+
+    from fkd_core import metrics as M
+
+    table = R.read_table(f"{results_uri}/{R.TRIALS_FILE}")
+    records = {r["trial_id"]: r for r in table.to_pylist()} if table is not None else {}
+    for trial_id, rec in records.items():
+        number = todo.numbers.get(trial_id, rec.get(OPTUNA_TRIAL))
+        if number is None or study.trials[number].state != optuna.trial.TrialState.RUNNING:
+            continue
+        value = rec[f"final_{M.VAL_RMSE}"]
+        if rec["status"] == "error" or value is None or math.isnan(value):
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(number, value)
+    return set(records)
+
+
+# --- phase A's results writer ---------------------------------------------------------------
+
+class _Renamed:
+    """A Tune trial seen under the id of the trial it continues."""
+
+    def __init__(self, trial: Any):
+        self._trial = trial
+
+    @property
+    def trial_id(self) -> str:
+        return self._trial.config.get(RESUME_OF) or self._trial.trial_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+
+class ResumedWriter(ResultsWriter):
+    """ResultsWriter that files a phase-A trial's epochs and record under its original id."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        super().on_trial_result(iteration, trials, _Renamed(trial), result, **info)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        super().on_trial_complete(iteration, trials, _Renamed(trial), **info)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        super().on_trial_error(iteration, trials, _Renamed(trial), **info)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        super().on_trial_recover(iteration, trials, _Renamed(trial), **info)
