@@ -41,6 +41,11 @@ class ConfirmError(ValueError):
     """Bad confirm options or a results folder that cannot be confirmed; one line for users."""
 
 
+class Interrupted(RuntimeError):
+    """A confirm round ended with replicates not recorded (Ctrl-C, lost cluster): no verdict is
+    computed on the incomplete set; running the confirm again continues it (sweep.confirm_recovery)."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """How many replicates, and the decision rule; fixed before any confirm trial runs."""
@@ -173,7 +178,7 @@ def run_round(s: Any, data_sets: dict[str, Any], configs: list[dict[str, Any]], 
     """Train the given confirm configs on the connected Ray cluster, at full budget (FIFO)."""
     from ray import tune
 
-    from sweep import results as R
+    from sweep.recovery import ResumedWriter
     from sweep.run import MAX_FAILURES, data_info
     from sweep.trainable import share, train_trial
 
@@ -182,7 +187,8 @@ def run_round(s: Any, data_sets: dict[str, Any], configs: list[dict[str, Any]], 
                              train_fn=train_fn),
         {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
     # The writer counts every recorded trial, search included: `recorded` are already there.
-    writer = R.ResultsWriter(s.results_uri, s.name, data_info(data_sets), log=log,
+    # A continued trial (RESUME_OF, sweep.confirm_recovery) is filed under its original id.
+    writer = ResumedWriter(s.results_uri, s.name, data_info(data_sets), log=log,
                              total=recorded + len(configs))
     space = {"i": tune.grid_search(list(range(len(configs)))),
              **{k: tune.sample_from(_Pick(configs, k)) for k in configs[0]}}
@@ -213,10 +219,18 @@ class Result:
 
 def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = None,
             log: Callable[[str], None] | None = print) -> Result:
-    """Run the confirm phase of the sweep in s.results_uri: rounds until decided or done."""
+    """Run the confirm phase of the sweep in s.results_uri: rounds until decided or done.
+
+    Interrupted rounds are continued (sweep.confirm_recovery), and a look at a number of
+    replicates sweep.json already records as looked at is not counted again, so a confirm run
+    again after a kill or Ctrl-C ends as the uninterrupted one would have.
+    Raises Interrupted when a round ends with replicates missing.
+    """
     import pandas as pd
 
+    from sweep import confirm_recovery as CR
     from sweep.analyze import prepare, read_parquet
+    from sweep.run import data_info
 
     searched = list(s.space.search)
     trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
@@ -224,29 +238,52 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
     if not arms:
         raise ConfirmError(f"{s.results_uri}: no cell has a finished trial in both the base arm "
                            "and a shape arm, so there is nothing to confirm")
-    record_plan(s.results_uri, plan, arms)
-    rule, target, looks = plan.rule(), plan.replicates, 0
+    looked = record_plan(s.results_uri, plan, arms)
+    rule, target = plan.rule(), plan.replicates
     while True:
-        done = trials[trials["phase"] == "confirm"]
-        todo = missing_configs(arms, done, target)
-        if log:
-            log(f"\nConfirm round {looks + 1}: {len(todo)} trials (replicates up to {target}, "
-                f"{len(arms)} cell x arm recipes, full budget, test scored)")
-        if todo:
-            run_round(s, data_sets, todo, round_no=looks + 1, recorded=len(trials),
-                      train_fn=train_fn, log=log)
-        looks += 1
+        resumes = CR.recover(s, data_info(data_sets), log)
         trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
-        confirmed = trials[trials["phase"] == "confirm"]
-        if not V.has_test_metrics(confirmed):
-            record_looks(s.results_uri, target, looks, data_sets)
-            return Result(pd.DataFrame(), target, looks, V.NO_TEST_METRICS)
-        table = V.verdict_table(confirmed, rule)
+        todo = CR.continued(missing_configs(arms, _confirmed(trials), target), resumes)
+        if log:
+            log(f"\nConfirm round up to {target} replicates: {len(todo)} trials ({len(arms)} "
+                f"cell x arm recipes, full budget, test scored)")
+        if todo:
+            run_round(s, data_sets, todo, round_no=target, recorded=len(trials),
+                      train_fn=train_fn, log=log)
+            trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
+        confirmed = _confirmed(trials)
+        lost = {CR.key_of(c) for c in todo} - set(zip(confirmed["cell"], confirmed["arm"],
+                                                       confirmed["replicate"].astype(int)))
+        if lost:
+            raise Interrupted(f"{len(lost)} of {len(todo)} confirm trials of this round did not "
+                              "finish")
+        # The look sees the first `target` replicates only: those an uninterrupted run saw here.
+        seen = confirmed[confirmed["replicate"].astype(int) < target]
+        if target > looked:
+            looked = record_look(s.results_uri, target)
+        if not V.has_test_metrics(seen):
+            return Result(pd.DataFrame(), target, record_end(s.results_uri, data_sets),
+                          V.NO_TEST_METRICS)
+        table = V.verdict_table(seen, rule)
         if not plan.until_decided or V.all_decided(table.to_dict("records")) \
                 or target >= plan.ceiling:
-            record_looks(s.results_uri, target, looks, data_sets)
-            return Result(table, target, looks)
+            return Result(table, target, record_end(s.results_uri, data_sets))
         target = min(target + plan.replicates, plan.ceiling)
+
+
+def _confirmed(trials: pd.DataFrame) -> pd.DataFrame:
+    """Confirm trials, one per (cell, arm, replicate): the first recorded, should a folder hold
+    two (written before interrupted confirms were continued rather than rerun)."""
+    done = trials[trials["phase"] == "confirm"]
+    return done.drop_duplicates(["cell", "arm", "replicate"], keep="first")
+
+
+def saved_plan(uri: str) -> Plan | None:
+    """The confirm plan a sweep recorded when its confirm phase started (None: not started)."""
+    from sweep.run import SWEEP_FILE, _read_json
+
+    raw = ((_read_json(f"{uri}/{SWEEP_FILE}") or {}).get("confirm") or {}).get("plan")
+    return Plan.from_dict(raw) if raw else None
 
 
 # --- sweep.json: the plan, the looks, the commands ------------------------------------------
@@ -269,8 +306,11 @@ def _update_sweep_json(uri: str, change: Callable[[dict[str, Any]], None]) -> No
     _write_json(f"{uri}/{SWEEP_FILE}", saved)
 
 
-def record_plan(uri: str, plan: Plan, arms: Sequence[Arm]) -> None:
-    """The confirm plan (margin fixed before the run), the recipes and this command."""
+def record_plan(uri: str, plan: Plan, arms: Sequence[Arm]) -> int:
+    """The confirm plan (margin fixed before the run), the recipes and this command; returns the
+    replicates already looked at (0 if none)."""
+    looked = [0]
+
     def change(saved: dict[str, Any]) -> None:
         old = saved.get("confirm") or {}
         _check_continuation(uri, old, plan)
@@ -279,7 +319,9 @@ def record_plan(uri: str, plan: Plan, arms: Sequence[Arm]) -> None:
                                          "alpha": a.fields["alpha"]} for a in arms],
                             "commands": [*old.get("commands", []), sys.argv[:]],
                             "seed_of_replicate_r": f"seed = split_seed = {CONFIRM_SEED0} + r"}
+        looked[0] = int(old.get("replicates", 0)) if old.get("looks") else 0
     _update_sweep_json(uri, change)
+    return looked[0]
 
 
 def _check_continuation(uri: str, old: dict[str, Any], plan: Plan) -> None:
@@ -302,12 +344,26 @@ def _check_continuation(uri: str, old: dict[str, Any], plan: Plan) -> None:
                            "--until-decided (a fixed-N interval is not valid after those looks)")
 
 
-def record_looks(uri: str, replicates: int, looks: int, data_sets: dict[str, Any]) -> None:
+def record_look(uri: str, replicates: int) -> int:
+    """Count one look at the verdicts on `replicates` replicates, as it happens (a kill after it
+    must not let the continued confirm count it again); returns `replicates`."""
     def change(saved: dict[str, Any]) -> None:
         c = saved.setdefault("confirm", {})
-        c.update(replicates=replicates, looks=c.get("looks", 0) + looks,
-                 split=split_kinds(data_sets), finished=time.strftime("%Y-%m-%d %H:%M:%S %z"))
+        c.update(replicates=replicates, looks=c.get("looks", 0) + 1)
     _update_sweep_json(uri, change)
+    return replicates
+
+
+def record_end(uri: str, data_sets: dict[str, Any]) -> int:
+    """The split kinds and the end time; returns the looks taken over all runs of the confirm."""
+    looks = [0]
+
+    def change(saved: dict[str, Any]) -> None:
+        c = saved.setdefault("confirm", {})
+        c.update(split=split_kinds(data_sets), finished=time.strftime("%Y-%m-%d %H:%M:%S %z"))
+        looks[0] = int(c.get("looks", 0))
+    _update_sweep_json(uri, change)
+    return looks[0]
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -344,6 +400,7 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sweep.lock import SweepBusy, SweepLock, lock_dir
     from sweep.run import UsageError, _Parser, quiet_environment
 
     quiet_environment()
@@ -357,23 +414,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = Plan(args.seeds, V.DEFAULT_MARGIN if args.margin is None else args.margin,
                     args.until_decided, args.max_seeds)
         s, cluster = _settings(args.results, args.cluster)
-    except (UsageError, ConfirmError, ValueError) as err:
+        # The folder's owner, as sweep.run is (sweep.lock): two confirms, or a confirm and its
+        # sweep, would each write trials.parquet without the other's trials.
+        lock = SweepLock(lock_dir(s.results_uri, s.name))
+        lock.acquire()
+    except (UsageError, ConfirmError, ValueError, SweepBusy) as err:
         print(f"sweep.confirm: error: {err}", file=sys.stderr)
         return 2
     import ray
 
+    from sweep import commands
     from sweep.cluster import connect
     from sweep.report import verdict_console
     from sweep.run import _load_or_fail
 
-    connect(cluster)
     try:
+        connect(cluster)
         result = confirm(s, _load_or_fail(s.space), plan)
     except (UsageError, ConfirmError) as err:
         print(f"sweep.confirm: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        again = list(sys.argv[1:] if argv is None else argv)
+        print(f"\n{err}: continue with {commands.module('sweep.confirm', *again)}")
+        return 1
     finally:
         ray.shutdown()
+        lock.release()
     print(verdict_console(result, plan.rule(), s.results_uri))
     return 0
 

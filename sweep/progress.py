@@ -61,6 +61,8 @@ class Progress(Callback):
     def __init__(self, total: int, *, stream: IO[str] | None = None, every: float = 1.0,
                  plain_every: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.total = total
+        self.before = 0
+        """Trials of the sweep finished before this Tuner started (a resumed sweep's)."""
         self.stream = stream          # None: sys.stdout at each write (a stream may not pickle)
         self.every, self.plain_every, self.clock = every, plain_every, clock
         self.started = clock()
@@ -122,7 +124,8 @@ class Progress(Callback):
                 epochs = max(int(cfg.get("max_epochs", 1)), 1)
                 done += min(int(t.last_result.get(M.EPOCH, 0) or 0) / epochs, 1.0)
         arms = ", ".join(f"{k} {v:.3f}" for k, v in sorted(best.items())) or "-"
-        left = estimate_left(elapsed, done, self.total)
+        left = estimate_left(elapsed, done, self.total - self.before)
+        finished += self.before
         eta = "estimating time left" if left is None else f"~{duration(left)} left"
         # Counts and times first: a narrow terminal cuts the line's end, the per-arm values.
         return (f"[{finished}/{self.total} finished, {running} running, {duration(elapsed)} elapsed, "

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from sweep import commands, tracking
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
-from sweep.confirm import ConfirmError, add_plan_options, plan_of
+from sweep.confirm import ConfirmError, Interrupted, add_plan_options, plan_of
 from sweep.lock import FolderError, SweepBusy, SweepLock, check_name, check_writable, lock_dir
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
 
@@ -354,7 +354,8 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
         from sweep.recovery import resume_sweep
 
         grid, fit_seconds = resume_sweep(
-            s, trainable, info, lambda st: _new_tuner(st, trainable, info, callbacks, log), log)
+            s, trainable, info,
+            lambda st: _new_tuner(st, trainable, info, callbacks, log, total=s.space.trials), log)
     elif s.resume:   # trial folders in a bucket: Tune's own restore (recovery reads local folders)
         tuner = tune.Tuner.restore(s.experiment_path, trainable=trainable, resume_errored=False,
                                    restart_errored=False)
@@ -373,13 +374,20 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
 
 
 def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
-               callbacks: Sequence[Any], log: Callable[[str], None] | None) -> Any:
+               callbacks: Sequence[Any], log: Callable[[str], None] | None,
+               total: int | None = None) -> Any:
+    """total: the trials of the whole sweep, when this Tuner runs the rest of a resumed one."""
     from ray import tune
 
+    from sweep.progress import Progress
     from sweep.scheduler import scheduler_for
 
     space = s.space
-    writer = R.ResultsWriter(s.results_uri, s.name, info, log=log, total=space.trials)
+    total = space.trials if total is None else total
+    writer = R.ResultsWriter(s.results_uri, s.name, info, log=log, total=total)
+    for callback in callbacks:   # counts go on from the trials the resumed sweep already has
+        if isinstance(callback, Progress):
+            callback.total, callback.before = total, total - space.trials
     scheduler = scheduler_for(space)
     return tune.Tuner(
         trainable,
@@ -575,6 +583,7 @@ def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
 
     resources = ray.cluster_resources()
     s = resolve(args, cluster, resources.get("GPU", 0.0), resources.get("CPU", 1.0))
+    s, plan = confirm_plan(args, s)
     data_sets = _load_or_fail(s.space)
     from sweep.progress import Progress
 
@@ -591,10 +600,31 @@ def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
         print(f"\n{missing} trials did not finish: continue with "
               f"{commands.module('sweep.run', '--cluster', str(cluster.path), '--name', s.name, '--resume')}")
         return 1
-    plan = plan_of(args, s.space)
-    verdicts = confirm_after_search(s, data_sets, plan) if plan else None
+    try:
+        verdicts = confirm_after_search(s, data_sets, plan) if plan else None
+    except Interrupted as err:   # Ctrl-C or a lost cluster during the confirm phase
+        print(summary(outcome))
+        print(f"\n{err}: continue with "
+              f"{commands.module('sweep.run', '--cluster', str(cluster.path), '--name', s.name, '--resume')}")
+        return 1
     print(summary(outcome, verdicts))
     return 0
+
+
+def confirm_plan(args: argparse.Namespace, s: Settings) -> tuple[Settings, Any]:
+    """The confirm plan of this run. A new sweep keeps it as its space's `confirm` in sweep.json
+    (none: no confirm), so that --resume, which takes no options, confirms as the first run
+    asked; a resumed sweep whose confirm phase began continues that phase's own plan."""
+    import dataclasses
+
+    from sweep.confirm import saved_plan
+
+    if s.resume:
+        return s, (args.confirm is None and saved_plan(s.results_uri)) or plan_of(args, s.space)
+    plan = plan_of(args, s.space)
+    keep = {k: v for k, v in plan.to_dict().items()
+            if k in ("replicates", "margin", "until_decided", "max_seeds")} if plan else None
+    return dataclasses.replace(s, space=dataclasses.replace(s.space, confirm=keep)), plan
 
 
 def _load_or_fail(space: Space) -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""An interrupted confirm phase goes on where it stopped: each replicate of each cell x arm once.
+
+Each confirm round is a Tune run of its own (``<storage>/<name>-confirm-<time>-<round>``). A
+driver killed (or a Ctrl-C) during one leaves trials that trained but are not in trials.parquet.
+Before a round, the confirm phase (``sweep.run --resume`` or a second ``sweep.confirm``) reads
+those trial folders the way ``sweep.recovery`` reads the search's (params.json, result.json,
+checkpoints), and:
+
+- a trial that had ended is recorded from its rows, under its own id;
+- a trial that had not is handed back to the round under its own id (``RESUME_OF``), from its
+  latest checkpoint when one exists (``RESUME_CHECKPOINT``), instead of a fresh trial;
+- a (cell, arm, replicate) already recorded is never run or recorded again.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from sweep import results as R
+from sweep.recovery import RESUME_CHECKPOINT, RESUME_OF, Found, _ended, _settled_record, scan
+
+Key = tuple[str, str, int]
+"""(cell, arm, replicate) of a confirm trial."""
+
+
+def arm_of_cfg(cfg: dict[str, Any]) -> str:
+    """'base', or the shape term's name (as sweep.analyze.arm_of, for one config)."""
+    on = cfg.get("shape", "none") != "none" and float(cfg.get("alpha", 0.0)) > 0
+    return str(cfg["shape"]) if on else "base"
+
+
+def key_of(config: dict[str, Any]) -> Key:
+    """The (cell, arm, replicate) of a confirm trial's Tune config."""
+    return str(config["cell"]), arm_of_cfg(config["cfg"]), int(config["replicate"])
+
+
+def recorded_keys(records: Any) -> set[Key]:
+    """Keys of the confirm trials in trials.parquet's records (dicts)."""
+    return {(str(r["cell"]), arm_of_cfg(r), int(r["replicate"])) for r in records
+            if r.get("phase") == "confirm" and r.get("replicate") is not None}
+
+
+def round_folders(s: Any) -> list[Path]:
+    """The confirm rounds' Tune experiment folders, oldest first (names carry the start time)."""
+    if "://" in s.storage_path:   # trial folders in a bucket: not read back (as sweep.recovery)
+        return []
+    return sorted(p for p in Path(s.storage_path).glob(f"{s.name}-confirm-*") if p.is_dir())
+
+
+def _labels(experiment: Path) -> dict[str, tuple[str, int]]:
+    """Trial id -> (cell, replicate), from each trial folder's params.json."""
+    out = {}
+    for params in experiment.glob("*/params.json"):
+        try:
+            p = json.loads(params.read_text())
+            out[p.get(RESUME_OF) or params.parent.name] = (str(p["cell"]), int(p["replicate"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue   # cut short by the kill: that trial never reported anything
+    return out
+
+
+def _gather(s: Any) -> dict[str, tuple[Key, Found]]:
+    """Every confirm trial the round folders describe; a later round's rerun of a trial adds to
+    (and, for the same epoch, replaces) what the earlier folders hold."""
+    found: dict[str, tuple[Key, Found]] = {}
+    for experiment in round_folders(s):
+        labels = _labels(experiment)
+        for trial_id, trial in scan(experiment).items():
+            if trial_id not in labels:
+                continue
+            cell, replicate = labels[trial_id]
+            if trial_id not in found:
+                found[trial_id] = ((cell, arm_of_cfg(trial.cfg), replicate), trial)
+                continue
+            old = found[trial_id][1]
+            old.rows.update(trial.rows)
+            old.last = trial.last or old.last
+            if trial.checkpoint and trial.checkpoint_epoch >= old.checkpoint_epoch:
+                old.checkpoint, old.checkpoint_epoch = trial.checkpoint, trial.checkpoint_epoch
+    return found
+
+
+def recover(s: Any, info: dict[str, Any], log: Callable[[str], None] | None = None
+            ) -> dict[Key, dict[str, Any]]:
+    """Record confirm trials that ended unrecorded; return what continues each unfinished one:
+    {key: {RESUME_OF: its trial id, RESUME_CHECKPOINT: its latest checkpoint or None}}."""
+    writer = R.ResultsWriter(s.results_uri, s.name, info, log=None)
+    writer.setup()
+    have = recorded_keys(writer.records.values())
+    unfinished: dict[Key, tuple[int, dict[str, Any]]] = {}
+    settled = 0
+    for trial_id, (key, trial) in _gather(s).items():
+        if trial_id in writer.records or key in have:
+            continue
+        rows = writer.rows.setdefault(trial_id, {})
+        rows.update({e: {k: row.get(k) for k in R.EPOCH_KEYS} for e, row in trial.rows.items()})
+        if _ended(trial):
+            rec = _settled_record(s, info, trial, writer)
+            rec.update(phase="confirm", cell=key[0], replicate=key[2])
+            writer.records[trial_id] = rec
+            have.add(key)
+            settled += 1
+        elif key not in unfinished or trial.checkpoint_epoch > unfinished[key][0]:
+            unfinished[key] = (trial.checkpoint_epoch, {RESUME_OF: trial_id,
+                                                        RESUME_CHECKPOINT: trial.checkpoint})
+    if settled or unfinished:
+        writer.write()
+        if log:
+            log(f"  confirm resume: {settled} interrupted trials recorded from their rows, "
+                f"{len(unfinished)} to continue from their last checkpoint (or rerun)")
+    return {k: v for k, (_, v) in unfinished.items()}
+
+
+def continued(configs: list[dict[str, Any]], resumes: dict[Key, dict[str, Any]]
+              ) -> list[dict[str, Any]]:
+    """The round's configs, each carrying RESUME_OF / RESUME_CHECKPOINT (None for fresh trials):
+    every config needs the same keys (sweep.confirm builds Tune's space from the first)."""
+    fresh = {RESUME_OF: None, RESUME_CHECKPOINT: None}
+    return [{**c, **resumes.get(key_of(c), fresh)} for c in configs]
