@@ -84,7 +84,7 @@ def test_confirm_interrupted_by_ctrl_c_and_sigkill_finishes_each_replicate_once(
 
     conf = confirm_records(folder)
     assert conf.trial_id.is_unique and len(conf) == 2 * REPLICATES
-    keys = sorted(zip(conf.shape, conf.replicate))
+    keys = sorted(zip(conf["shape"], conf.replicate.astype(int)))
     assert keys == [(s, r) for s in ("cgd", "none") for r in range(REPLICATES)]   # each once
     assert (conf.status == "completed").all() and (conf.epochs == EPOCHS).all()
     kept = conf.set_index("trial_id").loc[first.trial_id]              # recorded ones not rerun
