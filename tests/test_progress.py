@@ -94,3 +94,22 @@ def test_plain_output_is_one_line_per_interval_and_survives_pickling():
 def test_no_output_before_the_first_step(stream):
     Progress(total=2, stream=stream).setup()
     assert stream.getvalue() == ""
+
+
+def test_a_resumed_sweeps_count_goes_on_from_the_trials_it_already_has(tmp_path):
+    """Phase B of a --resume runs only the trials not yet proposed: with 4 of 6 done before, its
+    Tuner's 2 trials read [5/6] and [6/6], never [3/2]; the time left counts its 2 trials."""
+    from sweep import run
+    from sweep.spaces import from_dict
+
+    space = from_dict({"grid": True, "seeds": 1, "num_samples": 2, "max_epochs": 4, "asha": None,
+                       "fixed": {"backbone": "small_cnn", "synth_n": 60}, "axes": {}})
+    s = run.local_settings(space, str(tmp_path), "rs", max_concurrent=1)
+    p = Progress(total=6, stream=io.StringIO(), clock=lambda: 0.0)
+    tuner = run._new_tuner(s, lambda config: None, {}, [p], None, total=6)
+    assert (p.total, p.before) == (6, 4)
+    writer = next(c for c in tuner._local_tuner._run_config.callbacks if hasattr(c, "records"))
+    assert writer.total == 6
+    trials = [trial("a", "TERMINATED", best=3.0, epoch=4), trial("b", "RUNNING", best=3.5, epoch=2)]
+    # this run: 1 + 2/4 of its 2 trials in 60 s -> 0.5 left x 40 s
+    assert p.status(trials, 60.0).startswith("[5/6 finished, 1 running, 1 min 00 s elapsed, ~20 s left]")
