@@ -14,6 +14,8 @@ split per replicate, the same one for both arms; the test rows never change (tes
 Every confirm trial runs the full budget (no ASHA), with score_test=True; its best epoch is chosen
 on validation and the test metrics at that epoch are the ones compared (sweep.verdicts).
 Confirm trials go into the same trials.parquet / epochs.parquet with phase="confirm".
+A confirm interrupted (Ctrl-C, kill -9) goes on where it stopped when run again, or with
+`sweep.run --name X --resume` (sweep.confirm_recovery); it holds the folder's lock (sweep.lock).
 """
 from __future__ import annotations
 
