@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import sys
@@ -113,6 +114,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def score_unfinished(args: argparse.Namespace) -> dict[str, Any]:
+    """Score a run that is still training (or was stopped) from its best.pt so far, marked as such:
+    the table must say when a deadline, not the recipe, ended a run."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) / args.name
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    cfg = TrialConfig(**state["config"])
+    data = load_dataset(args.data)
+    test_mask = group_test_mask(_groups_file(args.data), len(data))   # SPLIT: fkd_core's test split here
+    test = data.subset(test_mask)
+    model = load_model(out / BEST)
+    progress = state["progress"]
+    result = {
+        "name": f"{args.name} (unfinished: epoch {progress['epoch']} of {cfg.max_epochs})",
+        "recipe": None, "overrides": [], "config": cfg.to_dict(), "threads": 1,
+        "train_rows": None, "test_rows": len(test), "best_epoch": progress["best_epoch"],
+        "epochs": progress["epoch"], "best_val_rmse_px": progress["best"]["val_rmse_px"],
+        "train_wall_min": progress["wall_seconds"] / 60, "train_cpu_min": args.cpu_seconds / 60,
+        "load_before": [math.nan] * 3, "load_after": list(os.getloadavg()),
+        "train_images_per_s": math.nan, "parameters": sum(p.numel() for p in model.parameters()),
+        "test": score(model, test, flip=False), "test_flip": score(model, test, flip=True),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
 def yaml_value(text: str) -> Any:
     import yaml
     return yaml.safe_load(text)
@@ -128,7 +156,7 @@ def report(args: argparse.Namespace) -> str:
     for r in results:
         t, f = r["test"], r["test_flip"]
         lines.append(
-            f"| {r['name']} | {r['parameters']:,} | {r['best_val_rmse_px']:.3f} | {t['rmse_px']:.3f} | "
+            f"| {r['name']} ({r['config']['max_epochs']} epochs) | {r['parameters']:,} | {r['best_val_rmse_px']:.3f} | {t['rmse_px']:.3f} | "
             f"{f['rmse_px']:.3f} | {f['nme']:.4f} | {f['shape_err_px']:.3f} | {r['epochs']} | "
             f"{r['train_wall_min']:.1f} / {r['train_cpu_min']:.1f} | {r['threads']} | "
             f"{r['train_images_per_s']:.0f} | {f['infer_images_per_s']:.0f} | "
@@ -149,12 +177,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data", default=DATA)
     r.add_argument("--out", required=True)
     r.add_argument("--threads", type=int, default=1)
+    u = sub.add_parser("score", help="score a run that has not finished from its best.pt so far")
+    u.add_argument("--name", required=True)
+    u.add_argument("--out", required=True)
+    u.add_argument("--data", default=DATA)
+    u.add_argument("--threads", type=int, default=1)
+    u.add_argument("--cpu-seconds", type=float, default=math.nan, help="CPU time of the run so far (ps)")
     t = sub.add_parser("report", help="print the markdown table of every DIR/*/result.json")
     t.add_argument("dir")
     t.add_argument("--json", default=None, help="where to write the table as JSON")
     args = p.parse_args(argv)
     if args.command == "run":
         run(args)
+    elif args.command == "score":
+        print(json.dumps(score_unfinished(args), default=float))
     else:
         print(report(args))
     return 0

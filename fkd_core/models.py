@@ -107,11 +107,15 @@ class _BasicBlock(nn.Module):
         self.body = nn.Sequential(_conv_bn(c_in, c_out, stride),
                                   nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
         nn.init.zeros_(self.body[-1].weight)   # each block starts as its shortcut (Goyal et al.)
+        # A 1x1 stride-s conv is a 1x1 conv of every s-th pixel; written that way because the
+        # stride-2 1x1 conv's backward segfaults in torch 2.14's CPU kernels for channels_last
+        # inputs of fewer than 16 channels (width < 1).
+        self.stride = stride
         self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out else
-                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, 1, bias=False), nn.BatchNorm2d(c_out)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.body(x) + self.shortcut(x))
+        return torch.relu(self.body(x) + self.shortcut(x[:, :, ::self.stride, ::self.stride]))
 
 
 def _res_cnn(pretrained: bool, image_size: int, width: float = 1.0, depth: int = 1) -> Trunk:

@@ -36,8 +36,10 @@ def test_backbone_forward_backward(name):
 @pytest.mark.parametrize("width, depth", [(1.0, 1), (0.5, 2), (1.5, 1)])
 def test_cpu_backbones_with_knobs_and_every_head_train(name, head, width, depth):
     torch.manual_seed(0)
+    # channels_last, as train() runs them (a width-0.5 stride-2 1x1 conv crashed torch there).
     model = build_model(name, num_keypoints=15, head=head, width=width, depth=depth)
-    pred = model(torch.rand(2, 1, 96, 96))
+    model = model.to(memory_format=torch.channels_last)
+    pred = model(torch.rand(2, 1, 96, 96).contiguous(memory_format=torch.channels_last))
     assert pred.shape == (2, 15, 2) and torch.isfinite(pred).all()
     (pred - 30.0).square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -118,3 +120,12 @@ def test_pretrained_offline_and_absent_says_how_to_fix(tmp_path, monkeypatch):
     message = str(info.value)
     assert "resnet18-f37072fd.pth" in message and str(tmp_path) in message
     assert "pretrained=False" in message
+
+
+def test_res_cnn_shortcut_is_a_stride_2_1x1_convolution():
+    block = models._BasicBlock(8, 16, stride=2).eval()
+    x = torch.rand(2, 8, 9, 9)
+    conv = block.shortcut[0]
+    want = block.shortcut[1](torch.nn.functional.conv2d(x, conv.weight, stride=2))
+    assert block.shortcut(x[:, :, ::2, ::2]).shape == (2, 16, 5, 5)
+    assert torch.allclose(block.shortcut(x[:, :, ::2, ::2]), want)
