@@ -349,7 +349,13 @@ def test_heatmap_head_with_flip_averaging_trains_and_resumes_identically(faces, 
     train(cfg, faces, full.append, checkpoint_dir=str(tmp_path / "a"))
     assert full[1][metrics.TRAIN_LOSS] < full[0][metrics.TRAIN_LOSS]
     half: list[dict] = []
-    train(cfg.replace(max_epochs=1), faces, half.append, checkpoint_dir=str(tmp_path / "b"))
+
+    def interrupted(row: dict) -> None:   # a crash after epoch 1's checkpoint, same config
+        half.append(row)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, faces, interrupted, checkpoint_dir=str(tmp_path / "b"))
     train(cfg, faces, half.append, checkpoint_dir=str(tmp_path / "b"), resume_from=str(tmp_path / "b"))
     assert [_timeless(r) for r in half] == [_timeless(r) for r in full]
     state = load_checkpoint(tmp_path / "a" / BEST)
@@ -374,6 +380,6 @@ def test_cli_recipe_writes_a_best_pt_that_predict_reads(tmp_path, capsys):
                               "--epochs", "1", "--device", "cpu", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     state = load_checkpoint(out / BEST)
-    assert state["config"]["backbone"] == "res_cnn" and state["config"]["max_epochs"] == 1
+    assert state["config"]["head"] == "heatmap" and state["config"]["max_epochs"] == 1
     faces = load_dataset("synthetic", synth_n=3, synth_seed=5)
     assert predict(load_model(out / BEST), faces.images).shape == (3, 15, 2)
