@@ -51,7 +51,7 @@ class TrialConfig:
 
     # --- model ----------------------------------------------------------------------------
     backbone: str = "small_cnn"
-    """Name in fkd_core.models.BACKBONES (resnet50, densenet121, resnet18, mobilenet_v3_small, small_cnn)."""
+    """Name in fkd_core.models.BACKBONES (resnet50, densenet121, resnet18, mobilenet_v3_small, small_cnn, res_cnn)."""
     pretrained: bool = False
     """Load ImageNet weights through torchvision (must be in the torch cache when offline)."""
     dropout: float = 0.1
