@@ -35,6 +35,13 @@ Policies (``POLICIES``):
 - ``full``: ``study`` (correct rotation) + zoom/shift + horizontal flip: each image is left alone
   or gets one of {rotation with zoom and shift (one warp), noise, brightness}, uniformly, and
   independently of that a flip with probability ``flip_p``.
+- ``robust``: label-preserving transforms for new cameras and faces. Each image is left alone or
+  warped (rotation + zoom + shift, one warp; 50/50), flipped with probability ``flip_p``, and,
+  independently, gets the *photometric* transforms: contrast and gamma (every image, amounts drawn
+  around identity), Gaussian blur (probability BLUR_P, sigma up to ``blur_sigma``) and an
+  occlusion patch (probability OCCLUSION_P, a rectangle of a random grey up to
+  ``occlusion_size`` of the side). Photometric transforms leave keypoints where they are; an
+  occluded keypoint keeps its label (the model must infer it, as on a real hand or microphone).
 
 Coordinates use the pixel-index convention (pixel centre (row i, col j) = (x=j, y=i)); the
 rotation centre is c = (S - 1) / 2, the centre of the image.
@@ -77,6 +84,16 @@ class AugmentParams:
     scale_shift: bool = False
     exact_rotation: bool = True
     """False = the study's defect: keypoint y computed from the already-rotated x."""
+    photometric: bool = False
+    """Contrast/gamma, blur and occlusion on top of the one-of transform ("robust")."""
+    blur_sigma: float = 1.5
+    """Largest Gaussian blur sigma in pixels."""
+    contrast_range: float = 0.4
+    """Contrast factor drawn in [1 - contrast_range, 1 + contrast_range] about the image mean."""
+    gamma_range: float = 0.5
+    """Gamma drawn log-uniformly in [1 / (1 + gamma_range), 1 + gamma_range]."""
+    occlusion_size: float = 0.35
+    """Largest side of an occlusion patch, as a fraction of the image side."""
 
     @property
     def geometric(self) -> bool:
@@ -84,7 +101,7 @@ class AugmentParams:
 
     @property
     def active(self) -> bool:
-        return self.geometric or self.noise or self.brightness
+        return self.geometric or self.noise or self.brightness or self.photometric
 
 
 _POLICY_SWITCHES: dict[str, dict[str, bool]] = {
@@ -92,7 +109,12 @@ _POLICY_SWITCHES: dict[str, dict[str, bool]] = {
     "study": {"rotate": True, "noise": True, "brightness": True},
     "study_exact": {"rotate": True, "noise": True, "brightness": True, "exact_rotation": False},
     "full": {"rotate": True, "noise": True, "brightness": True, "flip": True, "scale_shift": True},
+    "robust": {"rotate": True, "flip": True, "scale_shift": True, "photometric": True},
 }
+# Chances of the robust policy's occasional transforms: a blurred or occluded face should be
+# common enough to learn from, yet most faces stay sharp and whole, as at test time.
+BLUR_P = 0.3
+OCCLUSION_P = 0.3
 POLICIES = tuple(_POLICY_SWITCHES)
 
 
@@ -107,7 +129,9 @@ def params_for(cfg: TrialConfig) -> AugmentParams:
     """The trial's policy (cfg.augment) with its knobs."""
     return policy(cfg.augment, rotation_deg=cfg.rotation_deg, noise_var=cfg.noise_var,
                   brightness_low=cfg.brightness_low, brightness_high=cfg.brightness_high,
-                  flip_p=cfg.flip_p, scale_range=cfg.scale_range, shift_px=cfg.shift_px)
+                  flip_p=cfg.flip_p, scale_range=cfg.scale_range, shift_px=cfg.shift_px,
+                  blur_sigma=cfg.blur_sigma, contrast_range=cfg.contrast_range,
+                  gamma_range=cfg.gamma_range, occlusion_size=cfg.occlusion_size)
 
 
 # --- deterministic building blocks ------------------------------------------------------------
@@ -209,6 +233,11 @@ class Draws:
     flip: Tensor       # bool
     brightness: Tensor # factor, 1 = unchanged
     sigma: Tensor      # noise standard deviation, 0 = none
+    contrast: Tensor   # factor about the image mean, 1 = unchanged
+    gamma: Tensor      # exponent, 1 = unchanged
+    blur: Tensor       # Gaussian sigma px, 0 = none
+    box: Tensor        # [N, 4] occlusion x0, y0, x1, y1 px (x0 = x1: none)
+    fill: Tensor       # grey level of the occlusion
 
     def take(self, index: Tensor | slice) -> "Draws":
         return Draws(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
@@ -241,7 +270,27 @@ def draw(params: AugmentParams, n: int, gen: torch.Generator) -> Draws:
     # The study's two brightness copies: x low or x high.
     factor = torch.where(u[:, 6] < 0.5, params.brightness_low, params.brightness_high)
     return Draws(kind, angle, scale, shift, flip, torch.where(kind == BRIGHTNESS, factor, 1.0),
-                 torch.where(kind == NOISE, math.sqrt(params.noise_var), 0.0))
+                 torch.where(kind == NOISE, math.sqrt(params.noise_var), 0.0),
+                 *_photometric_draws(params, n, gen))
+
+
+def _photometric_draws(params: AugmentParams, n: int, gen: torch.Generator) -> tuple[Tensor, ...]:
+    """(contrast, gamma, blur, box, fill) of n images; identity unless params.photometric.
+
+    Drawn only when on, so the other policies' random streams are what they were."""
+    device = gen.device
+    if not params.photometric:
+        one, zero = torch.ones(n, device=device), torch.zeros(n, device=device)
+        return one, one, zero, torch.zeros(n, 4, device=device), zero
+    u = torch.rand(n, 10, generator=gen, device=device)
+    contrast = 1.0 + params.contrast_range * (2 * u[:, 0] - 1)
+    gamma = torch.exp(math.log1p(params.gamma_range) * (2 * u[:, 1] - 1))
+    blur = torch.where(u[:, 2] < BLUR_P, params.blur_sigma * u[:, 3], 0.0)
+    occluded = u[:, 4] < OCCLUSION_P
+    side = params.occlusion_size * u[:, 5:7] * occluded[:, None]          # [N, 2] fraction of S
+    corner = u[:, 7:9] * (1.0 - side)                                      # inside the image
+    box = torch.cat([corner, corner + side], dim=1)                        # fractions; px in apply
+    return contrast, gamma, blur, box, u[:, 9]
 
 
 @dataclass(frozen=True)
@@ -260,6 +309,9 @@ class Plan:
     keypoints: Tensor
     ends: list[list[int]]
     batch_size: int
+    photometric: bool = False
+    blur_radius: int = 0
+    """Half-width of the blur kernels, from the policy's largest sigma (no per-batch host read)."""
 
 
 def plan(params: AugmentParams, keypoints: Tensor, flip_perm: Sequence[int], size: int,
@@ -286,7 +338,7 @@ def plan(params: AugmentParams, keypoints: Tensor, flip_perm: Sequence[int], siz
     n_batches = -(-n // batch_size)
     counts = torch.bincount(batch * _BLOCKS + key, minlength=n_batches * _BLOCKS)
     ends = counts.view(n_batches, _BLOCKS).cumsum(1).tolist()
-    return Plan(order, d, moved, ends, batch_size)
+    return Plan(order, d, moved, ends, batch_size, params.photometric, blur_radius(params.blur_sigma))
 
 
 def apply_(images: Tensor, p: Plan, b: int, generator: torch.Generator) -> Tensor:
@@ -313,6 +365,8 @@ def apply_(images: Tensor, p: Plan, b: int, generator: torch.Generator) -> Tenso
             add_noise_(x, d.sigma[rows].to(dt), generator)
         elif kind == BRIGHTNESS:
             scale_brightness_(x, d.brightness[rows].to(dt))
+    if p.photometric:
+        photometric_(images, d, p.blur_radius)
     return images
 
 
@@ -346,3 +400,54 @@ def add_noise_(images: Tensor, sigma: Tensor, generator: torch.Generator) -> Ten
 def scale_brightness_(images: Tensor, factor: Tensor) -> Tensor:
     """In place: clip(images * factor, 0, 1) for images [B, C, S, S] and a factor [B] each."""
     return images.mul_(factor[:, None, None, None]).clamp_(0.0, 1.0)
+
+
+# --- photometric transforms (policy "robust"): pixels change, keypoints stay -----------------
+
+
+def blur_radius(max_sigma: float) -> int:
+    """Kernel half-width that holds a Gaussian of max_sigma to 3 sigma (0: no blur)."""
+    return math.ceil(3.0 * max_sigma) if max_sigma > 0 else 0
+
+
+def photometric_(images: Tensor, d: Draws, radius: int) -> Tensor:
+    """In place on images [B, C, S, S] in [0, 1]: gamma, contrast, blur (kernels of half-width
+    radius), then occlusion, with the per-row amounts of d. Identity rows go through the same
+    vector operations: no selection by mask, no host read."""
+    dt = images.dtype
+    images.clamp_(min=0.0).pow_(d.gamma.to(dt)[:, None, None, None])
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    images.sub_(mean).mul_(d.contrast.to(dt)[:, None, None, None]).add_(mean).clamp_(0.0, 1.0)
+    if radius > 0:
+        images.copy_(gaussian_blur(images, d.blur.to(dt), radius))
+    occlude_(images, d.box.to(dt) * images.shape[-1], d.fill.to(dt))
+    return images
+
+
+def gaussian_kernels(sigma: Tensor, radius: int) -> Tensor:
+    """[B, 2 * radius + 1] normalised 1-D Gaussian kernels; sigma 0 gives the identity kernel."""
+    t = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
+    logits = -t.square() / (2 * sigma.clamp(min=1e-3).square()[:, None])
+    return torch.softmax(logits, dim=1)
+
+
+def gaussian_blur(images: Tensor, sigma: Tensor, radius: int) -> Tensor:
+    """images [B, C, S, S] blurred with a Gaussian of sigma [B] px each (reflect padding), kernels
+    of half-width radius; one grouped separable convolution for the whole batch. A symmetric
+    kernel moves no centroid."""
+    b, c, h, w = images.shape
+    k = gaussian_kernels(sigma, radius).repeat_interleave(c, dim=0)       # [B*C, 2r+1]
+    x = images.reshape(1, b * c, h, w)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k[:, None, None, :], groups=b * c)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k[:, None, :, None], groups=b * c)
+    return x.view(b, c, h, w)
+
+
+def occlude_(images: Tensor, box: Tensor, fill: Tensor) -> Tensor:
+    """In place: pixels whose centre lies in box [B, 4] (x0, y0, x1, y1 px) become fill [B]."""
+    s = images.shape[-1]
+    pos = torch.arange(s, dtype=images.dtype, device=images.device) + 0.5
+    inside_x = (pos >= box[:, 0, None]) & (pos < box[:, 2, None])        # [B, S]
+    inside_y = (pos >= box[:, 1, None]) & (pos < box[:, 3, None])
+    mask = (inside_y[:, :, None] & inside_x[:, None, :])[:, None]        # [B, 1, S, S]
+    return images.copy_(torch.where(mask, fill[:, None, None, None], images))

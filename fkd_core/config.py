@@ -18,10 +18,16 @@ Split = Literal["shuffle", "tail"]
 Missing = Literal["mask", "ffill", "drop"]
 BaseLoss = Literal["mse", "wing", "soft_wing"]
 ShapeTerm = Literal["none", "cgd", "seed_cgd"]
-Augment = Literal["none", "study", "study_exact", "full"]
+Augment = Literal["none", "study", "study_exact", "full", "robust"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Precision = Literal["auto", "fp32", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+Head = Literal["regression", "heatmap"]
+Schedule = Literal["plateau", "cosine", "onecycle"]
+
+# The network input side of every layout (fkd_core.data resizes image folders to it); a heatmap
+# size must divide it.
+INPUT_SIZE = 96
 
 
 @dataclass(frozen=True)
@@ -59,11 +65,19 @@ class TrialConfig:
 
     # --- model ----------------------------------------------------------------------------
     backbone: str = "small_cnn"
-    """Name in fkd_core.models.BACKBONES (resnet50, densenet121, resnet18, mobilenet_v3_small, small_cnn)."""
+    """Name in fkd_core.models.BACKBONES (resnet50, densenet121, resnet18, mobilenet_v3_small, small_cnn, res_cnn)."""
     pretrained: bool = False
     """Load ImageNet weights through torchvision (must be in the torch cache when offline)."""
     dropout: float = 0.1
     """Dropout before the linear head, as in the study."""
+    width: float = 1.0
+    """Width multiplier of small_cnn / res_cnn (channels x width); other backbones take 1 only."""
+    depth: int = 1
+    """Blocks per stage of res_cnn (convs per stage of small_cnn); other backbones take 1 only."""
+    head: Head = "regression"
+    """"regression" (the study's linear head) or "heatmap" (soft-argmax, fkd_core.heads)."""
+    heatmap_size: int = 24
+    """Side of the heatmaps of the heatmap head; divides the input (96): 12, 24, 48."""
 
     # --- loss: base + alpha * shape --------------------------------------------------------
     loss: BaseLoss = "mse"
@@ -90,6 +104,14 @@ class TrialConfig:
     """Random zoom of +-scale_range ("full" only)."""
     shift_px: float = 4.0
     """Random shift of +-shift_px pixels ("full" only)."""
+    blur_sigma: float = 1.5
+    """Largest Gaussian blur sigma in pixels ("robust" only)."""
+    contrast_range: float = 0.4
+    """Contrast factor in [1 - r, 1 + r] about the image mean ("robust" only)."""
+    gamma_range: float = 0.5
+    """Gamma log-uniform in [1 / (1 + r), 1 + r] ("robust" only)."""
+    occlusion_size: float = 0.35
+    """Largest occlusion patch side as a fraction of the image ("robust" only)."""
 
     # --- optimisation ---------------------------------------------------------------------
     optimizer: Optimizer = "adam"
@@ -103,6 +125,11 @@ class TrialConfig:
     """ReduceLROnPlateau factor on the validation loss (the study: 0.7)."""
     lr_patience: int = 5
     """ReduceLROnPlateau patience in epochs."""
+    schedule: Schedule = "plateau"
+    """"plateau" (the study's ReduceLROnPlateau), "cosine" or "onecycle" over max_epochs."""
+    warmup_epochs: int = 0
+    """Linear learning-rate warm-up of cosine / onecycle, capped below max_epochs (onecycle: 0
+    means 30% of the epochs)."""
 
     # --- runtime --------------------------------------------------------------------------
     seed: int = 0
@@ -123,6 +150,8 @@ class TrialConfig:
     that can outweigh a short epoch, and a resume then repeats at most N-1 epochs."""
     checkpoint_best: bool = True
     """Write best.pt at each new best val RMSE (prediction figures, the sweep's kept models)."""
+    tta_flip: bool = False
+    """Validate on the mean of the prediction and the mirrored prediction of the mirrored image."""
 
     def __post_init__(self) -> None:
         for name, allowed in _LITERALS.items():
@@ -144,6 +173,15 @@ class TrialConfig:
         _check(self.synth_pose >= 0.0, "synth_pose", ">= 0")
         _check(0.0 < self.brightness_low <= self.brightness_high, "brightness_low", "in (0, brightness_high]")
         _check(0.0 <= self.flip_p <= 1.0, "flip_p", "in [0, 1]")
+        _check(self.width > 0.0, "width", f"> 0 (a width multiplier), got {self.width:g}")
+        _check(self.depth >= 1, "depth", f">= 1, got {self.depth}")
+        _check(self.heatmap_size >= 1 and INPUT_SIZE % self.heatmap_size == 0, "heatmap_size",
+               f"a divisor of the input size {INPUT_SIZE} (12, 24, 48), got {self.heatmap_size}")
+        _check(self.blur_sigma >= 0.0, "blur_sigma", ">= 0")
+        _check(0.0 <= self.contrast_range < 1.0, "contrast_range", "in [0, 1)")
+        _check(self.gamma_range >= 0.0, "gamma_range", ">= 0")
+        _check(0.0 <= self.occlusion_size <= 1.0, "occlusion_size", "in [0, 1]")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
 
     @property
     def uses_shape(self) -> bool:
@@ -171,6 +209,8 @@ _LITERALS: dict[str, tuple[str, ...]] = {
     "optimizer": get_args(Optimizer),
     "precision": get_args(Precision),
     "compile_mode": get_args(CompileMode),
+    "head": get_args(Head),
+    "schedule": get_args(Schedule),
 }
 
 

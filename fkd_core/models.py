@@ -1,14 +1,23 @@
-"""Keypoint regressors: a backbone chosen by name from BACKBONES plus a linear head.
+"""Keypoint models: a backbone chosen by name from BACKBONES plus a head from fkd_core.heads.
 
     >>> from fkd_core.models import build_model
     >>> model = build_model("resnet50", num_keypoints=15, mean_face=mean_xy)   # [15, 2] px
+    >>> model = build_model("res_cnn", 15, width=1.5, depth=2, head="heatmap", heatmap_size=24)
     >>> model(images)            # images [N, 1, 96, 96] float in [0, 1] -> [N, 15, 2] px
 
 The study's networks: a 1x1 convolution turning the grey image into 3 channels (+ ReLU, as its
 code had), the torchvision trunk without its classifier, global average pooling, dropout and a
-linear layer with 2K outputs. The head predicts offsets from the training set's mean face in units
-of half the image, and starts at zero, so the first predictions are the mean face rather than
-the image corner (which would cost the first epochs just to move the points into the picture).
+linear layer with 2K outputs (the ``regression`` head). The head predicts offsets from the
+training set's mean face in units of half the image, and starts at zero, so the first predictions
+are the mean face rather than the image corner (which would cost the first epochs just to move the
+points into the picture). The ``heatmap`` head (soft-argmax, integral regression) is in heads.py.
+
+CPU backbones with a width multiplier and a depth knob (both searchable):
+- ``small_cnn``: five stride-2 3x3 conv stages, widths 8-16-32-64-128 x width, plus depth - 1
+  stride-1 convs per stage. The fast default.
+- ``res_cnn``: a small ResNet: a stride-2 stem and three stages of ``depth`` basic residual
+  blocks, widths 16-32-64-128 x width, 96 -> 6x6 (~25 M multiply-adds at width 1, depth 1).
+The torchvision backbones have neither knob (width 1 and depth 1 only).
 
 ImageNet weights come through torchvision's weights API and the torch hub cache
 (``$TORCH_HOME/hub/checkpoints``); offline and absent, ``WeightsUnavailable`` says where to put
@@ -25,6 +34,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from fkd_core.heads import build_head
+
 
 class WeightsUnavailable(RuntimeError):
     """ImageNet weights are neither in the torch cache nor downloadable."""
@@ -38,7 +49,7 @@ class Trunk:
     channels: int
     in_channels: int       # 3 for the ImageNet trunks (the 1x1 stem makes them from 1)
     pool: bool = True      # global average pooling (the study) or flatten (small_cnn keeps layout)
-    spatial: int = 1       # h * w after the trunk when pool is False
+    side: int = 1          # h = w after the trunk
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -46,26 +57,84 @@ def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
                          nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def _small_cnn(pretrained: bool, image_size: int) -> Trunk:
-    """Plain 5-stage CNN for CPU sweeps (~3 M multiply-adds per 96x96 image, ~0.2 M parameters).
+def _scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+def _check_knobs(name: str, width: float, depth: int) -> None:
+    if width <= 0.0:
+        raise ValueError(f"width={width:g}: the width multiplier of {name} must be > 0")
+    if depth < 1:
+        raise ValueError(f"depth={depth}: {name} needs at least one block per stage")
+
+
+def _halvings(image_size: int, stages: int) -> int:
+    side = image_size
+    for _ in range(stages):           # stride-2 3x3 convs with padding 1: ceil(side / 2)
+        side = (side + 1) // 2
+    return side
+
+
+def _small_cnn(pretrained: bool, image_size: int, width: float = 1.0, depth: int = 1) -> Trunk:
+    """Plain 5-stage CNN for CPU sweeps (~3 M multiply-adds per 96x96 image, ~0.2 M parameters
+    at width 1, depth 1).
 
     Widths start at 8: the 48x48 first stage dominates CPU time (activations, batch norm).
     Widths 16-32-64-96-128 reached 0.79 px val RMSE instead of 0.92 px (2000 synthetic faces, 15
     epochs) at well under half the speed; a CPU sweep wants many trials more than that margin. The last 3x3 map is
     flattened rather than pooled: without an ImageNet-deep trunk, *where* a feature sits is the
-    information a keypoint regressor needs.
+    information a keypoint regressor needs. ``width`` scales every stage; ``depth`` - 1 extra
+    stride-1 convs follow each stride-2 one.
     """
     if pretrained:
         raise WeightsUnavailable("small_cnn has no ImageNet weights; set pretrained=False")
-    widths = (8, 16, 32, 64, 128)
+    _check_knobs("small_cnn", width, depth)
+    widths = [_scaled(c, width) for c in (8, 16, 32, 64, 128)]
     layers, c_in = [], 1
     for c_out in widths:               # stride 2 each: 96 -> 48 -> 24 -> 12 -> 6 -> 3
         layers.append(_conv_bn(c_in, c_out, 2))
+        layers.extend(_conv_bn(c_out, c_out, 1) for _ in range(depth - 1))
         c_in = c_out
-    side = image_size
-    for _ in widths:
-        side = (side + 1) // 2
-    return Trunk(nn.Sequential(*layers), widths[-1], in_channels=1, pool=False, spatial=side * side)
+    return Trunk(nn.Sequential(*layers), widths[-1], in_channels=1, pool=False,
+                 side=_halvings(image_size, len(widths)))
+
+
+class _BasicBlock(nn.Module):
+    """ResNet's basic block: two 3x3 convs and a shortcut (1x1 conv when the shape changes)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(c_in, c_out, stride),
+                                  nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        nn.init.zeros_(self.body[-1].weight)   # each block starts as its shortcut (Goyal et al.)
+        # A 1x1 stride-s conv is a 1x1 conv of every s-th pixel; written that way because the
+        # stride-2 1x1 conv's backward segfaults in torch 2.14's CPU kernels for channels_last
+        # inputs of fewer than 16 channels (width < 1).
+        self.stride = stride
+        self.shortcut = (nn.Identity() if stride == 1 and c_in == c_out else
+                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, 1, bias=False), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x[:, :, ::self.stride, ::self.stride]))
+
+
+def _res_cnn(pretrained: bool, image_size: int, width: float = 1.0, depth: int = 1) -> Trunk:
+    """A small ResNet for CPUs: stem 3x3/2 (96 -> 48), then three stages of ``depth`` basic blocks,
+    the first of each with stride 2 (48 -> 24 -> 12 -> 6); widths 16-32-64-128 x ``width``.
+
+    The 6x6 map is flattened by the regression head (like small_cnn) or upsampled by the heatmap
+    head. Stopping at 6x6 rather than 3x3 keeps twice the spatial detail for both.
+    """
+    if pretrained:
+        raise WeightsUnavailable("res_cnn has no ImageNet weights; set pretrained=False")
+    _check_knobs("res_cnn", width, depth)
+    widths = [_scaled(c, width) for c in (16, 32, 64, 128)]
+    layers: list[nn.Module] = [_conv_bn(1, widths[0], 2)]
+    for c_in, c_out in zip(widths, widths[1:]):
+        layers.append(_BasicBlock(c_in, c_out, 2))
+        layers.extend(_BasicBlock(c_out, c_out, 1) for _ in range(depth - 1))
+    return Trunk(nn.Sequential(*layers), widths[-1], in_channels=1, pool=False,
+                 side=_halvings(image_size, len(widths)))
 
 
 def _weights_enum(name: str):
@@ -98,11 +167,14 @@ def _ensure_weights(name: str) -> None:
 
 
 def _torchvision(name: str, strip: Callable[[nn.Module], nn.Module], channels: int) -> Callable[..., Trunk]:
-    def build(pretrained: bool, image_size: int) -> Trunk:
+    def build(pretrained: bool, image_size: int, width: float = 1.0, depth: int = 1) -> Trunk:
+        if (width, depth) != (1.0, 1):
+            raise ValueError(f"{name} has no width/depth knob (got width={width:g}, depth={depth}); "
+                             f"they apply to {sorted(KNOBBED)}")
         if pretrained:
             _ensure_weights(name)
         net = torchvision.models.get_model(name, weights=_weights_enum(name) if pretrained else None)
-        return Trunk(strip(net), channels, in_channels=3)
+        return Trunk(strip(net), channels, in_channels=3, side=-(-image_size // 32))  # all stride 32
 
     return build
 
@@ -119,51 +191,57 @@ def _mobilenet_trunk(net: nn.Module) -> nn.Module:
     return net.features
 
 
-BACKBONES: dict[str, Callable[[bool, int], Trunk]] = {
+BACKBONES: dict[str, Callable[..., Trunk]] = {
     "resnet50": _torchvision("resnet50", _resnet_trunk, 2048),
     "densenet121": _torchvision("densenet121", _densenet_trunk, 1024),
     "resnet18": _torchvision("resnet18", _resnet_trunk, 512),
     "mobilenet_v3_small": _torchvision("mobilenet_v3_small", _mobilenet_trunk, 576),
     "small_cnn": _small_cnn,
+    "res_cnn": _res_cnn,
 }
+KNOBBED = ("small_cnn", "res_cnn")   # the backbones with a width multiplier and a depth knob
 
 
 class KeypointNet(nn.Module):
     """images [N, 1, S, S] float in [0, 1] -> keypoints [N, K, 2] in pixels."""
 
-    def __init__(self, trunk: Trunk, num_keypoints: int, mean_face: Tensor, image_size: int,
-                 dropout: float) -> None:
+    def __init__(self, trunk: Trunk, head: nn.Module, mean_face: Tensor) -> None:
         super().__init__()
         # The study's 1x1 conv + ReLU lifts grey to the 3 channels an ImageNet trunk expects.
         self.stem = (nn.Sequential(nn.Conv2d(1, 3, 1), nn.ReLU(inplace=True))
                      if trunk.in_channels == 3 else nn.Identity())
         self.trunk = trunk.features
-        self.pool = nn.AdaptiveAvgPool2d(1) if trunk.pool else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(trunk.channels * (1 if trunk.pool else trunk.spatial), 2 * num_keypoints)
-        nn.init.zeros_(self.head.weight)   # first prediction = mean face exactly
-        nn.init.zeros_(self.head.bias)
-        self.register_buffer("mean_face", mean_face.detach().float().clone().reshape(num_keypoints, 2))
-        self.register_buffer("scale", torch.tensor(image_size / 2.0))
+        self.head = head
+        self.register_buffer("mean_face", mean_face.detach().float().clone())
 
     def forward(self, images: Tensor) -> Tensor:
-        x = self.pool(self.trunk(self.stem(images)))
-        offsets = self.head(self.dropout(torch.flatten(x, 1)))
-        return self.mean_face + offsets.float().view(-1, *self.mean_face.shape) * self.scale
+        return self.head(self.trunk(self.stem(images)), self.mean_face)
 
 
 def build_model(name: str, num_keypoints: int, *, pretrained: bool = False, dropout: float = 0.1,
-                mean_face: Tensor | None = None, image_size: int = 96) -> KeypointNet:
-    """A keypoint regressor by backbone name; unknown names list the valid ones.
+                mean_face: Tensor | None = None, image_size: int = 96, width: float = 1.0,
+                depth: int = 1, head: str = "regression", heatmap_size: int = 24) -> KeypointNet:
+    """A keypoint model by backbone and head name; unknown names list the valid ones.
 
     Args:
-        mean_face: [K, 2] px, the initial prediction (the training set's mean face); the image
-            centre when None.
+        mean_face: [K, 2] px, the regression head's initial prediction (the training set's mean
+            face); the image centre when None.
         pretrained: load torchvision's ImageNet weights into the trunk (raises WeightsUnavailable).
+        width, depth: the knobs of small_cnn and res_cnn (ValueError for other backbones).
+        head: "regression" or "heatmap" (fkd_core.heads); heatmap_size must divide image_size.
     """
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; valid: {sorted(BACKBONES)}")
     if mean_face is None:
         mean_face = torch.full((num_keypoints, 2), image_size / 2.0)
-    trunk = BACKBONES[name](pretrained, image_size)
-    return KeypointNet(trunk, num_keypoints, mean_face, image_size, dropout)
+    trunk = BACKBONES[name](pretrained, image_size, width, depth)
+    head_module = build_head(head, channels=trunk.channels, side=trunk.side, num_keypoints=num_keypoints,
+                             image_size=image_size, heatmap_size=heatmap_size, dropout=dropout,
+                             pool=trunk.pool)
+    return KeypointNet(trunk, head_module, mean_face.reshape(num_keypoints, 2))
+
+
+def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Checkpoints written before heads.py (head = a bare Linear, scale on the model) -> now."""
+    renames = {"head.weight": "head.linear.weight", "head.bias": "head.linear.bias", "scale": "head.scale"}
+    return {renames.get(k, k): v for k, v in state.items()}

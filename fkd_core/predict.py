@@ -25,9 +25,10 @@ import torch
 from torch import Tensor
 
 from fkd_core.data import load_test_images
-from fkd_core.models import KeypointNet, build_model
+from fkd_core.models import KeypointNet, build_model, upgrade_state_dict
 from fkd_core.schema import Schema, get_schema
 from fkd_core.train import load_checkpoint, resolve_device
+from fkd_core.tta import flip_average
 
 LOOKUP_COLUMNS = ("RowId", "ImageId", "FeatureName")
 
@@ -36,8 +37,10 @@ def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") 
     """Rebuild a checkpoint's model (no ImageNet file needed: the weights are in the state)."""
     cfg = state["config"]
     model = build_model(cfg["backbone"], state["num_keypoints"], dropout=cfg["dropout"],
-                        mean_face=state["mean_face"], image_size=state["image_size"])
-    model.load_state_dict(state["model"])
+                        mean_face=state["mean_face"], image_size=state["image_size"],
+                        width=cfg.get("width", 1.0), depth=cfg.get("depth", 1),
+                        head=cfg.get("head", "regression"), heatmap_size=cfg.get("heatmap_size", 24))
+    model.load_state_dict(upgrade_state_dict(state["model"]))
     return model.to(device).eval()
 
 
@@ -48,16 +51,18 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> Ke
 
 @torch.no_grad()
 def predict(model: KeypointNet, images: Tensor, *, device: str | torch.device | None = None,
-            batch_size: int = 256) -> Tensor:
+            batch_size: int = 256, flip_perm: list[int] | None = None) -> Tensor:
     """images uint8 [N, 1, S, S] -> keypoints float32 [N, K, 2] px, on the CPU.
 
-    Runs where the model is, or moves the model to ``device`` when given.
+    Runs where the model is, or moves the model to ``device`` when given. With flip_perm (the
+    schema's flip_permutation()), each prediction is the flip average (fkd_core.tta).
     """
     if device is not None:
         model.to(device)
     model.eval()
     where = next(model.parameters()).device
-    out = [model(images[i:i + batch_size].to(where).float().div_(255.0)).float().cpu()
+    run = model if flip_perm is None else (lambda x: flip_average(model, x, flip_perm))
+    out = [run(images[i:i + batch_size].to(where).float().div_(255.0)).float().cpu()
            for i in range(0, images.shape[0], batch_size)]
     return torch.cat(out) if out else torch.zeros(0, model.mean_face.shape[0], 2)
 
@@ -154,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="PNG with a grid of faces and their predicted keypoints")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image's prediction (default: as the model was "
+                        "validated, the checkpoint's tta_flip)")
     return p
 
 
@@ -169,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"the model was trained on {size}x{size}")
         schema = get_schema(state["schema"])
         lookup = read_lookup(args.lookup) if args.lookup else None
-        pred = predict(model, test.images, batch_size=args.batch_size)
+        flip = state["config"].get("tta_flip", False) if args.tta_flip is None else args.tta_flip
+        pred = predict(model, test.images, batch_size=args.batch_size,
+                       flip_perm=schema.flip_permutation() if flip else None)
         ids = list(test.image_ids) if test.image_ids else [str(i + 1) for i in range(len(test))]
         table = submission(pred, ids, schema, size, lookup, lookup_name=args.lookup or "")
     except (ValueError, OSError) as exc:
@@ -177,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
-    print(f"wrote {len(table)} rows for {len(test)} images to {args.out}", file=sys.stderr)
+    print(f"wrote {len(table)} rows for {len(test)} images to {args.out} "
+          f"(flip averaging {'on' if flip else 'off'})", file=sys.stderr)
     if args.plot:
         trained_on = "synthetic faces" if state["data"]["synthetic"] else Path(state["data"]["source"]).name
         title = (f"{state['config']['backbone']} trained on {trained_on} "

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from fkd_core import augment, metrics
+from fkd_core import recipes, schedules, tta
 from fkd_core.config import TrialConfig
 from fkd_core.data import KeypointData, apply_missing, held_out_rows, load_for_config, three_way_split
 from fkd_core.losses import Loss, build_objective, parse_loss_spec
@@ -398,14 +399,14 @@ class _Trial:
         torch.manual_seed(cfg.seed)   # weights and dropout; batch order and augmentation below
         model = build_model(cfg.backbone, train_kps.shape[1], pretrained=cfg.pretrained,
                             dropout=cfg.dropout, mean_face=mean_face(train_kps, size),
-                            image_size=size).to(device)
+                            image_size=size, width=cfg.width, depth=cfg.depth, head=cfg.head,
+                            heatmap_size=cfg.heatmap_size).to(device)
         # channels_last pays on CPU too (oneDNN prefers NHWC): small_cnn x1.45, mobilenet_v3_small
         # x1.5, resnet18 x1.08 training images per CPU-second, measured on this 2-core machine.
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = _optimizer(cfg, model.parameters())
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        scheduler = schedules.build_scheduler(cfg, optimizer)
         return cls(model, optimizer, scheduler, torch.Generator(device=device).manual_seed(cfg.seed),
                    torch.Generator(device=device).manual_seed(cfg.seed + 1), device)
 
@@ -504,6 +505,8 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         augment=None if cfg.augment == "none" else augment.params_for(cfg),
         flip_perm=data.schema.flip_permutation(), on_step=on_step)
     net = torch.compile(trial.model, mode=cfg.compile_mode) if cfg.compile else trial.model
+    if cfg.tta_flip:   # evaluation only: training steps still see the plain model
+        net = tta.FlipAveraged(net, data.schema.flip_permutation())
     objective = build_objective(cfg)
     images = data.images.to(device, torch.uint8)   # once: both splits index into it
     train_data = Batches.of(images, train_idx, train_kps, device)
@@ -552,7 +555,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="mse", help="mse | wing | soft_wing | cgd | seed_cgd | wing+cgd ...")
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the shape term (default 0.01, the study's, when --loss has one)")
-    p.add_argument("--augment", default=defaults.augment, help="none | study | study_exact | full")
+    p.add_argument("--augment", default=defaults.augment, help="none | study | study_exact | full | robust")
     p.add_argument("--epochs", type=int, default=defaults.max_epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr)
@@ -573,6 +576,7 @@ def _parser() -> argparse.ArgumentParser:
                                                "summary.json (default runs/<time>-<backbone>-<loss>)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    recipes.add_arguments(p)
     return p
 
 
@@ -655,7 +659,7 @@ def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        cfg = recipes.resolve(args, recipes.given_flags(_parser(), argv), config_from_args)
         if cfg.backbone not in BACKBONES:   # before minutes of data loading, not after
             raise ValueError(f"Unknown backbone {cfg.backbone!r}; valid: {sorted(BACKBONES)}")
         out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.backbone}-{cfg.loss_label}")

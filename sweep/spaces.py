@@ -14,6 +14,8 @@ A space is a small designed experiment plus an optional search:
 - ``grid``: true enqueues every cell x seed as a fixed Optuna point (``points_to_evaluate``), so a
   designed experiment is reproduced exactly and its trials still live in the Optuna study;
   ``search`` parameters of those cells are still sampled by TPE. False lets TPE pick the axes too.
+- ``recipe``: a training recipe (fkd_core/recipes/NAME.yaml or a file) whose fields are fixed
+  under the space's own ``fixed`` (``tuned.yaml`` searches around ``best-cpu``).
 - ``asha``: grace period and reduction factor of ASHA on val_rmse_px, or null to run every trial
   to ``max_epochs`` (designed comparisons need equal budgets, so the grids use null). ASHA keeps
   separate rungs per cell x arm (sweep.scheduler).
@@ -41,12 +43,13 @@ from typing import Any, Mapping
 import yaml
 
 from fkd_core.config import TrialConfig, config_fields
+from fkd_core.recipes import load_recipe
 
 _SHAPE_ON = ["cgd", "seed_cgd"]
 
 # Backbone names of fkd_core.models.BACKBONES, listed here so that building a space never imports
 # torch; tests/test_spaces.py checks the two lists agree.
-BACKBONE_NAMES = ("small_cnn", "resnet18", "mobilenet_v3_small", "resnet50", "densenet121")
+BACKBONE_NAMES = ("small_cnn", "resnet18", "mobilenet_v3_small", "resnet50", "densenet121", "res_cnn")
 
 # The default (`make sweep`): a useful answer in < 10 minutes on 2 CPU cores. CPU backbones only:
 # resnet18 trains ~11 images/s on one core here (its trials took 90-114 s and learned least), so it
@@ -138,7 +141,7 @@ SPACES: dict[str, dict[str, Any]] = {
 }
 
 _KEYS = ("name", "description", "grid", "seeds", "num_samples", "max_epochs", "asha", "fixed",
-         "axes", "search", "confirm")
+         "axes", "search", "confirm", "recipe")
 _CONFIRM_KEYS = {"replicates": int, "until_decided": bool, "max_seeds": int, "margin": float}
 _DATA_FIELDS = ("data", "synth_n", "synth_seed", "synth_pose")
 
@@ -271,6 +274,8 @@ def from_dict(raw: Mapping[str, Any], origin: str = "space") -> Space:
     check_raw(raw, origin)   # every value's type, before anything below indexes into it
     fixed = dict(raw.get("fixed") or {})
     _check_fields(fixed, f"{origin}: fixed")
+    if raw.get("recipe"):   # a recipe (fkd_core/recipes) under the space's own fixed values
+        fixed = {**load_recipe(str(raw["recipe"])), **fixed}
     axes = {name: _axis(name, values, f"{origin}: axes.{name}")
             for name, values in (raw.get("axes") or {}).items()}
     search = {name: _param(name, spec, f"{origin}: search.{name}")

@@ -126,12 +126,16 @@ def test_params_for_maps_the_config():
     full = params_for(TrialConfig(augment="full", flip_p=0.3))
     assert full.flip and full.scale_shift and full.flip_p == 0.3 and full.exact_rotation
     assert not params_for(TrialConfig()).active
-    assert set(augment.POLICIES) == {"none", "study", "study_exact", "full"}
+    assert set(augment.POLICIES) == {"none", "study", "study_exact", "full", "robust"}
+    robust = params_for(TrialConfig(augment="robust", blur_sigma=2.0, occlusion_size=0.2))
+    assert robust.photometric and robust.rotate and robust.scale_shift and robust.flip
+    assert not robust.noise and not robust.brightness
+    assert robust.blur_sigma == 2.0 and robust.occlusion_size == 0.2
     with pytest.raises(ValueError, match="valid"):
         policy("everything")
 
 
-@pytest.mark.parametrize("name", ["none", "study", "study_exact", "full"])
+@pytest.mark.parametrize("name", ["none", "study", "study_exact", "full", "robust"])
 def test_augment_batch_keeps_shapes_range_and_is_seeded(name):
     from fkd_core.synth import generate
 
@@ -197,3 +201,90 @@ def test_plan_regroups_each_batch_and_each_row_gets_its_own_draw():
         assert torch.equal(p.keypoints[b * batch:b * batch + len(rows)].nan_to_num(-1), kp_want.nan_to_num(-1))
     counts = torch.bincount(p.draws.kind, minlength=4)
     assert (counts > 0).all()        # 50 draws: every transform and the original occur
+
+
+# --- the robust policy's photometric transforms: pixels change, the keypoints stay put ---------
+
+
+def _dot_centroid(image: torch.Tensor, x: float, y: float, radius: int = 7) -> tuple[float, float]:
+    """Centroid of a spot above its window's floor (contrast lifts the background evenly)."""
+    cx, cy = round(x), round(y)
+    win = image[cy - radius:cy + radius + 1, cx - radius:cx + radius + 1]
+    win = win - win.min()
+    ys, xs = torch.meshgrid(torch.arange(cy - radius, cy + radius + 1.0),
+                            torch.arange(cx - radius, cx + radius + 1.0), indexing="ij")
+    return float((win * xs).sum() / win.sum()), float((win * ys).sum() / win.sum())
+
+
+DOTS = torch.tensor([[[30.3, 35.6]], [[60.7, 50.2]], [[47.0, 70.4]], [[25.5, 62.5]]])   # [4, 1, 2]
+
+
+def _draws(**changes: torch.Tensor) -> augment.Draws:
+    """Identity draws of 4 rows with the given fields changed."""
+    n = DOTS.shape[0]
+    fields = {"kind": torch.zeros(n, dtype=torch.long), "angle": torch.zeros(n), "scale": torch.ones(n),
+              "shift": torch.zeros(n, 2), "flip": torch.zeros(n, dtype=torch.bool),
+              "brightness": torch.ones(n), "sigma": torch.zeros(n), "contrast": torch.ones(n),
+              "gamma": torch.ones(n), "blur": torch.zeros(n), "box": torch.zeros(n, 4), "fill": torch.zeros(n)}
+    return augment.Draws(**{**fields, **changes})
+
+
+@pytest.mark.parametrize("change", [
+    {"blur": torch.tensor([0.5, 1.0, 1.5, 2.0])},
+    {"contrast": torch.tensor([0.6, 1.4, 0.8, 1.2])},
+    {"gamma": torch.tensor([0.67, 1.5, 0.8, 1.25])},
+    {"box": torch.tensor([[0.0, 0.0, 0.2, 0.2], [0.0, 0.7, 0.3, 1.0], [0.7, 0.0, 1.0, 0.3],
+                          [0.6, 0.6, 0.9, 0.9]]), "fill": torch.tensor([0.3, 0.9, 0.5, 0.0])},
+    {"blur": torch.full((4,), 1.5), "contrast": torch.full((4,), 0.7), "gamma": torch.full((4,), 1.3)},
+])
+def test_each_photometric_transform_keeps_a_rendered_dot_on_its_keypoint(change):
+    image = _blobs(DOTS) * 0.8 + 0.1
+    out = augment.photometric_(image.clone(), _draws(**change), augment.blur_radius(2.0))
+    for i, (x, y) in enumerate(DOTS[:, 0].tolist()):
+        cx, cy = _dot_centroid(out[i, 0], x, y)
+        assert abs(cx - x) < 0.1 and abs(cy - y) < 0.1
+    assert not torch.equal(out, image) and 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_identity_photometric_draws_leave_the_pixels_alone():
+    image = torch.rand(4, 1, S, S)
+    out = augment.photometric_(image.clone(), _draws(), augment.blur_radius(1.5))
+    assert (out - image).abs().max() < 1e-6
+
+
+def test_blur_has_the_asked_sigma_and_occlusion_covers_exactly_its_box():
+    spot = torch.zeros(1, 1, S, S)
+    spot[0, 0, 48, 40] = 1.0
+    out = augment.gaussian_blur(spot, torch.tensor([2.0]), radius=8)[0, 0]
+    xs = torch.arange(S, dtype=torch.float32)
+    var_x = float((out.sum(0) * (xs - 40) ** 2).sum() / out.sum())
+    assert var_x == pytest.approx(4.0, rel=0.01) and out.sum().item() == pytest.approx(1.0, abs=1e-5)
+    img = torch.zeros(1, 1, S, S)
+    augment.occlude_(img, torch.tensor([[10.0, 20.0, 30.0, 25.0]]), torch.tensor([0.5]))
+    assert img.sum().item() == pytest.approx(0.5 * 20 * 5)           # pixels 10..29 x 20..24
+    assert img[0, 0, 20, 10] == 0.5 and img[0, 0, 25, 10] == 0 and img[0, 0, 20, 30] == 0
+
+
+def test_robust_policy_moves_dots_and_keypoints_together():
+    """The whole robust pipeline (warp with zoom/shift/rotation, flip, contrast, gamma, blur; no
+    occlusion, which could hide a dot): every dot sits under its moved keypoint."""
+    b = 24
+    kp = torch.tensor([[30.3, 35.6], [64.7, 36.2], [47.4, 58.9]]).expand(b, 3, 2).clone()
+    params = policy("robust", scale_range=0.2, shift_px=6.0, occlusion_size=0.0)
+    out, moved = augment_batch(_blobs(kp) * 0.8 + 0.1, kp, params, [1, 0, 2], torch.Generator().manual_seed(4))
+    assert (moved != kp).any(dim=2).any(dim=1).sum() >= b // 4        # many rows were moved
+    for i in range(b):
+        for x, y in moved[i].tolist():
+            if not (8 < x < S - 9 and 8 < y < S - 9):
+                continue
+            cx, cy = _dot_centroid(out[i, 0], x, y, radius=5)
+            assert abs(cx - x) < 0.1 and abs(cy - y) < 0.1, (i, x, y, cx, cy)
+
+
+def test_robust_draws_do_not_change_the_other_policies_random_streams():
+    full_a = augment.draw(policy("full"), 64, torch.Generator().manual_seed(1))
+    robust = augment.draw(policy("robust"), 64, torch.Generator().manual_seed(1))
+    assert torch.equal(full_a.flip, robust.flip)                    # same first uniforms
+    assert (full_a.contrast == 1).all() and (full_a.blur == 0).all() and (full_a.box == 0).all()
+    assert 0.15 < (robust.blur > 0).float().mean() < 0.45             # BLUR_P = 0.3
+    assert 0.15 < (robust.box[:, 2] > robust.box[:, 0]).float().mean() < 0.45

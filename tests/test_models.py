@@ -1,4 +1,5 @@
-"""Every backbone runs forward and backward; the head starts at the mean face; weights loading."""
+"""Every backbone x head runs forward and backward; the head starts at the mean face; the width and
+depth knobs; weights loading; checkpoints of the old head layout still load."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ import torch
 import torchvision
 
 from fkd_core import models
-from fkd_core.models import BACKBONES, build_model
+from fkd_core.heads import HEADS
+from fkd_core.models import BACKBONES, KNOBBED, build_model, upgrade_state_dict
 
 # The study's two backbones take 8-20 s on 2 busy CPU cores (under 1 s on idle ones).
 SLOW = {"resnet50", "densenet121"}
@@ -26,7 +28,52 @@ def test_backbone_forward_backward(name):
     pred.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert model.head.weight.grad.abs().sum() > 0
+    assert model.head.linear.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", KNOBBED)
+@pytest.mark.parametrize("head", sorted(HEADS))
+@pytest.mark.parametrize("width, depth", [(1.0, 1), (0.5, 2), (1.5, 1)])
+def test_cpu_backbones_with_knobs_and_every_head_train(name, head, width, depth):
+    torch.manual_seed(0)
+    # channels_last, as train() runs them (a width-0.5 stride-2 1x1 conv crashed torch there).
+    model = build_model(name, num_keypoints=15, head=head, width=width, depth=depth)
+    model = model.to(memory_format=torch.channels_last)
+    pred = model(torch.rand(2, 1, 96, 96).contiguous(memory_format=torch.channels_last))
+    assert pred.shape == (2, 15, 2) and torch.isfinite(pred).all()
+    (pred - 30.0).square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_width_scales_channels_and_depth_adds_blocks():
+    count = lambda **kw: sum(p.numel() for p in build_model("res_cnn", 15, **kw).trunk.parameters())
+    # Conv weights grow with width^2: doubling the width gives ~4x the trunk parameters.
+    assert 3.8 < count(width=2.0) / count(width=1.0) < 4.1
+    assert count(depth=2) > 1.8 * count(depth=1)
+    narrow = build_model("small_cnn", 15, width=0.5)
+    assert [m.out_channels for m in narrow.trunk.modules() if isinstance(m, torch.nn.Conv2d)] == [4, 8, 16, 32, 64]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"name": "small_cnn", "width": 0.0}, "width multiplier of small_cnn must be > 0"),
+    ({"name": "res_cnn", "width": -1.0}, "width multiplier of res_cnn must be > 0"),
+    ({"name": "resnet18", "width": 2.0}, "resnet18 has no width/depth knob"),
+    ({"name": "small_cnn", "head": "heatmap", "heatmap_size": 25}, "heatmap_size=25 must divide"),
+])
+def test_bad_knobs_say_what_is_expected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(num_keypoints=15, **kwargs)
+
+
+def test_checkpoints_of_the_old_linear_head_still_load():
+    model = build_model("small_cnn", 15)
+    old = {("head.weight" if k == "head.linear.weight" else "head.bias" if k == "head.linear.bias"
+            else "scale" if k == "head.scale" else k): v for k, v in model.state_dict().items()}
+    fresh = build_model("small_cnn", 15)
+    fresh.load_state_dict(upgrade_state_dict(old))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
 
 
 def test_first_prediction_is_the_mean_face():
@@ -73,3 +120,12 @@ def test_pretrained_offline_and_absent_says_how_to_fix(tmp_path, monkeypatch):
     message = str(info.value)
     assert "resnet18-f37072fd.pth" in message and str(tmp_path) in message
     assert "pretrained=False" in message
+
+
+def test_res_cnn_shortcut_is_a_stride_2_1x1_convolution():
+    block = models._BasicBlock(8, 16, stride=2).eval()
+    x = torch.rand(2, 8, 9, 9)
+    conv = block.shortcut[0]
+    want = block.shortcut[1](torch.nn.functional.conv2d(x, conv.weight, stride=2))
+    assert block.shortcut(x[:, :, ::2, ::2]).shape == (2, 16, 5, 5)
+    assert torch.allclose(block.shortcut(x[:, :, ::2, ::2]), want)

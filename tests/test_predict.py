@@ -92,3 +92,37 @@ def test_model_round_trip_and_plot(checkpoint, tmp_path):
                                            path=tmp_path / "faces.png", title="synthetic faces")
     assert path.stat().st_size > 10_000
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("head", ["regression", "heatmap"])
+def test_flip_averaging_keeps_a_symmetric_face_symmetric(head):
+    """On a left/right-symmetric image, the flip average of any model (here a random one) puts
+    each left keypoint at the mirror of its right partner and the centre-line ones on the axis."""
+    from fkd_core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 15, head=head).eval()
+    with torch.no_grad():   # random weights everywhere, so that the plain prediction is lopsided
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    raw = load_dataset("synthetic", synth_n=4, synth_seed=1).images
+    symmetric = torch.maximum(raw, raw.flip(-1))
+    perm = KAGGLE15.flip_permutation()
+    plain = predict_module.predict(model, symmetric)
+    averaged = predict_module.predict(model, symmetric, flip_perm=perm)
+    mirror = lambda p: torch.stack([95.0 - p[:, perm, 0], p[:, perm, 1]], dim=-1)
+    assert (plain - mirror(plain)).abs().max() > 0.05          # the test would catch a no-op
+    assert (averaged - mirror(averaged)).abs().max() < 1e-3
+    centre = [k for k in range(15) if perm[k] == k]            # nose tip, lip centres
+    assert centre and (averaged[:, centre, 0] - 47.5).abs().max() < 1e-3
+
+
+def test_predict_cli_uses_the_checkpoints_flip_setting_and_says_so(checkpoint, test_csv, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    argv = ["--checkpoint", str(checkpoint), "--images", str(test_csv), "--out", str(out), "--device", "cpu"]
+    assert predict_module.main(argv) == 0
+    assert "flip averaging off" in capsys.readouterr().err      # trained with tta_flip=False
+    plain = pd.read_csv(out)["Location"]
+    assert predict_module.main(argv + ["--tta-flip"]) == 0
+    assert "flip averaging on" in capsys.readouterr().err
+    assert not np.allclose(pd.read_csv(out)["Location"], plain)

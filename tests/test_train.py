@@ -365,3 +365,67 @@ def test_data_with_every_keypoint_missing_is_rejected_in_one_line(tmp_path, caps
     # 40 faces, each its own group: 6 test + 6 validation (15% each), 28 training rows
     with pytest.raises(ValueError, match="no keypoint is present in the 28 training rows"):
         train(TrialConfig(**FAST, max_epochs=1), empty, lambda row: None)
+
+
+# --- accuracy: schedules, heads, flip averaging, recipes ------------------------------------------
+
+
+def test_cosine_schedule_with_warmup_gives_the_hand_computed_learning_rates(faces):
+    rows: list[dict] = []
+    train(TrialConfig(**FAST, max_epochs=4, lr=1e-3, schedule="cosine", warmup_epochs=1,
+                      optimizer="adamw", weight_decay=0.05), faces, rows.append)
+    # Warm-up epoch: lr * 1/2; then a half cosine over the 3 remaining epochs: cos(0), cos(pi/3),
+    # cos(2 pi/3) -> factors 1, 0.75, 0.25.
+    assert [r[metrics.LR] for r in rows] == pytest.approx([5e-4, 1e-3, 7.5e-4, 2.5e-4])
+
+
+def test_onecycle_factors_rise_then_fall_to_a_ten_thousandth():
+    from fkd_core.schedules import onecycle_factor
+
+    factors = [onecycle_factor(e, 10, 0) for e in range(10)]     # warm-up: 30% = 3 epochs
+    assert factors[0] == pytest.approx(0.04) and factors[3] == pytest.approx(1.0)
+    assert factors[9] == pytest.approx(1e-4) and factors.index(max(factors)) == 3
+    assert all(a > b for a, b in zip(factors[3:], factors[4:]))
+
+
+def test_heatmap_head_with_flip_averaging_trains_and_resumes_identically(faces, tmp_path):
+    cfg = TrialConfig(**FAST, max_epochs=2, backbone="res_cnn", width=0.5, head="heatmap",
+                      heatmap_size=12, tta_flip=True, schedule="cosine", augment="robust")
+    full: list[dict] = []
+    train(cfg, faces, full.append, checkpoint_dir=str(tmp_path / "a"))
+    assert full[1][metrics.TRAIN_LOSS] < full[0][metrics.TRAIN_LOSS]
+    half: list[dict] = []
+
+    def interrupted(row: dict) -> None:   # a crash after epoch 1's checkpoint, same config
+        half.append(row)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, faces, interrupted, checkpoint_dir=str(tmp_path / "b"))
+    train(cfg, faces, half.append, checkpoint_dir=str(tmp_path / "b"), resume_from=str(tmp_path / "b"))
+    assert [_timeless(r) for r in half] == [_timeless(r) for r in full]
+    state = load_checkpoint(tmp_path / "a" / BEST)
+    assert state["config"]["tta_flip"] and "head.logits.weight" in state["model"]
+
+
+def test_flip_averaging_changes_validation_only(faces):
+    base = TrialConfig(**FAST, max_epochs=1)
+    plain: list[dict] = []
+    flipped: list[dict] = []
+    train(base, faces, plain.append)
+    train(base.replace(tta_flip=True), faces, flipped.append)
+    assert plain[0][metrics.TRAIN_LOSS] == flipped[0][metrics.TRAIN_LOSS]   # same training steps
+    assert plain[0][metrics.VAL_RMSE] != flipped[0][metrics.VAL_RMSE]
+
+
+def test_cli_recipe_writes_a_best_pt_that_predict_reads(tmp_path, capsys):
+    from fkd_core.predict import load_model, predict
+
+    out = tmp_path / "best"
+    code = train_module.main(["--recipe", "best-cpu", "--data", "synthetic", "--synth-n", "60",
+                              "--epochs", "1", "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    state = load_checkpoint(out / BEST)
+    assert state["config"]["head"] == "heatmap" and state["config"]["max_epochs"] == 1
+    faces = load_dataset("synthetic", synth_n=3, synth_seed=5)
+    assert predict(load_model(out / BEST), faces.images).shape == (3, 15, 2)

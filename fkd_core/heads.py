@@ -1,0 +1,127 @@
+"""Keypoint heads: a trunk's feature map [N, C, h, w] -> keypoints [N, K, 2] in pixels.
+
+    >>> head = build_head("heatmap", channels=128, side=6, num_keypoints=15, image_size=96,
+    ...                   heatmap_size=24)
+    >>> head(features, mean_face)          # [N, 128, 6, 6], [15, 2] px -> [N, 15, 2] px
+
+- ``regression`` (the study's): global pooling or flattening, dropout, one linear layer with 2K
+  outputs that predicts offsets from the mean face in units of half the image. It starts at zero,
+  so the first prediction is the mean face exactly.
+- ``heatmap``: integral regression (Sun et al. 2018). The features are upsampled (bilinear x2 +
+  3x3 conv, until the heatmap side) and a 1x1 conv gives one logit map per keypoint; the
+  *soft-argmax* (softmax over the map, then the expected pixel position) turns each map into
+  coordinates. It is differentiable, so the loss stays a loss on coordinates in pixels and
+  MSE + alpha*CGD applies unchanged. Its last conv starts at zero: uniform maps, every keypoint at
+  the image centre. No dropout: dropping channels of a heatmap moves its peak, not its confidence.
+
+Coordinates use the pixel-index convention of fkd_core.augment (pixel (row i, col j) has its
+centre at x=j, y=i): heatmap cell j covers pixels [j*s - 0.5, (j+1)*s - 0.5) for s = S / H, so
+its centre is x = (j + 0.5) * s - 0.5.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Channels of the heatmap head's upsampling convolutions: 32 keeps the 24x24 stage at ~5 M
+# multiply-adds per image, about the cost of the whole small_cnn trunk.
+HEATMAP_CHANNELS = 32
+
+
+def soft_argmax(logits: Tensor, image_size: int) -> Tensor:
+    """logits [N, K, H, W] -> expected positions [N, K, 2] (x, y) in pixels of an S x S image.
+
+    The softmax is taken over the H*W cells of each map (in fp32: bf16 would quantise the
+    probabilities); the position is the probability-weighted mean of the cell centres.
+    """
+    n, k, h, w = logits.shape
+    prob = torch.softmax(logits.float().flatten(2), dim=-1).view(n, k, h, w)
+    xs = (torch.arange(w, device=logits.device, dtype=torch.float32) + 0.5) * (image_size / w) - 0.5
+    ys = (torch.arange(h, device=logits.device, dtype=torch.float32) + 0.5) * (image_size / h) - 0.5
+    x = (prob.sum(dim=2) * xs).sum(dim=-1)      # marginal over rows, then E[x]
+    y = (prob.sum(dim=3) * ys).sum(dim=-1)
+    return torch.stack([x, y], dim=-1)
+
+
+class RegressionHead(nn.Module):
+    """features [N, C, h, w] -> mean_face + linear(features) * S/2 (the study's head)."""
+
+    def __init__(self, channels: int, side: int, num_keypoints: int, image_size: int,
+                 dropout: float, pool: bool) -> None:
+        super().__init__()
+        # Pooling suits an ImageNet-deep trunk; a shallow trunk keeps the layout (flatten), since
+        # *where* a feature sits is what a keypoint regressor needs.
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(channels * (1 if pool else side * side), 2 * num_keypoints)
+        nn.init.zeros_(self.linear.weight)   # first prediction = mean face exactly
+        nn.init.zeros_(self.linear.bias)
+        self.register_buffer("scale", torch.tensor(image_size / 2.0))
+
+    def forward(self, features: Tensor, mean_face: Tensor) -> Tensor:
+        offsets = self.linear(self.dropout(torch.flatten(self.pool(features), 1)))
+        return mean_face + offsets.float().view(-1, *mean_face.shape) * self.scale
+
+
+def _up_conv(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                         nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class HeatmapHead(nn.Module):
+    """features [N, C, h, w] -> soft-argmax of K heatmaps of side heatmap_size -> [N, K, 2] px."""
+
+    def __init__(self, channels: int, side: int, num_keypoints: int, image_size: int,
+                 heatmap_size: int) -> None:
+        super().__init__()
+        check_heatmap_size(heatmap_size, image_size)
+        stages, c, s = [], channels, side
+        while s * 2 <= heatmap_size:   # x2 steps up to the heatmap; an odd remainder is resized
+            stages.append(_up_conv(c, HEATMAP_CHANNELS))
+            c, s = HEATMAP_CHANNELS, s * 2
+        self.up = nn.Sequential(*stages)
+        self.logits = nn.Conv2d(c, num_keypoints, 1)
+        nn.init.zeros_(self.logits.weight)   # uniform maps: every keypoint starts at the centre
+        nn.init.zeros_(self.logits.bias)
+        self.heatmap_size, self.image_size = heatmap_size, image_size
+
+    def heatmaps(self, features: Tensor) -> Tensor:
+        """The logit maps [N, K, H, H] before the soft-argmax."""
+        x = self.up(features)
+        if x.shape[-1] != self.heatmap_size:
+            x = F.interpolate(x, size=(self.heatmap_size, self.heatmap_size), mode="bilinear",
+                              align_corners=False)
+        return self.logits(x)
+
+    def forward(self, features: Tensor, mean_face: Tensor) -> Tensor:
+        return soft_argmax(self.heatmaps(features), self.image_size)
+
+
+def check_heatmap_size(heatmap_size: int, image_size: int) -> None:
+    """A heatmap cell must cover a whole number of pixels (else cells straddle pixel edges)."""
+    if heatmap_size < 1 or image_size % heatmap_size:
+        raise ValueError(f"heatmap_size={heatmap_size} must divide the input size {image_size} "
+                         f"(e.g. {', '.join(str(d) for d in (12, 24, 48) if image_size % d == 0)})")
+
+
+def _regression(channels, side, num_keypoints, image_size, heatmap_size, dropout, pool):
+    return RegressionHead(channels, side, num_keypoints, image_size, dropout, pool)
+
+
+def _heatmap(channels, side, num_keypoints, image_size, heatmap_size, dropout, pool):
+    return HeatmapHead(channels, side, num_keypoints, image_size, heatmap_size)
+
+
+HEADS: dict[str, Callable[..., nn.Module]] = {"regression": _regression, "heatmap": _heatmap}
+
+
+def build_head(name: str, *, channels: int, side: int, num_keypoints: int, image_size: int,
+               heatmap_size: int = 24, dropout: float = 0.1, pool: bool = False) -> nn.Module:
+    """A head by name; unknown names list the valid ones. dropout, pool: regression only."""
+    if name not in HEADS:
+        raise ValueError(f"Unknown head {name!r}; valid: {sorted(HEADS)}")
+    return HEADS[name](channels, side, num_keypoints, image_size, heatmap_size, dropout, pool)
