@@ -264,12 +264,12 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
         if target > looked:
             looked = record_look(s.results_uri, target)
         if not V.has_test_metrics(seen):
-            return Result(pd.DataFrame(), target, record_end(s.results_uri, data_sets),
+            return Result(pd.DataFrame(), target, record_end(s.results_uri, data_sets, arms),
                           V.NO_TEST_METRICS)
         table = V.verdict_table(seen, rule)
         if not plan.until_decided or V.all_decided(table.to_dict("records")) \
                 or target >= plan.ceiling:
-            return Result(table, target, record_end(s.results_uri, data_sets))
+            return Result(table, target, record_end(s.results_uri, data_sets, arms))
         target = min(target + plan.replicates, plan.ceiling)
 
 
@@ -290,14 +290,22 @@ def saved_plan(uri: str) -> Plan | None:
 
 # --- sweep.json: the plan, the looks, the commands ------------------------------------------
 
-def split_kinds(data_sets: dict[str, Any], cfg: TrialConfig | None = None) -> dict[str, str]:
-    """'group-disjoint' or 'row-level' per data set (fkd_core.data.split_kind), or why not known."""
-    try:
-        from fkd_core.data import split_kind
-    except ImportError:
-        return {k: "not recorded (this fkd_core.data has no split_kind: no test split yet)"
-                for k in data_sets}
-    return {k: split_kind(d, cfg or TrialConfig(score_test=True)) for k, d in data_sets.items()}
+def split_kinds(data_sets: dict[str, Any], arms: Sequence[Arm] = ()) -> dict[str, str]:
+    """'group-disjoint' or 'row-level' per cell (fkd_core.data.split_kind of the cell's config:
+    split="tail" makes validation row-level even where the test split is group-disjoint); per
+    data set when no arm is given."""
+    from fkd_core.data import split_kind
+    from sweep.spaces import data_key
+
+    if not arms:
+        return {k: split_kind(d, TrialConfig(score_test=True)) for k, d in data_sets.items()}
+    kinds = {}
+    for arm in arms:
+        cfg = TrialConfig(**{k: v for k, v in arm.fields.items() if k in config_fields()})
+        data = data_sets.get(data_key(cfg))
+        if data is not None:
+            kinds[str(arm.cell)] = split_kind(data, cfg)
+    return kinds
 
 
 def _update_sweep_json(uri: str, change: Callable[[dict[str, Any]], None]) -> None:
@@ -356,13 +364,13 @@ def record_look(uri: str, replicates: int) -> int:
     return replicates
 
 
-def record_end(uri: str, data_sets: dict[str, Any]) -> int:
+def record_end(uri: str, data_sets: dict[str, Any], arms: Sequence[Arm] = ()) -> int:
     """The split kinds and the end time; returns the looks taken over all runs of the confirm."""
     looks = [0]
 
     def change(saved: dict[str, Any]) -> None:
         c = saved.setdefault("confirm", {})
-        c.update(split=split_kinds(data_sets), finished=time.strftime("%Y-%m-%d %H:%M:%S %z"))
+        c.update(split=split_kinds(data_sets, arms), finished=time.strftime("%Y-%m-%d %H:%M:%S %z"))
         looks[0] = int(c.get("looks", 0))
     _update_sweep_json(uri, change)
     return looks[0]

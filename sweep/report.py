@@ -158,8 +158,12 @@ def rule_of(settings: dict[str, Any]) -> tuple[V.Rule, str]:
 
 
 def split_phrase(settings: dict[str, Any]) -> str:
-    kinds = sorted(set(((settings.get("confirm") or {}).get("split") or {}).values()))
-    return ", ".join(kinds) if kinds else "not recorded"
+    by_cell = (settings.get("confirm") or {}).get("split") or {}
+    kinds = sorted(set(by_cell.values()))
+    if len(kinds) > 1:   # e.g. the reproduction: split=tail cuts validation through groups
+        return "; ".join(f"{kind} in {', '.join(sorted(c for c, k in by_cell.items() if k == kind))}"
+                         for kind in kinds) + " (the test split is the same in every cell)"
+    return kinds[0] if kinds else "not recorded"
 
 
 def verdict_markdown(table: pd.DataFrame) -> str:
