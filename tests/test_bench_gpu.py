@@ -136,9 +136,12 @@ def test_two_backbones_compiled_in_sequence_are_both_compiled(compile_backend):
 
 
 def test_compile_check_says_why_it_cannot_run(monkeypatch):
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "g++"))
+    # inductor's config must be patched through its own API: monkeypatch's undo deleted the
+    # attribute, and every later torch.compile in the session failed.
     monkeypatch.setattr("shutil.which", lambda name: None)
-    assert compile_unavailable("cpu").startswith("no C++ compiler")
+    with torch._inductor.config.patch({"cpp.cxx": (None, "g++")}):
+        assert compile_unavailable("cpu").startswith("no C++ compiler")
+    assert hasattr(torch._inductor.config.cpp, "cxx")
 
 
 def test_refuses_without_cuda_unless_dry_run(capsys):
