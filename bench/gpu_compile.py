@@ -50,9 +50,11 @@ def compile_unavailable(device: str) -> str | None:
 
 
 def whole_batch_data(batch: int, train_batches: int = TRAIN_BATCHES, val_batches: int = VAL_BATCHES):
-    """(synthetic faces, val_fraction) with exactly train_batches + val_batches full batches."""
-    faces = batch * (train_batches + val_batches)
-    return load_dataset("synthetic", synth_n=faces, synth_seed=0), val_batches / (train_batches + val_batches)
+    """(synthetic faces, val_fraction, test_fraction) with exactly train_batches + val_batches full
+    batches once one batch of faces is held out as the test split (never scored here)."""
+    faces = batch * (train_batches + val_batches + 1)
+    return (load_dataset("synthetic", synth_n=faces, synth_seed=0), val_batches * batch / faces,
+            batch / faces)
 
 
 def compiled_run(backbone: str, batch: int, epochs: int, device: str, mode: str,
@@ -66,11 +68,11 @@ def compiled_run(backbone: str, batch: int, epochs: int, device: str, mode: str,
 
     torch._dynamo.reset()   # forget the previous backbone's graphs of KeypointNet.forward
     counters.clear()
-    data, val_fraction = whole_batch_data(batch, train_batches, val_batches)
+    data, val_fraction, test_fraction = whole_batch_data(batch, train_batches, val_batches)
     rows: list[dict] = []
     cfg = TrialConfig(backbone=backbone, batch_size=batch, max_epochs=epochs, device=device,
-                      patience=epochs + 1, seed=0, val_fraction=val_fraction, compile=True,
-                      compile_mode=mode)
+                      patience=epochs + 1, seed=0, val_fraction=val_fraction,
+                      test_fraction=test_fraction, compile=True, compile_mode=mode)
     try:
         with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, suppress_errors=False):
             train(cfg, data, rows.append)

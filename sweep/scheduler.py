@@ -51,8 +51,10 @@ class CellArmASHA(FIFOScheduler):
                  reduction_factor: float, metric: str | None = None, mode: str | None = None):
         super().__init__()
         self.key = key
-        self.asha_args = {"time_attr": time_attr, "max_t": max_t, "grace_period": grace_period,
-                          "reduction_factor": reduction_factor}
+        # A budget below the grace period (--max-epochs 2 or --smoke-test on a space whose grace is
+        # 3) leaves ASHA nothing to stop early; Ray would assert, so the grace shrinks to the budget.
+        self.asha_args = {"time_attr": time_attr, "max_t": max_t,
+                          "grace_period": min(grace_period, max_t), "reduction_factor": reduction_factor}
         self._metric, self._mode = metric, mode
         self.by_key: dict[str, AsyncHyperBandScheduler] = {}
         self.trial_key: dict[str, str] = {}

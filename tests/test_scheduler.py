@@ -101,3 +101,14 @@ def test_state_survives_save_and_restore(tmp_path):
 def test_spaces_without_asha_get_fifo():
     assert type(scheduler_for(get_space("rigidity"))).__name__ == "FIFOScheduler"
     assert isinstance(scheduler_for(get_space("quick")), CellArmASHA)
+
+
+def test_a_budget_below_the_grace_period_runs_every_trial_to_the_budget():
+    """--smoke-test (2 epochs) on a space whose grace period is 3: Ray's ASHA asserts
+    max_t >= grace_period; here the grace shrinks to the budget and nothing is stopped early."""
+    key = CellArmKey(get_space("quick"))
+    sched = CellArmASHA(key, **{**asha_args(), "max_t": 2, "grace_period": 3})
+    decisions = feed(sched, constructed_case())
+    assert sched.asha_args["grace_period"] == 2
+    # epoch 2 is the whole budget: every trial ends there (max_t), none was cut at a rung before
+    assert set(decisions.values()) == {TrialScheduler.STOP}
