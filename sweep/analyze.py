@@ -250,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.results}: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        if type(exc).__name__ != "DamagedResults":   # sweep.results, imported only on that path
+        from sweep.results import DamagedResults   # imports Ray: only on this path
+
+        if not isinstance(exc, DamagedResults):
             raise
         print(f"sweep.analyze: error: {exc}", file=sys.stderr)
         return 2

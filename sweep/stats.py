@@ -115,13 +115,18 @@ def t_quantile(p: float, df: float) -> float:
 
 # --- means, paired differences ------------------------------------------------------------
 
+def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The finite values as a float array (a diverged replicate's inf is not a difference)."""
+    x = np.asarray(values, dtype=float)
+    return x[np.isfinite(x)]
+
+
 def mean_ci(values: Sequence[float] | np.ndarray | pd.Series, level: float = 0.95) -> MeanCI:
     """Mean and Student-t CI of the finite values (NaN/inf are dropped, so n counts the rest).
 
     CI = mean ± t_{(1+level)/2, n-1} · s / sqrt(n), with s the sample standard deviation (ddof=1).
     """
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    x = _finite(values)
     n = int(x.size)
     if n == 0:
         return MeanCI(math.nan, math.nan, math.nan, 0, level)
@@ -213,10 +218,10 @@ def importance_ranking(table: pd.DataFrame, params: Sequence[str], target: str,
 
 # --- decisions: p-values, Holm, an anytime-valid confidence sequence ------------------------
 
+
 def t_pvalue(values: Sequence[float] | np.ndarray, mu: float = 0.0) -> float:
     """Two-sided p-value of Student's one-sample t-test of mean == mu (NaN when n < 2)."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    x = _finite(values)
     if x.size < 2:
         return math.nan
     sd = float(x.std(ddof=1))
@@ -233,8 +238,7 @@ def tost_pvalue(values: Sequence[float] | np.ndarray, margin: float) -> float:
     <= a exactly when the two-sided (1 − a) Student-t CI lies inside ±margin, so at a = 0.05 the
     rule reads "the 95% CI is inside ±margin", as DESIGN.md defines equivalence.
     """
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    x = _finite(values)
     if x.size < 2:
         return math.nan
     sd = float(x.std(ddof=1))
@@ -249,8 +253,7 @@ def tost_pvalue(values: Sequence[float] | np.ndarray, margin: float) -> float:
 def prob_improvement(values: Sequence[float] | np.ndarray) -> float:
     """P(mean difference < 0): the Student-t posterior of the mean under a flat prior
     (the reference posterior for normal data), i.e. t_cdf(−mean / se, n − 1). NaN when n < 2."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    x = _finite(values)
     if x.size < 2:
         return math.nan
     se = float(x.std(ddof=1)) / math.sqrt(x.size)
