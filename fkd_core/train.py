@@ -145,10 +145,10 @@ def split_rows(data: KeypointData, cfg: TrialConfig) -> tuple[Tensor, Tensor, Te
     # A split without a single present keypoint gives a 0/0 loss or metric: the run would
     # "diverge" in epoch 1 for a reason that is the data's, not the optimiser's.
     # One host read for both splits (these are CPU tensors; the count is per trial, not per step).
-    splits = {"training": train_kps, "validation": data.keypoints[val_idx]}
-    present = torch.stack([torch.isfinite(k).all(dim=-1).any() for k in splits.values()])
+    labels = {"training": train_kps, "validation": data.keypoints[val_idx]}
+    present = torch.stack([torch.isfinite(k).all(dim=-1).any() for k in labels.values()])
     if not present.all():
-        name, kps = next((n, k) for (n, k), ok in zip(splits.items(), present.tolist()) if not ok)
+        name, kps = next((n, k) for (n, k), ok in zip(labels.items(), present.tolist()) if not ok)
         raise ValueError(f"{data.source}: no keypoint is present in the {len(kps)} {name} rows "
                          f"(missing={cfg.missing!r}); nothing to learn or score")
     return train_idx, train_kps, val_idx
