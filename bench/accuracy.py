@@ -11,11 +11,11 @@ best.pt on the test people, with and without flip averaging. It records test RMS
 error, wall and process CPU time of training, the load average (the machine is shared), training
 images/s and inference images/s.
 
-The test split: 15% of the 347 people of ``training.groups.csv`` (seed 0), drawn here by
-``group_test_mask`` until the data branch's split lands in fkd_core; then replace the one line
-marked SPLIT below with fkd_core's own (its rows differ: it draws from the data's hash). Until
-then validation is a row-level draw from the remaining people (fkd_core.train's split), so it is
-optimistic; the test split is what the table reports.
+The split is fkd_core's own (fkd_core.data.three_way_split, the one every trial uses): test =
+15% of the people of ``training.groups.csv``, fixed by the data's hash and test_seed 0, and
+removed from training and validation by fkd_core.train itself; validation = 15% of the remaining
+people (split_seed), so every choice below is made on people who are neither trained on nor
+tested. The test rows are read only for this table.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ import torch
 
 from fkd_core import metrics, recipes
 from fkd_core.config import TrialConfig
-from fkd_core.data import KeypointData, load_dataset
+from fkd_core.data import KeypointData, held_out_rows, load_dataset, split_kind, three_way_split
 from fkd_core.predict import load_model, predict
 from fkd_core.train import BEST, train
 
@@ -44,24 +44,8 @@ RESULTS = Path(__file__).with_name("results")
 TARGET_RMSE, TARGET_MINUTES = 1.6, 15.0
 
 
-def group_test_mask(groups_csv: str | Path, n_rows: int, fraction: float = 0.15, seed: int = 0) -> np.ndarray:
-    """bool [n_rows]: rows of a seeded draw of round(fraction * groups) groups (columns row,group)."""
-    table = pd.read_csv(groups_csv)
-    if len(table) != n_rows or sorted(table["row"]) != list(range(n_rows)):
-        raise ValueError(f"{groups_csv}: expected rows 0..{n_rows - 1}, got {len(table)} rows")
-    people = np.array(sorted(table["group"].astype(str).unique()))
-    chosen = set(np.random.default_rng(seed).permutation(people)[:round(fraction * len(people))])
-    mask = np.zeros(n_rows, dtype=bool)
-    mask[table["row"].to_numpy()] = table["group"].astype(str).isin(chosen).to_numpy()
-    return mask
-
-
-def _groups_file(data: str) -> Path:
-    name = Path(data).name
-    for suffix in (".csv.gz", ".csv", ".zip"):
-        if name.endswith(suffix):
-            return Path(data).with_name(name[:-len(suffix)] + ".groups.csv")
-    raise ValueError(f"{data}: expected a .csv, .csv.gz or .zip file")
+def _people(data: KeypointData, rows: np.ndarray) -> int:
+    return len({data.groups[i] for i in rows}) if data.groups is not None else len(rows)
 
 
 def score(model: torch.nn.Module, test: KeypointData, flip: bool) -> dict[str, float]:
@@ -84,21 +68,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fields[key] = recipes._typed(Path("--set"), key, yaml_value(value), type(getattr(TrialConfig(), key)))
     cfg = TrialConfig(**{**fields, "data": args.data, "device": "cpu"})
     data = load_dataset(args.data)
-    test_mask = group_test_mask(_groups_file(args.data), len(data))   # SPLIT: fkd_core's test split here
-    train_part, test = data.subset(~test_mask), data.subset(test_mask)
+    splits = three_way_split(data, cfg)     # train() removes splits.test itself, in every run
+    test = data.subset(splits.test)
     out = Path(args.out) / args.name
     rows: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    summary = train(cfg, train_part, lambda row: (rows.append(row), print(
+    summary = train(cfg, data, lambda row: (rows.append(row), print(
         f"[{args.name}] epoch {row[metrics.EPOCH]} val {row[metrics.VAL_RMSE]:.3f} px "
         f"{row[metrics.EPOCH_SECONDS]:.1f} s", file=sys.stderr, flush=True)), checkpoint_dir=str(out))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     model = load_model(out / BEST)
     result = {
         "name": args.name, "recipe": args.recipe, "overrides": args.set, "config": cfg.to_dict(),
-        "threads": args.threads, "train_rows": len(train_part), "test_rows": len(test),
-        "test_people": int(pd.read_csv(_groups_file(args.data))["group"][test_mask].nunique()),
+        "threads": args.threads, "train_rows": len(splits.train), "val_rows": len(splits.val),
+        "test_rows": len(test), "split_kind": split_kind(data, cfg),
+        "test_people": _people(data, splits.test), "val_people": _people(data, splits.val),
         "best_epoch": summary.best_epoch, "epochs": summary.epochs,
         "best_val_rmse_px": summary.best_val_rmse_px,
         "train_wall_min": wall / 60, "train_cpu_min": cpu / 60,
@@ -122,8 +107,7 @@ def score_unfinished(args: argparse.Namespace) -> dict[str, Any]:
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     cfg = TrialConfig(**state["config"])
     data = load_dataset(args.data)
-    test_mask = group_test_mask(_groups_file(args.data), len(data))   # SPLIT: fkd_core's test split here
-    test = data.subset(test_mask)
+    test = data.subset(held_out_rows(data, cfg))
     model = load_model(out / BEST)
     progress = state["progress"]
     result = {
@@ -151,7 +135,7 @@ def _per_cpu_second(r: dict[str, Any]) -> float:
     steadier than wall-clock images/s on a shared machine."""
     if not r.get("train_rows"):
         return math.nan
-    images = r["epochs"] * r["train_rows"] * (1.0 - r["config"]["val_fraction"])
+    images = r["epochs"] * r["train_rows"]
     return images / (60.0 * r["train_cpu_min"])
 
 

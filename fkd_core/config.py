@@ -22,7 +22,8 @@ Augment = Literal["none", "study", "study_exact", "full", "robust"]
 Optimizer = Literal["adam", "adamw", "sgd"]
 Precision = Literal["auto", "fp32", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
-Head = Literal["regression", "heatmap"]
+Head = Literal["regression", "heatmap", "unet"]
+SKIP_BACKBONES = ("small_cnn", "res_cnn")   # trunks that expose earlier maps to the "unet" head
 Schedule = Literal["plateau", "cosine", "onecycle"]
 
 # The network input side of every layout (fkd_core.data resizes image folders to it); a heatmap
@@ -75,7 +76,8 @@ class TrialConfig:
     depth: int = 1
     """Blocks per stage of res_cnn (convs per stage of small_cnn); other backbones take 1 only."""
     head: Head = "regression"
-    """"regression" (the study's linear head) or "heatmap" (soft-argmax, fkd_core.heads)."""
+    """"regression" (the study's linear head), "heatmap" (soft-argmax) or "unet" (soft-argmax with
+    skip connections from the trunk; small_cnn and res_cnn), all in fkd_core.heads."""
     heatmap_size: int = 24
     """Side of the heatmaps of the heatmap head; divides the input (96): 12, 24, 48."""
 
@@ -130,6 +132,9 @@ class TrialConfig:
     warmup_epochs: int = 0
     """Linear learning-rate warm-up of cosine / onecycle, capped below max_epochs (onecycle: 0
     means 30% of the epochs)."""
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights (and batch-norm statistics), updated every step
+    with this decay (e.g. 0.998); validation, test, best.pt and predict use the average. 0: off."""
 
     # --- runtime --------------------------------------------------------------------------
     seed: int = 0
@@ -177,11 +182,15 @@ class TrialConfig:
         _check(self.depth >= 1, "depth", f">= 1, got {self.depth}")
         _check(self.heatmap_size >= 1 and INPUT_SIZE % self.heatmap_size == 0, "heatmap_size",
                f"a divisor of the input size {INPUT_SIZE} (12, 24, 48), got {self.heatmap_size}")
+        _check(self.head != "unet" or self.backbone in SKIP_BACKBONES, "head",
+               f'"regression" or "heatmap" for {self.backbone} ("unet" needs the skip maps of '
+               f'{" or ".join(SKIP_BACKBONES)}), got "unet"')
         _check(self.blur_sigma >= 0.0, "blur_sigma", ">= 0")
         _check(0.0 <= self.contrast_range < 1.0, "contrast_range", "in [0, 1)")
         _check(self.gamma_range >= 0.0, "gamma_range", ">= 0")
         _check(0.0 <= self.occlusion_size <= 1.0, "occlusion_size", "in [0, 1]")
         _check(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
+        _check(0.0 <= self.ema_decay < 1.0, "ema_decay", f"in [0, 1) (0 = off), got {self.ema_decay:g}")
 
     @property
     def uses_shape(self) -> bool:

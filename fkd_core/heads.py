@@ -13,6 +13,8 @@
   coordinates. It is differentiable, so the loss stays a loss on coordinates in pixels and
   MSE + alpha*CGD applies unchanged. Its last conv starts at zero: uniform maps, every keypoint at
   the image centre. No dropout: dropping channels of a heatmap moves its peak, not its confidence.
+- ``unet``: the heatmap head with skip connections: each x2 step up adds the trunk's own feature
+  map of that side (1x1 conv), U-Net style, so fine position need not pass the bottleneck.
 
 Coordinates use the pixel-index convention of fkd_core.augment (pixel (row i, col j) has its
 centre at x=j, y=i): heatmap cell j covers pixels [j*s - 0.5, (j+1)*s - 0.5) for s = S / H, so
@@ -101,6 +103,61 @@ class HeatmapHead(nn.Module):
         return soft_argmax(self.heatmaps(features), self.image_size)
 
 
+class SkipHeatmapHead(nn.Module):
+    """The heatmap head with skip connections (U-Net / FPN style): at each x2 step up, the trunk's
+    feature map of the same side is added through a 1x1 convolution before the 3x3 one.
+
+    The plain heatmap head rebuilds 24x24 maps from the trunk's last map alone (3x3 for small_cnn),
+    so fine position has to survive the bottleneck; here the 24x24 and 12x12 stages of the trunk
+    hand it over directly, for the cost of the 1x1 convolutions. Same soft-argmax, same output.
+    """
+
+    uses_skips = True
+
+    def __init__(self, channels: int, side: int, num_keypoints: int, image_size: int,
+                 heatmap_size: int, skips: tuple[tuple[int, int], ...]) -> None:
+        super().__init__()
+        check_heatmap_size(heatmap_size, image_size)
+        by_side = {s: c for c, s in skips}
+        convs, laterals, c, s = [], [], channels, side
+        self.skip_sides: list[int] = []
+        while s * 2 <= heatmap_size:
+            s *= 2
+            if s in by_side:
+                laterals.append(nn.Conv2d(by_side[s], c, 1, bias=False))
+                self.skip_sides.append(s)
+            else:
+                laterals.append(nn.Identity())
+                self.skip_sides.append(0)
+            convs.append(nn.Sequential(nn.Conv2d(c, HEATMAP_CHANNELS, 3, 1, 1, bias=False),
+                                       nn.BatchNorm2d(HEATMAP_CHANNELS), nn.ReLU(inplace=True)))
+            c = HEATMAP_CHANNELS
+        if not any(self.skip_sides):
+            raise ValueError(f"head 'unet' needs trunk feature maps of side {side * 2}..{heatmap_size}; "
+                             f"this trunk offers sides {sorted(by_side) or 'none'} "
+                             f"(backbones with skips: small_cnn, res_cnn)")
+        self.convs, self.laterals = nn.ModuleList(convs), nn.ModuleList(laterals)
+        self.logits = nn.Conv2d(c, num_keypoints, 1)
+        nn.init.zeros_(self.logits.weight)   # uniform maps: every keypoint starts at the centre
+        nn.init.zeros_(self.logits.bias)
+        self.heatmap_size, self.image_size = heatmap_size, image_size
+
+    def heatmaps(self, features: Tensor, skips: dict[int, Tensor]) -> Tensor:
+        x = features
+        for conv, lateral, s in zip(self.convs, self.laterals, self.skip_sides):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            if s:
+                x = x + lateral(skips[s])
+            x = conv(x)
+        if x.shape[-1] != self.heatmap_size:
+            x = F.interpolate(x, size=(self.heatmap_size, self.heatmap_size), mode="bilinear",
+                              align_corners=False)
+        return self.logits(x)
+
+    def forward(self, features: Tensor, mean_face: Tensor, skips: dict[int, Tensor]) -> Tensor:
+        return soft_argmax(self.heatmaps(features, skips), self.image_size)
+
+
 def check_heatmap_size(heatmap_size: int, image_size: int) -> None:
     """A heatmap cell must cover a whole number of pixels (else cells straddle pixel edges)."""
     if heatmap_size < 1 or image_size % heatmap_size:
@@ -108,20 +165,27 @@ def check_heatmap_size(heatmap_size: int, image_size: int) -> None:
                          f"(e.g. {', '.join(str(d) for d in (12, 24, 48) if image_size % d == 0)})")
 
 
-def _regression(channels, side, num_keypoints, image_size, heatmap_size, dropout, pool):
+def _regression(channels, side, num_keypoints, image_size, heatmap_size, dropout, pool, skips):
     return RegressionHead(channels, side, num_keypoints, image_size, dropout, pool)
 
 
-def _heatmap(channels, side, num_keypoints, image_size, heatmap_size, dropout, pool):
+def _heatmap(channels, side, num_keypoints, image_size, heatmap_size, dropout, pool, skips):
     return HeatmapHead(channels, side, num_keypoints, image_size, heatmap_size)
 
 
-HEADS: dict[str, Callable[..., nn.Module]] = {"regression": _regression, "heatmap": _heatmap}
+def _unet(channels, side, num_keypoints, image_size, heatmap_size, dropout, pool, skips):
+    return SkipHeatmapHead(channels, side, num_keypoints, image_size, heatmap_size, skips)
+
+
+HEADS: dict[str, Callable[..., nn.Module]] = {"regression": _regression, "heatmap": _heatmap,
+                                              "unet": _unet}
 
 
 def build_head(name: str, *, channels: int, side: int, num_keypoints: int, image_size: int,
-               heatmap_size: int = 24, dropout: float = 0.1, pool: bool = False) -> nn.Module:
-    """A head by name; unknown names list the valid ones. dropout, pool: regression only."""
+               heatmap_size: int = 24, dropout: float = 0.1, pool: bool = False,
+               skips: tuple[tuple[int, int], ...] = ()) -> nn.Module:
+    """A head by name; unknown names list the valid ones. dropout, pool: regression only;
+    skips: (channels, side) of the trunk's earlier feature maps, for "unet" only."""
     if name not in HEADS:
         raise ValueError(f"Unknown head {name!r}; valid: {sorted(HEADS)}")
-    return HEADS[name](channels, side, num_keypoints, image_size, heatmap_size, dropout, pool)
+    return HEADS[name](channels, side, num_keypoints, image_size, heatmap_size, dropout, pool, skips)

@@ -50,6 +50,7 @@ class Trunk:
     in_channels: int       # 3 for the ImageNet trunks (the 1x1 stem makes them from 1)
     pool: bool = True      # global average pooling (the study) or flatten (small_cnn keeps layout)
     side: int = 1          # h = w after the trunk
+    taps: tuple[tuple[int, int, int], ...] = ()   # (layer index, channels, side) of earlier maps
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -90,13 +91,14 @@ def _small_cnn(pretrained: bool, image_size: int, width: float = 1.0, depth: int
         raise WeightsUnavailable("small_cnn has no ImageNet weights; set pretrained=False")
     _check_knobs("small_cnn", width, depth)
     widths = [_scaled(c, width) for c in (8, 16, 32, 64, 128)]
-    layers, c_in = [], 1
-    for c_out in widths:               # stride 2 each: 96 -> 48 -> 24 -> 12 -> 6 -> 3
+    layers, c_in, taps = [], 1, []
+    for stage, c_out in enumerate(widths):   # stride 2 each: 96 -> 48 -> 24 -> 12 -> 6 -> 3
         layers.append(_conv_bn(c_in, c_out, 2))
         layers.extend(_conv_bn(c_out, c_out, 1) for _ in range(depth - 1))
+        taps.append((len(layers) - 1, c_out, _halvings(image_size, stage + 1)))
         c_in = c_out
     return Trunk(nn.Sequential(*layers), widths[-1], in_channels=1, pool=False,
-                 side=_halvings(image_size, len(widths)))
+                 side=_halvings(image_size, len(widths)), taps=tuple(taps[:-1]))
 
 
 class _BasicBlock(nn.Module):
@@ -130,11 +132,13 @@ def _res_cnn(pretrained: bool, image_size: int, width: float = 1.0, depth: int =
     _check_knobs("res_cnn", width, depth)
     widths = [_scaled(c, width) for c in (16, 32, 64, 128)]
     layers: list[nn.Module] = [_conv_bn(1, widths[0], 2)]
-    for c_in, c_out in zip(widths, widths[1:]):
+    taps = [(0, widths[0], _halvings(image_size, 1))]
+    for stage, (c_in, c_out) in enumerate(zip(widths, widths[1:]), start=2):
         layers.append(_BasicBlock(c_in, c_out, 2))
         layers.extend(_BasicBlock(c_out, c_out, 1) for _ in range(depth - 1))
+        taps.append((len(layers) - 1, c_out, _halvings(image_size, stage)))
     return Trunk(nn.Sequential(*layers), widths[-1], in_channels=1, pool=False,
-                 side=_halvings(image_size, len(widths)))
+                 side=_halvings(image_size, len(widths)), taps=tuple(taps[:-1]))
 
 
 def _weights_enum(name: str):
@@ -213,9 +217,19 @@ class KeypointNet(nn.Module):
         self.trunk = trunk.features
         self.head = head
         self.register_buffer("mean_face", mean_face.detach().float().clone())
+        # layer index -> side, of the trunk maps a skip head (heads.SkipHeatmapHead) reads
+        self.taps = {i: side for i, _, side in trunk.taps} if getattr(head, "uses_skips", False) else {}
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.trunk(self.stem(images)), self.mean_face)
+        x = self.stem(images)
+        if not self.taps:
+            return self.head(self.trunk(x), self.mean_face)
+        skips = {}
+        for i, layer in enumerate(self.trunk):
+            x = layer(x)
+            if i in self.taps:
+                skips[self.taps[i]] = x
+        return self.head(x, self.mean_face, skips)
 
 
 def build_model(name: str, num_keypoints: int, *, pretrained: bool = False, dropout: float = 0.1,
@@ -228,7 +242,8 @@ def build_model(name: str, num_keypoints: int, *, pretrained: bool = False, drop
             face); the image centre when None.
         pretrained: load torchvision's ImageNet weights into the trunk (raises WeightsUnavailable).
         width, depth: the knobs of small_cnn and res_cnn (ValueError for other backbones).
-        head: "regression" or "heatmap" (fkd_core.heads); heatmap_size must divide image_size.
+        head: "regression", "heatmap" or "unet" (fkd_core.heads); heatmap_size must divide
+            image_size; "unet" needs a trunk with taps (small_cnn, res_cnn).
     """
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; valid: {sorted(BACKBONES)}")
@@ -237,7 +252,7 @@ def build_model(name: str, num_keypoints: int, *, pretrained: bool = False, drop
     trunk = BACKBONES[name](pretrained, image_size, width, depth)
     head_module = build_head(head, channels=trunk.channels, side=trunk.side, num_keypoints=num_keypoints,
                              image_size=image_size, heatmap_size=heatmap_size, dropout=dropout,
-                             pool=trunk.pool)
+                             pool=trunk.pool, skips=tuple((c, s) for _, c, s in trunk.taps))
     return KeypointNet(trunk, head_module, mean_face.reshape(num_keypoints, 2))
 
 

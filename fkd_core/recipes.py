@@ -34,7 +34,7 @@ _FLAG_FIELDS: dict[str, tuple[str, ...]] = {
 # Flags this module adds (default None = not given): TrialConfig field -> type.
 _NEW_FLAGS: dict[str, type] = {
     "width": float, "depth": int, "head": str, "heatmap_size": int, "optimizer": str,
-    "weight_decay": float, "schedule": str, "warmup_epochs": int,
+    "weight_decay": float, "schedule": str, "warmup_epochs": int, "ema_decay": float,
 }
 
 
@@ -113,12 +113,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                     "of TrialConfig fields; flags given override it")
     p.add_argument("--width", type=float, help="width multiplier (small_cnn, res_cnn)")
     p.add_argument("--depth", type=int, help="blocks per stage (small_cnn, res_cnn)")
-    p.add_argument("--head", help="regression | heatmap")
+    p.add_argument("--head", help="regression | heatmap | unet (unet: small_cnn, res_cnn)")
     p.add_argument("--heatmap-size", type=int, help="heatmap side, a divisor of the input (24)")
     p.add_argument("--optimizer", help="adam | adamw | sgd")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--schedule", help="plateau | cosine | onecycle")
     p.add_argument("--warmup-epochs", type=int)
+    p.add_argument("--ema-decay", type=float, help="average the weights every step with this decay "
+                                                   "(e.g. 0.998); validation and best.pt use it; 0: off")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
                    help="validate with flip averaging (recorded in the checkpoint; predict uses it)")
 

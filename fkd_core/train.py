@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fkd_core import augment, metrics
 from fkd_core import recipes, schedules, tta
@@ -225,8 +226,9 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Loss,
                     data: Batches, steps: StepSettings, batch_gen: torch.Generator,
-                    aug_gen: torch.Generator) -> Tensor:
-    """One pass over data in a random order; returns the mean batch loss as a device scalar."""
+                    aug_gen: torch.Generator, ema: AveragedModel | None = None) -> Tensor:
+    """One pass over data in a random order; returns the mean batch loss as a device scalar.
+    ema: a weight average of model, updated after every step (on the device, no host read)."""
     model.train()
     device = data.images.device
     order = torch.randperm(len(data), generator=batch_gen, device=device)
@@ -249,6 +251,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objectiv
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.detach()
         n_batches += 1
         if steps.on_step is not None:
@@ -392,6 +396,12 @@ class _Trial:
     batch_gen: torch.Generator      # batch order, on the data's device
     aug_gen: torch.Generator        # augmentation draws, on the data's device
     device: torch.device
+    ema: AveragedModel | None = None   # the weight average (cfg.ema_decay > 0)
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights that are validated, tested and saved as "model": the average when on."""
+        return self.model if self.ema is None else self.ema.module
 
     @classmethod
     def create(cls, cfg: TrialConfig, train_kps: Tensor, size: int, device: torch.device) -> "_Trial":
@@ -407,8 +417,12 @@ class _Trial:
             model = model.to(memory_format=torch.channels_last)
         optimizer = _optimizer(cfg, model.parameters())
         scheduler = schedules.build_scheduler(cfg, optimizer)
+        # use_buffers: batch-norm statistics are averaged too, so the average is scored with
+        # statistics that match its weights.
+        ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+               if cfg.ema_decay > 0 else None)
         return cls(model, optimizer, scheduler, torch.Generator(device=device).manual_seed(cfg.seed),
-                   torch.Generator(device=device).manual_seed(cfg.seed + 1), device)
+                   torch.Generator(device=device).manual_seed(cfg.seed + 1), device, ema)
 
     def rng_state(self) -> dict[str, Tensor]:
         state = {"cpu": torch.get_rng_state(), "batches": self.batch_gen.get_state(),
@@ -421,7 +435,9 @@ class _Trial:
         """Checkpoint content: tensors and plain types only, so weights_only=True can load it."""
         return {
             "format": _CHECKPOINT_FORMAT, "epoch": progress.epoch,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.scored.state_dict(), "optimizer": self.optimizer.state_dict(),
+            **({} if self.ema is None else {"train_model": self.model.state_dict(),
+                                            "ema_updates": int(self.ema.n_averaged)}),
             "scheduler": self.scheduler.state_dict(), "rng": self.rng_state(),
             "progress": dataclasses.asdict(progress),
             "mean_face": self.model.mean_face.detach().cpu(), "image_size": data.images.shape[-1],
@@ -432,7 +448,12 @@ class _Trial:
 
     def restore(self, state: dict[str, Any]) -> Progress:
         """Load a checkpoint's weights, optimiser, scheduler and RNG states; return its progress."""
-        self.model.load_state_dict(state["model"])
+        if self.ema is None:
+            self.model.load_state_dict(state["model"])
+        else:   # "model" holds the average (what predict loads); "train_model" the trained weights
+            self.model.load_state_dict(state["train_model"])
+            self.ema.module.load_state_dict(state["model"])
+            self.ema.n_averaged.fill_(state["ema_updates"])
         self.optimizer.load_state_dict(state["optimizer"])   # moves the moments to the model's device
         self.scheduler.load_state_dict(state["scheduler"])
         rng = state["rng"]
@@ -444,16 +465,16 @@ class _Trial:
         return Progress(**state["progress"])
 
 
-def _run_epoch(trial: _Trial, net: nn.Module, epoch: int, objective: Loss, steps: StepSettings,
-               train_data: Batches, val_data: Batches, norm_pair: tuple[int, int] | None,
-               test_data: Batches | None = None) -> dict[str, Any]:
+def _run_epoch(trial: _Trial, net: nn.Module, eval_net: nn.Module, epoch: int, objective: Loss,
+               steps: StepSettings, train_data: Batches, val_data: Batches,
+               norm_pair: tuple[int, int] | None, test_data: Batches | None = None) -> dict[str, Any]:
     """Train one epoch, validate (and test, when test_data is given: the same evaluate(), so
     whatever scores validation scores test) and return the reported row (the only host reads)."""
     t0 = time.perf_counter()
     lr = trial.optimizer.param_groups[0]["lr"]
     try:
         train_loss = train_one_epoch(net, trial.optimizer, objective, train_data, steps,
-                                     trial.batch_gen, trial.aug_gen).item()
+                                     trial.batch_gen, trial.aug_gen, trial.ema).item()
     except RuntimeError as err:
         # Adam with lr ~1e38 overflows float32 inside its own update ("value cannot be converted
         # to type float without overflow"): the same outcome as a NaN loss, so record a divergence.
@@ -463,8 +484,8 @@ def _run_epoch(trial: _Trial, net: nn.Module, epoch: int, objective: Loss, steps
     train_seconds = time.perf_counter() - t0
     lost = {"loss": math.inf, "rmse_px": math.inf, "nme": math.inf, "shape_err_px": math.inf}
     if math.isfinite(train_loss):
-        val = evaluate(net, objective, val_data, steps, norm_pair)
-        test = None if test_data is None else evaluate(net, objective, test_data, steps, norm_pair)
+        val = evaluate(eval_net, objective, val_data, steps, norm_pair)
+        test = None if test_data is None else evaluate(eval_net, objective, test_data, steps, norm_pair)
     else:  # NaN weights: validating them costs time and says nothing
         val, test = lost, None if test_data is None else lost
     return _epoch_row(epoch, train_loss, val, lr, time.perf_counter() - t0,
@@ -505,8 +526,9 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         augment=None if cfg.augment == "none" else augment.params_for(cfg),
         flip_perm=data.schema.flip_permutation(), on_step=on_step)
     net = torch.compile(trial.model, mode=cfg.compile_mode) if cfg.compile else trial.model
+    eval_net = net if trial.ema is None else trial.ema.module   # the average is not compiled
     if cfg.tta_flip:   # evaluation only: training steps still see the plain model
-        net = tta.FlipAveraged(net, data.schema.flip_permutation())
+        eval_net = tta.FlipAveraged(eval_net, data.schema.flip_permutation())
     objective = build_objective(cfg)
     images = data.images.to(device, torch.uint8)   # once: both splits index into it
     train_data = Batches.of(images, train_idx, train_kps, device)
@@ -518,8 +540,8 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
     for epoch in range(progress.epoch + 1, cfg.max_epochs + 1):
         if stopped == "early_stop":   # also when a resumed trial had already run out of patience
             break
-        row = _run_epoch(trial, net, epoch, objective, steps, train_data, val_data, data.schema.norm_pair,
-                         test_data)
+        row = _run_epoch(trial, net, eval_net, epoch, objective, steps, train_data, val_data,
+                         data.schema.norm_pair, test_data)
         if row[metrics.DIVERGED]:
             # Stop at once and keep the last good checkpoint: resuming NaN weights is useless.
             progress.epoch, progress.last = epoch, {k: math.inf for k in metrics.VAL_METRICS}

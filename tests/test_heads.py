@@ -38,10 +38,13 @@ def test_soft_argmax_of_a_uniform_map_is_the_image_centre_and_of_two_cells_their
 @pytest.mark.parametrize("side", [3, 6])
 def test_every_head_maps_features_to_pixels_and_backpropagates(name, side):
     torch.manual_seed(0)
-    head = build_head(name, channels=16, side=side, num_keypoints=15, image_size=S, heatmap_size=24)
+    skip_sides = [s for s in (6, 12, 24) if s > side]
+    head = build_head(name, channels=16, side=side, num_keypoints=15, image_size=S, heatmap_size=24,
+                      skips=tuple((8, s) for s in skip_sides))
     mean_face = torch.rand(15, 2) * S
     feats = torch.randn(4, 16, side, side, requires_grad=True)
-    pred = head(feats, mean_face)
+    skips = {s: torch.randn(4, 8, s, s, requires_grad=True) for s in skip_sides}
+    pred = head(feats, mean_face, skips) if name == "unet" else head(feats, mean_face)
     assert pred.shape == (4, 15, 2)
     # Zero-initialised last layers: regression starts at the mean face, heatmap at the centre.
     start = mean_face.expand(4, 15, 2) if name == "regression" else torch.full((4, 15, 2), (S - 1) / 2)
@@ -58,3 +61,22 @@ def test_heatmap_size_must_divide_the_input():
         check_heatmap_size(25, 96)
     with pytest.raises(ValueError, match="Unknown head 'dense'; valid"):
         build_head("dense", channels=8, side=3, num_keypoints=15, image_size=S)
+
+
+def test_the_unet_head_reads_each_skip_map_and_needs_at_least_one():
+    """Each skip map (side 6, 12, 24) changes the prediction once the logits are not zero; a trunk
+    without maps of those sides is refused in one line."""
+    torch.manual_seed(0)
+    head = build_head("unet", channels=16, side=3, num_keypoints=15, image_size=S, heatmap_size=24,
+                      skips=((8, 6), (8, 12), (8, 24), (8, 48)))   # 48 is past the heatmap: unused
+    torch.nn.init.normal_(head.logits.weight)
+    head.eval()
+    feats = torch.randn(2, 16, 3, 3)
+    skips = {s: torch.randn(2, 8, s, s) for s in (6, 12, 24)}
+    base = head(feats, None, skips)
+    for s in (6, 12, 24):
+        moved = head(feats, None, {**skips, s: torch.zeros(2, 8, s, s)})
+        assert (moved - base).abs().max() > 1e-3, f"the side-{s} map does not reach the output"
+    with pytest.raises(ValueError, match="head 'unet' needs trunk feature maps of side 6..24; "
+                                         r"this trunk offers sides \[48\]"):
+        build_head("unet", channels=16, side=3, num_keypoints=15, image_size=S, skips=((8, 48),))

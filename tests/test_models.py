@@ -61,10 +61,29 @@ def test_width_scales_channels_and_depth_adds_blocks():
     ({"name": "res_cnn", "width": -1.0}, "width multiplier of res_cnn must be > 0"),
     ({"name": "resnet18", "width": 2.0}, "resnet18 has no width/depth knob"),
     ({"name": "small_cnn", "head": "heatmap", "heatmap_size": 25}, "heatmap_size=25 must divide"),
+    ({"name": "resnet18", "head": "unet"}, "head 'unet' needs trunk feature maps of side 6..24"),
 ])
 def test_bad_knobs_say_what_is_expected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model(num_keypoints=15, **kwargs)
+
+
+@pytest.mark.parametrize("name, depth, taps", [
+    ("small_cnn", 1, [(0, 8, 48), (1, 16, 24), (2, 32, 12), (3, 64, 6)]),
+    ("small_cnn", 2, [(1, 8, 48), (3, 16, 24), (5, 32, 12), (7, 64, 6)]),
+    ("res_cnn", 2, [(0, 16, 48), (2, 32, 24), (4, 64, 12)]),
+])
+def test_trunk_taps_name_the_last_layer_of_each_stage_and_its_map(name, depth, taps):
+    """The unet head reads the maps at these layer indices; a tap one layer early would skip a
+    stage's extra convs (depth 2) and still run."""
+    from fkd_core.models import BACKBONES
+    trunk = BACKBONES[name](False, 96, 1.0, depth)
+    assert list(trunk.taps) == taps
+    x, sides = torch.zeros(1, 1, 96, 96), {}
+    for i, layer in enumerate(trunk.features):
+        x = layer(x)
+        sides[i] = (x.shape[1], x.shape[-1])
+    assert [(i, *sides[i]) for i, _, _ in taps] == taps
 
 
 def test_checkpoints_of_the_old_linear_head_still_load():

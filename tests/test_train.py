@@ -13,7 +13,7 @@ import torch
 from fkd_core import metrics, train as train_module
 from fkd_core.config import TrialConfig
 from fkd_core.data import held_out_rows, load_dataset
-from fkd_core.train import BEST, CHECKPOINT, load_checkpoint, train
+from fkd_core.train import BEST, CHECKPOINT, load_checkpoint, train, training_split
 
 # Small and fast: 8 training steps of 24 faces per epoch on the CPU.
 FAST = dict(synth_n=224, batch_size=24, device="cpu", patience=50)
@@ -406,6 +406,50 @@ def test_heatmap_head_with_flip_averaging_trains_and_resumes_identically(faces, 
     assert [_timeless(r) for r in half] == [_timeless(r) for r in full]
     state = load_checkpoint(tmp_path / "a" / BEST)
     assert state["config"]["tta_flip"] and "head.logits.weight" in state["model"]
+
+
+def test_weight_average_resumes_identically_and_is_what_best_pt_holds(faces, tmp_path):
+    """ema_decay: after a crash the average and the trained weights both come back (identical
+    rows); best.pt's "model" is the average (what predict loads), "train_model" the trained one."""
+    cfg = TrialConfig(**FAST, max_epochs=3, head="unet", ema_decay=0.9, schedule="cosine")
+    full: list[dict] = []
+    train(cfg, faces, full.append, checkpoint_dir=str(tmp_path / "a"))
+    half: list[dict] = []
+
+    def interrupted(row: dict) -> None:
+        half.append(row)
+        if len(half) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, faces, interrupted, checkpoint_dir=str(tmp_path / "b"))
+    train(cfg, faces, half.append, checkpoint_dir=str(tmp_path / "b"), resume_from=str(tmp_path / "b"))
+    assert [_timeless(r) for r in half] == [_timeless(r) for r in full]
+    state = load_checkpoint(tmp_path / "a" / CHECKPOINT)
+    steps = 3 * -(-len(training_split(faces, cfg)[0]) // cfg.batch_size)
+    assert state["ema_updates"] == steps
+    assert any(not torch.equal(state["model"][k], state["train_model"][k]) for k in state["model"])
+
+
+def test_weight_average_is_the_exponential_average_of_the_steps(faces):
+    """Hand-computed: with decay d the average after steps w1, w2, w3 is
+    d^2 w1 + d(1-d) w2 + (1-d) w3 (the first step copies w1)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for w in (1.0, 2.0, 4.0):
+        net.weight.data.fill_(w)
+        ema.update_parameters(net)
+    assert ema.module.weight.item() == pytest.approx(0.81 * 1 + 0.09 * 2 + 0.1 * 4)
+    # and fkd_core.train uses it for validation: decay 0 and decay 0.99 give the same training
+    # steps and different validation numbers.
+    rows = {}
+    for decay in (0.0, 0.99):
+        out: list[dict] = []
+        train(TrialConfig(**FAST, max_epochs=1, ema_decay=decay), faces, out.append)
+        rows[decay] = out[0]
+    assert rows[0.0][metrics.TRAIN_LOSS] == rows[0.99][metrics.TRAIN_LOSS]
+    assert rows[0.0][metrics.VAL_RMSE] != rows[0.99][metrics.VAL_RMSE]
 
 
 def test_flip_averaging_changes_validation_only(faces):
