@@ -33,11 +33,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench import shift
 from fkd_core import metrics, recipes
 from fkd_core.config import TrialConfig
-from fkd_core.data import KeypointData, held_out_rows, load_dataset, split_kind, three_way_split
+from fkd_core.data import KeypointData, held_out_rows, load_for_config, split_kind, three_way_split
 from fkd_core.predict import load_model, predict
 from fkd_core.train import BEST, train
+from sweep.results import git_commit
 
 DATA = "../shared/data/fkd-yt15/training.csv.gz"
 RESULTS = Path(__file__).with_name("results")
@@ -48,16 +50,27 @@ def _people(data: KeypointData, rows: np.ndarray) -> int:
     return len({data.groups[i] for i in rows}) if data.groups is not None else len(rows)
 
 
-def score(model: torch.nn.Module, test: KeypointData, flip: bool) -> dict[str, float]:
+def score(model: torch.nn.Module, test: KeypointData, flip: bool) -> dict[str, Any]:
+    """Test RMSE, NME, shape error and inference speed; flip-averaged runs also score every
+    fixed shift of bench.shift (the stand-in for faces from another source) and their mean."""
+    perm = test.schema.flip_permutation()
     t0 = time.perf_counter()
-    pred = predict(model, test.images, batch_size=256,
-                   flip_perm=test.schema.flip_permutation() if flip else None)
+    pred = predict(model, test.images, batch_size=256, flip_perm=perm if flip else None)
     seconds = time.perf_counter() - t0
     mask = torch.isfinite(test.keypoints).all(dim=-1)
-    return {"rmse_px": float(metrics.rmse_px(pred, test.keypoints, mask)),
-            "nme": float(metrics.nme(pred, test.keypoints, mask, test.schema.norm_pair)),
-            "shape_err_px": float(metrics.shape_err_px(pred, test.keypoints, mask)),
-            "infer_images_per_s": len(test) / seconds}
+    out: dict[str, Any] = {
+        "rmse_px": float(metrics.rmse_px(pred, test.keypoints, mask)),
+        "nme": float(metrics.nme(pred, test.keypoints, mask, test.schema.norm_pair)),
+        "shape_err_px": float(metrics.shape_err_px(pred, test.keypoints, mask)),
+        "infer_images_per_s": len(test) / seconds}
+    if flip:
+        out["shift_rmse_px"] = {}
+        for name in shift.SHIFTS:
+            images, keypoints = shift.shifted(name, test.images, test.keypoints, perm)
+            moved = predict(model, images, batch_size=256, flip_perm=perm)
+            out["shift_rmse_px"][name] = float(metrics.rmse_px(moved, keypoints, torch.isfinite(keypoints).all(dim=-1)))
+        out["shift_mean_rmse_px"] = float(np.mean(list(out["shift_rmse_px"].values())))
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,11 +80,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         key, _, value = item.partition("=")
         fields[key] = recipes._typed(Path("--set"), key, yaml_value(value), type(getattr(TrialConfig(), key)))
     cfg = TrialConfig(**{**fields, "data": args.data, "device": "cpu"})
-    data = load_dataset(args.data)
+    data = load_for_config(cfg)
     splits = three_way_split(data, cfg)     # train() removes splits.test itself, in every run
     test = data.subset(splits.test)
     out = Path(args.out) / args.name
     rows: list[dict[str, Any]] = []
+    commit = git_commit()   # at the start: a file edited during the run must not hide
     load_before = os.getloadavg()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     summary = train(cfg, data, lambda row: (rows.append(row), print(
@@ -92,6 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in model.parameters()),
         "test": score(model, test, flip=False), "test_flip": score(model, test, flip=True),
         "epochs_rows": rows, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "git_commit": commit,
     }
     (out / "result.json").write_text(json.dumps(result, indent=1, default=float))
     print(json.dumps({k: result[k] for k in ("name", "best_val_rmse_px", "test", "test_flip",
@@ -106,7 +121,7 @@ def score_unfinished(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) / args.name
     state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     cfg = TrialConfig(**state["config"])
-    data = load_dataset(args.data)
+    data = load_for_config(cfg)
     test = data.subset(held_out_rows(data, cfg))
     model = load_model(out / BEST)
     progress = state["progress"]
@@ -140,20 +155,28 @@ def _per_cpu_second(r: dict[str, Any]) -> float:
 
 
 def report(args: argparse.Namespace) -> str:
+    """The markdown tables of every DIR/*/result.json (best flip-averaged test RMSE first), and
+    the same rows as JSON."""
     results = sorted((json.loads(p.read_text()) for p in Path(args.dir).glob("*/result.json")),
                      key=lambda r: r["test_flip"]["rmse_px"])
     lines = ["| model | params | val RMSE px | test RMSE px | test RMSE px, flip avg | test NME | "
-             "test shape err px | epochs | train min wall / CPU | threads | train img per CPU-s | "
-             "infer img/s, flip avg | load avg (1 min) before/after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "test shape err px | shifted test RMSE px (mean of 8) | epochs (best) | "
+             "train min wall / CPU | threads | train img per CPU-s | infer img/s, flip avg | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t, f = r["test"], r["test_flip"]
         lines.append(
             f"| {r['name']} | {r['parameters']:,} | {r['best_val_rmse_px']:.3f} | {t['rmse_px']:.3f} | "
-            f"{f['rmse_px']:.3f} | {f['nme']:.4f} | {f['shape_err_px']:.3f} | {r['epochs']} | "
+            f"{f['rmse_px']:.3f} | {f['nme']:.4f} | {f['shape_err_px']:.3f} | "
+            f"{f.get('shift_mean_rmse_px', math.nan):.3f} | {r['epochs']} ({r['best_epoch']}) | "
             f"{r['train_wall_min']:.1f} / {r['train_cpu_min']:.1f} | {r['threads']} | "
-            f"{_per_cpu_second(r):.0f} | {f['infer_images_per_s']:.0f} | "
-            f"{r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} |")
+            f"{_per_cpu_second(r):.0f} | {f['infer_images_per_s']:.0f} | {r.get('git_commit', '?')[:12]} |")
+    names = shift.SHIFTS
+    lines += ["", "Test RMSE px (flip avg) under each fixed shift (bench/shift.py):", "",
+              "| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for r in results:
+        by = r["test_flip"].get("shift_rmse_px", {})
+        lines.append(f"| {r['name']} | " + " | ".join(f"{by.get(n, math.nan):.3f}" for n in names) + " |")
     table = "\n".join(lines)
     Path(args.json or RESULTS / "accuracy.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "epochs_rows"} for r in results], indent=1, default=float))
