@@ -33,10 +33,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from fkd_core import augment, metrics
-from fkd_core import recipes, schedules, tta
+from fkd_core import averaging, recipes, schedules, tta
 from fkd_core.config import TrialConfig
 from fkd_core.data import KeypointData, apply_missing, held_out_rows, load_for_config, three_way_split
 from fkd_core.losses import Loss, build_objective, parse_loss_spec
@@ -417,10 +417,7 @@ class _Trial:
             model = model.to(memory_format=torch.channels_last)
         optimizer = _optimizer(cfg, model.parameters())
         scheduler = schedules.build_scheduler(cfg, optimizer)
-        # use_buffers: batch-norm statistics are averaged too, so the average is scored with
-        # statistics that match its weights.
-        ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-               if cfg.ema_decay > 0 else None)
+        ema = averaging.build_ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         return cls(model, optimizer, scheduler, torch.Generator(device=device).manual_seed(cfg.seed),
                    torch.Generator(device=device).manual_seed(cfg.seed + 1), device, ema)
 

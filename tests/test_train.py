@@ -431,16 +431,23 @@ def test_weight_average_resumes_identically_and_is_what_best_pt_holds(faces, tmp
     assert any(not torch.equal(state["model"][k], state["train_model"][k]) for k in state["model"])
 
 
-def test_weight_average_is_the_exponential_average_of_the_steps(faces):
-    """Hand-computed: with decay d the average after steps w1, w2, w3 is
-    d^2 w1 + d(1-d) w2 + (1-d) w3 (the first step copies w1)."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+def test_weight_average_is_the_warmed_up_exponential_average_of_the_steps(faces):
+    """Hand-computed: the first update copies w1; update t (t earlier ones) uses decay
+    d_t = min(decay, (1 + t) / (10 + t)): d_1 = 2/11 (below the cap 0.2), then the cap."""
+    from fkd_core.averaging import build_ema
     net = torch.nn.Linear(1, 1, bias=False)
-    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
-    for w in (1.0, 2.0, 4.0):
+    ema = build_ema(net, 0.2)
+    expected = None
+    for t, w in enumerate((1.0, 2.0, 4.0, 8.0)):
         net.weight.data.fill_(w)
         ema.update_parameters(net)
-    assert ema.module.weight.item() == pytest.approx(0.81 * 1 + 0.09 * 2 + 0.1 * 4)
+        d = min(0.2, (1 + t) / (10 + t))   # t earlier updates
+        expected = w if t == 0 else d * expected + (1 - d) * w
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6), t
+    # 1 -> 2/11*1 + 9/11*2 = 1.818 (warm-up 2/11 < 0.2) -> then the cap 0.2 from t = 2 on
+    assert expected == pytest.approx(0.2 * (0.2 * (2 / 11 + 18 / 11) + 0.8 * 4) + 0.8 * 8)
+    with pytest.raises(ValueError, match="ema decay=1: expected a value in"):
+        build_ema(net, 1.0)
     # and fkd_core.train uses it for validation: decay 0 and decay 0.99 give the same training
     # steps and different validation numbers.
     rows = {}
