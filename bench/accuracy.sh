@@ -8,7 +8,8 @@
 # with the best-cpu recipe's other settings for 40 epochs, one torch thread each, two at a time
 # (~25 CPU-minutes, ~13 minutes on 2 idle cores). Then `--recipe best-cpu` as a user runs it:
 # alone, with both cores (torch's default threads), ~14 minutes. Nothing else should run
-# meanwhile: the table reports minutes of training.
+# meanwhile (the table reports minutes of training), and no tracked file may change (each run
+# records the commit it started from; a "-dirty" one stops the script before the report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -44,5 +45,10 @@ wait $lane1
 wait $lane2   # each `wait PID` returns that lane's status: set -e stops on a failed run
 # The recipe as `python -m fkd_core.train --recipe best-cpu` runs it: torch's default threads.
 run best-cpu "$("$PY" -c 'import torch; print(torch.get_num_threads())')"
+# Each run took git_commit when it started: a tracked file edited meanwhile marks it "-dirty".
+if grep -l '"git_commit": ".*-dirty"' "$OUT"/*/result.json; then
+    echo "accuracy.sh: the runs above started from a modified tree; commit, and run again into a new folder" >&2
+    exit 2
+fi
 "$PY" -m bench.accuracy report "$OUT" --json bench/results/accuracy.json > bench/results/accuracy-table.md
 echo "wrote bench/results/accuracy-table.md and bench/results/accuracy.json from $OUT"
