@@ -65,6 +65,8 @@ def test_without_a_recipe_the_new_flags_set_their_fields():
     (["--recipe", "best-cpu", "--width", "-1"], "TrialConfig.width must be > 0"),
     (["--head", "heatmap", "--heatmap-size", "25"], "heatmap_size must be a divisor of the input size 96"),
     (["--head", "dense"], "TrialConfig.head='dense'; valid: ['regression', 'heatmap', 'unet']"),
+    (["--backbone", "resnet18", "--head", "unet"], '"unet" needs the skip maps of small_cnn or res_cnn'),
+    (["--recipe", "best-cpu", "--ema-decay", "1"], "TrialConfig.ema_decay must be in [0, 1) (0 = off), got 1"),
 ])
 def test_bad_recipes_and_knobs_are_one_line_and_exit_2(argv, expected, tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("backbone: res_cnn\nlearning_rate: 0.1\n")
