@@ -388,22 +388,31 @@ def test_onecycle_factors_rise_then_fall_to_a_ten_thousandth():
     assert all(a > b for a, b in zip(factors[3:], factors[4:]))
 
 
+def _uninterrupted_and_resumed(cfg: TrialConfig, faces, tmp_path, crash_after: int) -> tuple[list, list]:
+    """The rows of cfg trained in one go (into tmp_path/a), and of the same trial crashed after
+    epoch crash_after's checkpoint and resumed from it (tmp_path/b)."""
+    full: list[dict] = []
+    train(cfg, faces, full.append, checkpoint_dir=str(tmp_path / "a"))
+    resumed: list[dict] = []
+
+    def interrupted(row: dict) -> None:
+        resumed.append(row)
+        if len(resumed) == crash_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, faces, interrupted, checkpoint_dir=str(tmp_path / "b"))
+    train(cfg, faces, resumed.append, checkpoint_dir=str(tmp_path / "b"), resume_from=str(tmp_path / "b"))
+    return full, resumed
+
+
 def test_heatmap_head_with_flip_averaging_trains_and_resumes_identically(faces, tmp_path):
     cfg = TrialConfig(**FAST, max_epochs=2, backbone="res_cnn", width=0.5, head="heatmap",
                       heatmap_size=12, tta_flip=True, schedule="cosine", augment="robust")
     full: list[dict] = []
-    train(cfg, faces, full.append, checkpoint_dir=str(tmp_path / "a"))
+    full, resumed = _uninterrupted_and_resumed(cfg, faces, tmp_path, crash_after=1)
     assert full[1][metrics.TRAIN_LOSS] < full[0][metrics.TRAIN_LOSS]
-    half: list[dict] = []
-
-    def interrupted(row: dict) -> None:   # a crash after epoch 1's checkpoint, same config
-        half.append(row)
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, faces, interrupted, checkpoint_dir=str(tmp_path / "b"))
-    train(cfg, faces, half.append, checkpoint_dir=str(tmp_path / "b"), resume_from=str(tmp_path / "b"))
-    assert [_timeless(r) for r in half] == [_timeless(r) for r in full]
+    assert [_timeless(r) for r in resumed] == [_timeless(r) for r in full]
     state = load_checkpoint(tmp_path / "a" / BEST)
     assert state["config"]["tta_flip"] and "head.logits.weight" in state["model"]
 
@@ -412,19 +421,8 @@ def test_weight_average_resumes_identically_and_is_what_best_pt_holds(faces, tmp
     """ema_decay: after a crash the average and the trained weights both come back (identical
     rows); best.pt's "model" is the average (what predict loads), "train_model" the trained one."""
     cfg = TrialConfig(**FAST, max_epochs=3, head="unet", ema_decay=0.9, schedule="cosine")
-    full: list[dict] = []
-    train(cfg, faces, full.append, checkpoint_dir=str(tmp_path / "a"))
-    half: list[dict] = []
-
-    def interrupted(row: dict) -> None:
-        half.append(row)
-        if len(half) == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, faces, interrupted, checkpoint_dir=str(tmp_path / "b"))
-    train(cfg, faces, half.append, checkpoint_dir=str(tmp_path / "b"), resume_from=str(tmp_path / "b"))
-    assert [_timeless(r) for r in half] == [_timeless(r) for r in full]
+    full, resumed = _uninterrupted_and_resumed(cfg, faces, tmp_path, crash_after=2)
+    assert [_timeless(r) for r in resumed] == [_timeless(r) for r in full]
     state = load_checkpoint(tmp_path / "a" / CHECKPOINT)
     steps = 3 * -(-len(training_split(faces, cfg)[0]) // cfg.batch_size)
     assert state["ema_updates"] == steps
