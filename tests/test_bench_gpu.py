@@ -160,13 +160,15 @@ def test_time_boxed_sweep_keeps_its_outputs_out_of_gpu_json(tmp_path):
     faces = REPO.parent / "shared/data/fkd-yt15/training.csv.gz"
     if not faces.exists():
         pytest.skip(f"{faces} is not here")
-    space = tmp_path / "space.yaml"   # many 3-epoch trials: some finish, the box cuts the rest
-    space.write_text("grid: true\nseeds: 200\nmax_epochs: 3\nasha: null\n"
+    # Many 2-epoch trials: some finish, the box cuts the rest. (3-epoch trials finished none in
+    # the 60 s box once, on 2 cores shared with three other busy processes.)
+    space = tmp_path / "space.yaml"
+    space.write_text("grid: true\nseeds: 200\nmax_epochs: 2\nasha: null\n"
                      "fixed: {backbone: small_cnn, patience: 5, checkpoint_every: 2}\naxes: {}\n")
     workdir = tmp_path / "sweep"
     result = study_sweep(workdir, 60, faces, ("--space", str(space)))
     assert result["interrupted_after_s"] == 60
-    assert 1 <= result["trials_rows"] < 200 and result["epochs_rows"] >= 3 * result["trials_rows"]
+    assert 1 <= result["trials_rows"] < 200 and result["epochs_rows"] >= 2 * result["trials_rows"]
     assert result["statuses"] == {"completed": result["trials_rows"]}
     assert 60 <= result["wall_s"] < 60 + 30 + 5
     assert result["median_epoch_s"] > 0 and "log_tail" not in result
