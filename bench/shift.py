@@ -29,8 +29,14 @@ GEOMETRIC: dict[str, tuple[float, float, float, float]] = {
     "tilt_10deg": (10.0, 1.0, 0.0, 0.0),
     "off_centre": (0.0, 1.0, 5.0, -5.0),
 }
+def _contrast(x: Tensor, factor: float) -> Tensor:
+    """Each image's pixels pulled towards (factor < 1) its own mean."""
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * factor + mean
+
+
 PHOTOMETRIC: dict[str, Callable[[Tensor], Tensor]] = {
-    "low_contrast": lambda x: (x - x.mean(dim=(1, 2, 3), keepdim=True)) * 0.6 + x.mean(dim=(1, 2, 3), keepdim=True),
+    "low_contrast": lambda x: _contrast(x, 0.6),
     "dark_gamma_1.6": lambda x: x.clamp(min=0.0).pow(1.6),
     "defocus_sigma_1.2": lambda x: augment.gaussian_blur(x, torch.full((x.shape[0],), 1.2), augment.blur_radius(1.2)),
     "noise_sigma_0.04": lambda x: x + 0.04 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)),

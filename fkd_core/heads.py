@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fkd_core.config import SKIP_BACKBONES
+
 # Channels of the heatmap head's upsampling convolutions: 32 keeps the 24x24 stage at ~5 M
 # multiply-adds per image, about the cost of the whole small_cnn trunk.
 HEATMAP_CHANNELS = 32
@@ -74,6 +76,22 @@ def _up_conv(c_in: int, c_out: int) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
+def _zero_logits(channels: int, num_keypoints: int) -> nn.Conv2d:
+    """The 1x1 conv to one logit map per keypoint, at zero: uniform maps, every keypoint starts at
+    the image centre."""
+    logits = nn.Conv2d(channels, num_keypoints, 1)
+    nn.init.zeros_(logits.weight)
+    nn.init.zeros_(logits.bias)
+    return logits
+
+
+def _to_side(x: Tensor, side: int) -> Tensor:
+    """x resized to side x side when the x2 steps did not land on it (an odd remainder)."""
+    if x.shape[-1] == side:
+        return x
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+
+
 class HeatmapHead(nn.Module):
     """features [N, C, h, w] -> soft-argmax of K heatmaps of side heatmap_size -> [N, K, 2] px."""
 
@@ -86,18 +104,12 @@ class HeatmapHead(nn.Module):
             stages.append(_up_conv(c, HEATMAP_CHANNELS))
             c, s = HEATMAP_CHANNELS, s * 2
         self.up = nn.Sequential(*stages)
-        self.logits = nn.Conv2d(c, num_keypoints, 1)
-        nn.init.zeros_(self.logits.weight)   # uniform maps: every keypoint starts at the centre
-        nn.init.zeros_(self.logits.bias)
+        self.logits = _zero_logits(c, num_keypoints)
         self.heatmap_size, self.image_size = heatmap_size, image_size
 
     def heatmaps(self, features: Tensor) -> Tensor:
         """The logit maps [N, K, H, H] before the soft-argmax."""
-        x = self.up(features)
-        if x.shape[-1] != self.heatmap_size:
-            x = F.interpolate(x, size=(self.heatmap_size, self.heatmap_size), mode="bilinear",
-                              align_corners=False)
-        return self.logits(x)
+        return self.logits(_to_side(self.up(features), self.heatmap_size))
 
     def forward(self, features: Tensor, mean_face: Tensor) -> Tensor:
         return soft_argmax(self.heatmaps(features), self.image_size)
@@ -135,11 +147,9 @@ class SkipHeatmapHead(nn.Module):
         if not any(self.skip_sides):
             raise ValueError(f"head 'unet' needs trunk feature maps of side {side * 2}..{heatmap_size}; "
                              f"this trunk offers sides {sorted(by_side) or 'none'} "
-                             f"(backbones with skips: small_cnn, res_cnn)")
+                             f"(backbones with skips: {', '.join(SKIP_BACKBONES)})")
         self.convs, self.laterals = nn.ModuleList(convs), nn.ModuleList(laterals)
-        self.logits = nn.Conv2d(c, num_keypoints, 1)
-        nn.init.zeros_(self.logits.weight)   # uniform maps: every keypoint starts at the centre
-        nn.init.zeros_(self.logits.bias)
+        self.logits = _zero_logits(c, num_keypoints)
         self.heatmap_size, self.image_size = heatmap_size, image_size
 
     def heatmaps(self, features: Tensor, skips: dict[int, Tensor]) -> Tensor:
@@ -149,10 +159,7 @@ class SkipHeatmapHead(nn.Module):
             if s:
                 x = x + lateral(skips[s])
             x = conv(x)
-        if x.shape[-1] != self.heatmap_size:
-            x = F.interpolate(x, size=(self.heatmap_size, self.heatmap_size), mode="bilinear",
-                              align_corners=False)
-        return self.logits(x)
+        return self.logits(_to_side(x, self.heatmap_size))
 
     def forward(self, features: Tensor, mean_face: Tensor, skips: dict[int, Tensor]) -> Tensor:
         return soft_argmax(self.heatmaps(features, skips), self.image_size)

@@ -13,6 +13,7 @@ from fkd_core.data import load_dataset
 from fkd_core.train import BEST, CHECKPOINT, checkpoint_due, load_checkpoint, train
 from sweep import trainable
 from sweep.spaces import data_key
+from tests.test_train import _timeless
 
 # Two training steps of 24 faces per epoch on the CPU.
 FAST = dict(synth_n=64, batch_size=24, device="cpu", patience=50)
@@ -21,10 +22,6 @@ FAST = dict(synth_n=64, batch_size=24, device="cpu", patience=50)
 @pytest.fixture(scope="module")
 def faces():
     return load_dataset("synthetic", synth_n=FAST["synth_n"], synth_seed=0)
-
-
-def _timeless(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in (metrics.EPOCH_SECONDS, metrics.IMAGES_PER_S)}
 
 
 def _epochs_on_disk(directory):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pandas as pd
@@ -143,16 +142,6 @@ def fake_train(cfg, data, report, *, checkpoint_dir=None, resume_from=None):
             row.update({M.TEST_RMSE: level + 1.0 / epoch - 1.0 / cfg.max_epochs,
                         M.TEST_NME: level / 40, M.TEST_SHAPE: level})
         report(row)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

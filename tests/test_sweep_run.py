@@ -139,16 +139,6 @@ def test_ctrl_c_then_resume_finishes_without_rerunning(tmp_path):
 
 # --- faults, in this process ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _row(epoch: int, rmse: float, diverged: bool = False) -> dict:
     return {M.EPOCH: epoch, M.TRAIN_LOSS: rmse, M.VAL_LOSS: rmse, M.VAL_RMSE: rmse,
             M.VAL_NME: rmse / 40, M.VAL_SHAPE: rmse, M.LR: 1e-3, M.EPOCH_SECONDS: 0.1,
