@@ -1,22 +1,26 @@
 """Statistics for the sweep analysis: pure functions, no I/O, no plotting.
 
-    >>> from sweep.stats import mean_ci, t_quantile
-    >>> round(t_quantile(0.975, 2), 6)
+    >>> from sweep.stats import mean_ci, t_critical
+    >>> round(t_critical(3, 0.05), 6)                  # t(0.975, 2)
     4.302653
     >>> round(mean_ci([1.0, 2.0, 3.0]).half_width, 6)   # t(0.975, 2) * s / sqrt(n)
     2.484138
 
-Confidence intervals are Student-t intervals over independent replicates (seeds). The t quantile
-is computed here (bisection on the CDF written with the regularised incomplete beta function)
-because scipy is not a dependency of the project; it matches tabulated values to 1e-6.
+The distributions come from scipy.stats. What is written here is what no library has: the
+interval multipliers of the three confirm designs (fixed N, a t-calibrated group-sequential
+boundary, Lai's anytime-valid confidence sequence), the power of a decision by interval, the
+bootstrap over test groups crossed with replicates, the Pareto front and the ε² ranking.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+from scipy import integrate
+from scipy import stats as sps
 
 if TYPE_CHECKING:   # pandas is imported where used: sweep.run's --help loads this module's users
     import pandas as pd
@@ -52,67 +56,6 @@ class MeanCI:
         return f"{num(self.mean)} [{num(self.low)}, {num(self.high)}]"
 
 
-# --- Student t quantile -------------------------------------------------------------------
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz, Numerical Recipes)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                   -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
-    # The continued fraction converges fast only below the mean; use the symmetry otherwise.
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with df degrees of freedom."""
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """Inverse of t_cdf: the t with P(T <= t) = p, by bisection (exact to ~1e-12)."""
-    if not 0.0 < p < 1.0 or df <= 0:
-        raise ValueError(f"t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    hi = 1.0
-    while t_cdf(hi, df) < p:  # df=1, p=0.9995 needs ~637: doubling gets there in 10 steps
-        hi *= 2.0
-    lo = 0.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
 # --- means, paired differences ------------------------------------------------------------
 
 def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -133,7 +76,7 @@ def mean_ci(values: Sequence[float] | np.ndarray | pd.Series, level: float = 0.9
     mean = float(x.mean())
     if n < 2:
         return MeanCI(mean, math.nan, math.nan, 1, level)
-    half = t_quantile((1.0 + level) / 2.0, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
+    half = t_critical(n, 1.0 - level) * float(x.std(ddof=1)) / math.sqrt(n)
     return MeanCI(mean, mean - half, mean + half, n, level)
 
 
@@ -216,67 +159,79 @@ def importance_ranking(table: pd.DataFrame, params: Sequence[str], target: str,
     return pd.Series(scores, name="epsilon_squared", dtype=float).sort_values(ascending=False)
 
 
-# --- decisions: p-values, Holm, an anytime-valid confidence sequence ------------------------
+# --- decisions: interval multipliers of the three confirm designs ---------------------------
+# Every design's interval at a look of n replicates is mean ± c · s / sqrt(n); only c differs.
+
+def t_critical(n: int, alpha: float) -> float:
+    """Two-sided (1 − alpha) Student-t multiplier with n − 1 df (inf when n < 2)."""
+    return float(sps.t.ppf(1.0 - alpha / 2.0, n - 1)) if n >= 2 else math.inf
 
 
-def t_pvalue(values: Sequence[float] | np.ndarray, mu: float = 0.0) -> float:
-    """Two-sided p-value of Student's one-sample t-test of mean == mu (NaN when n < 2)."""
-    x = _finite(values)
-    if x.size < 2:
-        return math.nan
-    sd = float(x.std(ddof=1))
-    if sd == 0.0:
-        return 0.0 if float(x.mean()) != mu else 1.0
-    t = (float(x.mean()) - mu) / (sd / math.sqrt(x.size))
-    return min(1.0, 2.0 * t_cdf(-abs(t), x.size - 1))
+def obf_spending(fraction: float | np.ndarray, alpha: float) -> np.ndarray:
+    """Lan–DeMets O'Brien–Fleming-type spending: α spent by information fraction t,
+    2 − 2Φ(z_{1−α/2} / sqrt(t)). Almost nothing early, nearly all of α at the planned maximum."""
+    t = np.asarray(fraction, dtype=float)
+    return 2.0 - 2.0 * sps.norm.cdf(sps.norm.ppf(1.0 - alpha / 2.0) / np.sqrt(t))
 
 
-def tost_pvalue(values: Sequence[float] | np.ndarray, margin: float) -> float:
-    """p-value that the mean lies inside (−margin, margin), scaled to match a two-sided CI.
+def pocock_spending(fraction: float | np.ndarray, alpha: float) -> np.ndarray:
+    """Lan–DeMets Pocock-type spending α·ln(1 + (e − 1)·t): more α early, wider at the end."""
+    return alpha * np.log1p((math.e - 1.0) * np.asarray(fraction, dtype=float))
 
-    2 · max of the two one-sided t-tests (mean <= −margin, mean >= margin), capped at 1: it is
-    <= a exactly when the two-sided (1 − a) Student-t CI lies inside ±margin, so at a = 0.05 the
-    rule reads "the 95% CI is inside ±margin", as DESIGN.md defines equivalence.
+
+SPENDING: dict[str, Callable[[float | np.ndarray, float], np.ndarray]] = {
+    "obf": obf_spending, "pocock": pocock_spending}
+
+CALIBRATION_PATHS = 400_000   # Monte-Carlo paths per boundary: ~1% relative error on the α spent
+CALIBRATION_SEED = 20261201   # fixed, so the boundary of a schedule is the same in every run
+
+
+@functools.lru_cache(maxsize=64)
+def gs_critical(looks: tuple[int, ...], alpha: float, spending: str = "obf") -> tuple[float, ...]:
+    """Two-sided group-sequential multipliers c_k for looks at n_1 < ... < n_K replicates.
+
+    Calibrated for the t statistic, not the normal one: the pivot T_k = (mean_k − μ) /
+    (s_k / sqrt(n_k)) of normal data has a joint law over the looks that does not depend on μ or
+    σ, so one simulation (μ = 0, σ = 1, fixed seed) gives c_k with P(|T_j| >= c_j first at
+    j = k) = α(t_k) − α(t_{k−1}), t_k = n_k / n_K. Normal-theory boundaries would be
+    anti-conservative at n = 3 (t with 2 df has heavy tails). A look with n < 2 spends nothing.
+    The intervals mean_k ± c_k s_k / sqrt(n_k) then cover μ at every look at once with
+    probability 1 − α (repeated confidence intervals), whenever the run stops.
     """
-    x = _finite(values)
-    if x.size < 2:
-        return math.nan
-    sd = float(x.std(ddof=1))
-    if sd == 0.0:
-        return 0.0 if abs(float(x.mean())) < margin else 1.0
-    se, mean = sd / math.sqrt(x.size), float(x.mean())
-    p_low = 1.0 - t_cdf((mean + margin) / se, x.size - 1)   # H0: mean <= -margin
-    p_high = t_cdf((mean - margin) / se, x.size - 1)        # H0: mean >= margin
-    return min(1.0, 2.0 * max(p_low, p_high))
+    pivots = _pivots(looks)
+    spent = SPENDING[spending](np.asarray(looks, dtype=float) / looks[-1], alpha)
+    alive = np.ones(len(pivots), dtype=bool)
+    out = []
+    for k, n in enumerate(looks):
+        need = int(round(spent[k] * len(pivots))) - int((~alive).sum())
+        if n < 2 or need <= 0:
+            out.append(math.inf)
+            continue
+        values = np.sort(pivots[alive, k])[::-1]
+        c = float(values[min(need, len(values) - 1)])
+        alive &= ~(pivots[:, k] > c)
+        out.append(c)
+    return tuple(out)
 
 
-def prob_improvement(values: Sequence[float] | np.ndarray) -> float:
-    """P(mean difference < 0): the Student-t posterior of the mean under a flat prior
-    (the reference posterior for normal data), i.e. t_cdf(−mean / se, n − 1). NaN when n < 2."""
-    x = _finite(values)
-    if x.size < 2:
-        return math.nan
-    se = float(x.std(ddof=1)) / math.sqrt(x.size)
-    if se == 0.0:
-        return float(x.mean() < 0)
-    return t_cdf(-float(x.mean()) / se, x.size - 1)
+def _pivots(looks: tuple[int, ...], chunk: int = 50_000) -> np.ndarray:
+    """|T_k| at each look of CALIBRATION_PATHS standard normal sequences: [paths, looks]."""
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    idx = np.asarray(looks) - 1
+    parts = []
+    for _ in range(CALIBRATION_PATHS // chunk):
+        x = rng.standard_normal((chunk, looks[-1]))
+        parts.append(np.abs(running_t(x)[:, idx]))
+    return np.concatenate(parts)
 
 
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm's step-down adjusted p-values (NaN stays NaN and does not count in the family).
-
-    Sorted ascending, p_adj(k) = max over j <= k of min(1, (m − j + 1) · p(j)); rejecting where
-    p_adj <= alpha keeps the family-wise error rate <= alpha under any dependence.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full_like(p, math.nan)
-    idx = np.flatnonzero(np.isfinite(p))
-    order = idx[np.argsort(p[idx], kind="stable")]
-    m, running = len(order), 0.0
-    for k, i in enumerate(order):
-        running = max(running, min(1.0, (m - k) * p[i]))
-        out[i] = running
-    return out
+def running_t(x: np.ndarray) -> np.ndarray:
+    """t statistic of the first n values of each row, for every n: [paths, N] (NaN at n = 1)."""
+    n = np.arange(1, x.shape[1] + 1)
+    mean = np.cumsum(x, axis=1) / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = (np.cumsum(x * x, axis=1) - n * mean ** 2) / (n - 1)
+        return mean / np.sqrt(np.maximum(var, 0.0) / n)
 
 
 def cs_evalue(n: int, mean: float, ss: float, mu: float, c: float) -> float:
@@ -299,27 +254,108 @@ def cs_evalue(n: int, mean: float, ss: float, mu: float, c: float) -> float:
     return math.sqrt(c / (n + c)) * (a / denom) ** (n / 2.0)
 
 
-def cs_half_width(n: int, ss: float, level: float, c: float) -> float:
-    """Half-width of the confidence sequence {mu : E_n(mu) < 1/(1 − level)} around the mean.
+def cs_critical(n: int, alpha: float, c: float) -> float:
+    """Multiplier of the confidence sequence {mu : E_n(mu) < 1/alpha}: mean ± this · s / sqrt(n).
 
-    Solving E_n(mu) = 1/a for u = n·(mean − mu)²: with K = (sqrt((n + c)/c) / a)^(2/n),
-    u < (K − 1)·ss / (1 − K·c/(n + c)); infinite (no information yet) when K·c/(n + c) >= 1.
+    Solving E_n(mu) = 1/alpha for u = n·(mean − mu)² with ss = (n − 1)·s²: with
+    K = (sqrt((n + c)/c) / alpha)^(2/n), the multiplier is sqrt((K − 1)(n − 1) / (1 − K·c/(n + c)));
+    infinite (no information yet) when K·c/(n + c) >= 1.
     """
     if n < 2:
         return math.inf
-    alpha = 1.0 - level
     k = (math.sqrt((n + c) / c) / alpha) ** (2.0 / n)
     room = 1.0 - k * c / (n + c)
-    if room <= 0.0:
-        return math.inf
-    return math.sqrt((k - 1.0) * ss / (n * room))
+    return math.sqrt((k - 1.0) * (n - 1) / room) if room > 0.0 else math.inf
 
 
-def cs_mixture(max_n: int, alpha: float = 0.05) -> float:
-    """The mixture parameter c that makes the sequence narrowest at max_n replicates.
+def cs_mixture(horizon: int, alpha: float = 0.05) -> float:
+    """The mixture parameter c that makes the sequence narrowest at `horizon` replicates.
 
-    Chosen from the planned maximum alone (before any data), so it costs no validity.
+    Chosen from the plan alone (before any data), so it costs no validity.
     """
     grid = np.geomspace(0.01, 100.0, 400)
-    widths = [cs_half_width(max_n, float(max_n - 1), 1.0 - alpha, float(c)) for c in grid]
-    return float(grid[int(np.argmin(widths))])
+    return float(grid[int(np.argmin([cs_critical(horizon, alpha, float(c)) for c in grid]))])
+
+
+def prob_improvement(values: Sequence[float] | np.ndarray) -> float:
+    """P(mean difference < 0): the Student-t posterior of the mean under a flat prior
+    (the reference posterior for normal data). NaN when n < 2."""
+    x = _finite(values)
+    if x.size < 2:
+        return math.nan
+    se = float(x.std(ddof=1)) / math.sqrt(x.size)
+    if se == 0.0:
+        return float(x.mean() < 0)
+    return float(sps.t.cdf(-float(x.mean()) / se, x.size - 1))
+
+
+# --- power: how many replicates a decision takes ----------------------------------------------
+
+def decision_power(n: int, crit: float, sd: float, margin: float) -> float:
+    """P(a look at n replicates decides) for normal d of the given sd, the interval being
+    mean ± crit · s / sqrt(n): the smaller of P(inside ±margin | d = 0) (equivalent) and
+    P(excludes 0 | d = margin) (better/worse), the two cases a plan must be able to tell apart.
+    """
+    if n < 2 or not math.isfinite(crit):
+        return 0.0
+    if sd <= 0.0:
+        return 1.0
+    nu, root = n - 1, math.sqrt(n)
+    p_differs = float(sps.nct.sf(crit, nu, margin * root / sd))
+    # Inside ±margin when d = 0: |mean| < margin − crit·s/sqrt(n), with q = nu·s²/sd² ~ χ²(nu).
+    q_max = nu * (margin * root / (crit * sd)) ** 2
+
+    def inside(q: float) -> float:
+        room = (margin - crit * sd * math.sqrt(q / nu) / root) * root / sd
+        return float(sps.chi2.pdf(q, nu) * (2.0 * sps.norm.cdf(room) - 1.0))
+
+    p_equiv = integrate.quad(inside, 0.0, q_max, limit=200)[0] if q_max > 0 else 0.0
+    return min(p_differs, p_equiv)
+
+
+def replicates_for_power(sd: float, margin: float, crit: Callable[[int], float],
+                         power: float = 0.8, limit: int = 100_000) -> int | None:
+    """Smallest n whose look decides with at least `power` (decision_power), crit(n) being the
+    design's multiplier at n; None when not even `limit` replicates do. Power grows with n, so a
+    doubling search then bisection finds it in a few dozen evaluations."""
+    if not (math.isfinite(sd) and margin > 0):
+        return None
+    ok = lambda n: decision_power(n, crit(n), sd, margin) >= power  # noqa: E731
+    hi = 2
+    while not ok(hi):
+        if hi >= limit:
+            return None
+        hi = min(2 * hi, limit)
+    lo = max(1, hi // 2)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi   # ok(hi) holds and ok(lo) does not: lo failed the doubling, or lo = 1
+
+
+# --- beyond the test people: groups crossed with replicates -----------------------------------
+
+def crossed_bootstrap(shape_sse: np.ndarray, shape_count: np.ndarray, base_sse: np.ndarray,
+                      base_count: np.ndarray, level: float, draws: int = 4000,
+                      seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of mean d when both the test people and the replicates are resampled.
+
+    *_sse, *_count: [replicates, groups], the per-test-group sums of squared coordinate errors
+    and present-coordinate counts of each replicate's scored weights (same group order). One
+    draw reweights the groups (multinomial: the same people for every replicate and both arms,
+    which keeps the pairing) and independently resamples the replicates; d per replicate is
+    RMSE(shape) − RMSE(base) over the reweighted groups, and the draw's value their mean.
+    """
+    rng = np.random.default_rng(seed)
+    reps, groups = shape_sse.shape
+    w = rng.multinomial(groups, np.full(groups, 1.0 / groups), size=draws).astype(float)
+
+    def rmse(sse: np.ndarray, count: np.ndarray) -> np.ndarray:   # [draws, replicates]
+        return np.sqrt((w @ sse.T) / np.maximum(w @ count.T, 1.0))
+
+    d = rmse(shape_sse, shape_count) - rmse(base_sse, base_count)
+    pick = rng.integers(0, reps, size=(draws, reps))
+    means = np.take_along_axis(d, pick, axis=1).mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
