@@ -20,6 +20,7 @@ A confirm interrupted (Ctrl-C, kill -9) goes on where it stopped when run again,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -50,7 +51,12 @@ class Interrupted(RuntimeError):
 
 @dataclass(frozen=True)
 class Plan:
-    """How many replicates, and the decision rule; fixed before any confirm trial runs."""
+    """How many replicates, and the decision rule; frozen at the first confirm round.
+
+    Three designs (sweep.verdicts): one look (fixed N); --until-decided --max-seeds M: rounds
+    of `replicates` up to M, planned in advance, a group-sequential boundary; --open-ended on
+    top: the anytime-valid confidence sequence, the one design a later run may extend past M.
+    """
 
     replicates: int
     """Replicates of the first round (and of each later round with until_decided)."""
@@ -58,12 +64,21 @@ class Plan:
     until_decided: bool = False
     max_seeds: int | None = None
     """Until-decided: stop adding rounds at this many replicates."""
+    open_ended: bool = False
+    """Until-decided: the anytime-valid sequence instead of the planned group-sequential looks."""
+    alpha: float = V.DEFAULT_ALPHA
+    """Family-wise error over every verdict word of the study."""
+    cs_horizon: int | None = None
+    """open_ended: replicates the sequence's mixture is tuned for (None: 4 rounds). It depends
+    on the rounds alone, so raising --max-seeds later leaves the sequence unchanged."""
 
     def __post_init__(self) -> None:
         if self.replicates < 1:
             raise ConfirmError(f"--confirm/--seeds must be >= 1 replicate, got {self.replicates}")
         if not (self.margin >= 0 and math.isfinite(self.margin)):
             raise ConfirmError(f"--margin must be >= 0 px, got {self.margin:g}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ConfirmError(f"the confirm plan's alpha must be in (0, 1), got {self.alpha:g}")
         if self.max_seeds is not None and self.max_seeds < self.replicates:
             raise ConfirmError(f"--max-seeds {self.max_seeds} is below the first round of "
                                f"{self.replicates} replicates")
@@ -71,24 +86,44 @@ class Plan:
             raise ConfirmError("--max-seeds needs --until-decided")
         if self.until_decided and self.max_seeds is None:
             raise ConfirmError("--until-decided needs --max-seeds M (where adding rounds stops)")
+        if self.open_ended and not self.until_decided:
+            raise ConfirmError("--open-ended needs --until-decided --max-seeds M")
 
     @property
     def ceiling(self) -> int:
         return self.max_seeds if self.until_decided and self.max_seeds else self.replicates
 
+    @property
+    def design(self) -> str:
+        if not self.until_decided:
+            return "fixed"
+        return "sequence" if self.open_ended else "group-sequential"
+
     def rule(self) -> V.Rule:
-        return V.Rule(margin=self.margin, sequential=self.until_decided,
-                      first_round=self.replicates, max_replicates=self.ceiling)
+        horizon = (self.cs_horizon or 4 * self.replicates) if self.open_ended else None
+        return V.Rule(margin=self.margin, alpha=self.alpha, sequential=self.until_decided,
+                      first_round=self.replicates, max_replicates=self.ceiling,
+                      design=self.design, cs_horizon=horizon)
 
     def to_dict(self) -> dict[str, Any]:
         return {"replicates": self.replicates, "until_decided": self.until_decided,
-                "max_seeds": self.max_seeds, **self.rule().to_dict()}
+                "max_seeds": self.max_seeds, "open_ended": self.open_ended,
+                **self.rule().to_dict()}
 
     @staticmethod
     def from_dict(raw: dict[str, Any]) -> "Plan":
+        """A plan from sweep.json or a space's `confirm` settings. A plan recorded before the
+        designs existed (no "design") that ran --until-decided used the confidence sequence
+        tuned for its maximum: it reads back as that sequence."""
+        old_sequence = "design" not in raw and bool(raw.get("sequential"))
+        open_ended = bool(raw.get("open_ended", False)) or old_sequence \
+            or raw.get("design") == "sequence"
+        horizon = raw.get("cs_horizon") or (raw.get("max_replicates") if old_sequence else None)
         return Plan(int(raw["replicates"]), float(raw.get("margin", V.DEFAULT_MARGIN)),
                     bool(raw.get("until_decided", False)),
-                    None if raw.get("max_seeds") is None else int(raw["max_seeds"]))
+                    None if raw.get("max_seeds") is None else int(raw["max_seeds"]),
+                    open_ended, float(raw.get("alpha", V.DEFAULT_ALPHA)),
+                    None if horizon is None else int(horizon))
 
 
 # --- which configs, which replicates --------------------------------------------------------
@@ -261,12 +296,12 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
                               "finish")
         # The look sees the first `target` replicates only: those an uninterrupted run saw here.
         seen = confirmed[confirmed["replicate"].astype(int) < target]
+        table = V.verdict_table(seen, rule) if V.has_test_metrics(seen) else None
         if target > looked:
-            looked = record_look(s.results_uri, target)
-        if not V.has_test_metrics(seen):
+            looked = record_look(s.results_uri, target, table)
+        if table is None:
             return Result(pd.DataFrame(), target, record_end(s.results_uri, data_sets, arms),
                           V.NO_TEST_METRICS)
-        table = V.verdict_table(seen, rule)
         if not plan.until_decided or V.all_decided(table.to_dict("records")) \
                 or target >= plan.ceiling:
             return Result(table, target, record_end(s.results_uri, data_sets, arms))
@@ -335,33 +370,62 @@ def record_plan(uri: str, plan: Plan, arms: Sequence[Arm]) -> int:
 
 
 def _check_continuation(uri: str, old: dict[str, Any], plan: Plan) -> None:
-    """A confirm phase that already looked at test results may only go on validly: the same
-    margin, and more replicates only under the anytime-valid sequence (a fixed-N t-interval
-    recomputed after looking would no longer be a 95% interval)."""
+    """The plan recorded at the first confirm round is frozen: a later run (a continuation after
+    a kill, or a request for more) must ask for the same one. The one change allowed is a higher
+    --max-seeds under --open-ended: the confidence sequence is valid at any number of looks, and
+    its mixture depends on the rounds alone. Anything else is refused in one line, before any
+    trial runs: a plan chosen after seeing test results would no longer hold its error rate."""
     before = old.get("plan")
     if not before:
         return
-    if before.get("margin") != plan.margin:
-        raise ConfirmError(f"{uri}: its confirm phase was run with margin {before['margin']:g} px; "
+    frozen = Plan.from_dict(before)
+    if frozen.margin != plan.margin:
+        raise ConfirmError(f"{uri}: its confirm phase was run with margin {frozen.margin:g} px; "
                            "a margin is fixed before the run, so it cannot change now")
-    grows = plan.ceiling > int(old.get("replicates", 0))
-    if old.get("looks") and grows and not plan.until_decided:
-        raise ConfirmError(f"{uri}: its confirm phase already gave verdicts on "
-                           f"{old.get('replicates')} replicates; adding replicates after looking "
-                           "needs --until-decided (an anytime-valid confidence sequence)")
-    if before.get("sequential") and not plan.until_decided:
-        raise ConfirmError(f"{uri}: its confirm phase ran --until-decided; continue it with "
-                           "--until-decided (a fixed-N interval is not valid after those looks)")
+    if frozen.design == "fixed" and old.get("looks") and plan.ceiling > frozen.ceiling:
+        raise ConfirmError(f"{uri}: its fixed plan already gave verdicts on {frozen.ceiling} "
+                           "replicates; adding replicates after looking would void them (plan "
+                           "rounds with --until-decided --max-seeds before the first round, or "
+                           "confirm in a new sweep)")
+    extends = frozen.open_ended and plan.open_ended and plan.ceiling >= frozen.ceiling
+    same = dataclasses.replace(plan, max_seeds=frozen.max_seeds) if extends else plan
+    if dataclasses.astuple(same) != dataclasses.astuple(frozen):
+        raise ConfirmError(f"{uri}: its confirm plan is frozen ({describe(frozen)}); this run asks "
+                           f"for {describe(plan)}: rerun with the plan's options, or confirm in "
+                           "a new sweep")
 
 
-def record_look(uri: str, replicates: int) -> int:
-    """Count one look at the verdicts on `replicates` replicates, as it happens (a kill after it
-    must not let the continued confirm count it again); returns `replicates`."""
+def describe(plan: Plan) -> str:
+    """A plan in a few words, for messages and reports."""
+    rounds = (f"rounds of {plan.replicates} up to {plan.ceiling}" if plan.until_decided
+              else f"{plan.replicates} replicates")
+    return f"{plan.design}, {rounds}, margin ±{plan.margin:g} px, α = {plan.alpha:g}"
+
+
+def record_look(uri: str, replicates: int, table: "pd.DataFrame | None" = None) -> int:
+    """Record one look at the verdicts on `replicates` replicates, as it happens (a kill after it
+    must not let the continued confirm count it again): its n and, given the verdict table, each
+    comparison's statistics and the boundary used (the interval's multiplier). Returns
+    `replicates`."""
+    cells = [] if table is None or table.empty else [
+        {k: _json_safe(r[k]) for k in LOOK_FIELDS if k in r} for r in table.to_dict("records")]
+
     def change(saved: dict[str, Any]) -> None:
         c = saved.setdefault("confirm", {})
         c.update(replicates=replicates, looks=c.get("looks", 0) + 1)
+        c["look_log"] = [*c.get("look_log", []), {"n": replicates, "cells": cells}]
     _update_sweep_json(uri, change)
     return replicates
+
+
+LOOK_FIELDS = ("cell", "shape", "n", "d_mean", "d_sd", "ci_low", "ci_high", "level", "critical",
+               "verdict", "needed", "more")
+
+
+def _json_safe(x: Any) -> Any:
+    """Plain JSON values: numpy scalars as Python ones, NaN and inf as null."""
+    x = x.item() if hasattr(x, "item") else x
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def record_end(uri: str, data_sets: dict[str, Any], arms: Sequence[Arm] = ()) -> int:
@@ -386,8 +450,9 @@ def plan_of(args: argparse.Namespace, space: Any) -> Plan | None:
     """
     given = {k: v for k, v in (("replicates", args.confirm), ("margin", args.margin),
                                ("max_seeds", args.max_seeds)) if v is not None}
-    if args.until_decided:
-        given["until_decided"] = True
+    for flag in ("until_decided", "open_ended"):
+        if getattr(args, flag, False):
+            given[flag] = True
     default = dict(getattr(space, "confirm", None) or {})
     if args.confirm is None and (getattr(args, "smoke_test", False) or not default):
         if given:
@@ -395,8 +460,8 @@ def plan_of(args: argparse.Namespace, space: Any) -> Plan | None:
                                "--confirm N (replicates of the confirm phase)")
         return None
     if args.confirm is not None and "until_decided" not in given and "max_seeds" not in given:
-        default.pop("until_decided", None)   # --confirm N alone: exactly N replicates
-        default.pop("max_seeds", None)
+        for key in ("until_decided", "max_seeds", "open_ended"):   # --confirm N: exactly N
+            default.pop(key, None)
     return Plan.from_dict({**default, **given})
 
 
@@ -404,9 +469,14 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--margin", type=float,
                    help=f"equivalence margin in px, fixed before the run (default {V.DEFAULT_MARGIN})")
     p.add_argument("--until-decided", action="store_true",
-                   help="add rounds of replicates until every cell is decided (an anytime-valid "
-                        "confidence sequence keeps the error rate under the repeated looks)")
+                   help="add rounds of replicates until every cell is decided, up to --max-seeds "
+                        "(looks planned in advance: a group-sequential O'Brien-Fleming-type "
+                        "boundary keeps the error rate under the repeated looks)")
     p.add_argument("--max-seeds", type=int, help="with --until-decided: stop at this many replicates")
+    p.add_argument("--open-ended", action="store_true",
+                   help="with --until-decided: use the anytime-valid confidence sequence instead, "
+                        "which a later run may continue past --max-seeds (wider at the planned "
+                        "maximum than the group-sequential boundary)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -422,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = p.parse_args(argv)
         plan = Plan(args.seeds, V.DEFAULT_MARGIN if args.margin is None else args.margin,
-                    args.until_decided, args.max_seeds)
+                    args.until_decided, args.max_seeds, args.open_ended)
         s, cluster = _settings(args.results, args.cluster)
         # The folder's owner, as sweep.run is (sweep.lock): two confirms, or a confirm and its
         # sweep, would each write trials.parquet without the other's trials.

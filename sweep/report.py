@@ -151,10 +151,7 @@ def rule_of(settings: dict[str, Any]) -> tuple[V.Rule, str]:
     plan = (settings.get("confirm") or {}).get("plan")
     if not plan:
         return V.Rule(), "the default: no confirm plan is recorded in sweep.json"
-    rule = V.Rule(margin=float(plan["margin"]), alpha=float(plan.get("alpha", V.DEFAULT_ALPHA)),
-                  sequential=bool(plan["sequential"]), first_round=int(plan["first_round"]),
-                  max_replicates=int(plan["max_replicates"]))
-    return rule, "the margin was fixed before the run (sweep.json)"
+    return V.Rule.from_dict(plan), "the plan was frozen at the first confirm round (sweep.json)"
 
 
 def split_phrase(settings: dict[str, Any]) -> str:
@@ -168,29 +165,77 @@ def split_phrase(settings: dict[str, Any]) -> str:
 
 def verdict_markdown(table: pd.DataFrame) -> str:
     lines = ["| cell | shape term (α) | replicates | d = test RMSE shape − base, px: mean "
-             "[95% interval] | Holm p (d = 0) | Holm p (equivalence) | P(improvement) | "
-             "test RMSE base / shape, px | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+             "[decision interval] | interval level | P(improvement) | test RMSE base / shape, px "
+             "| verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         lines.append(f"| {r.cell} | {r.shape} (α={r.alpha:.3g}) | {r.n} | {_num(r.d_mean)} "
-                     f"[{_num(r.ci_low)}, {_num(r.ci_high)}] | {_num(r.p_zero_holm)} | "
-                     f"{_num(r.p_equiv_holm)} | {_num(r.p_improve, 2)} | "
-                     f"{_num(r.base_test_rmse)} / {_num(r.shape_test_rmse)} | **{r.verdict}** |")
+                     f"[{_num(r.ci_low)}, {_num(r.ci_high)}] | {r.level:.4g} | "
+                     f"{_num(r.p_improve, 2)} | {_num(r.base_test_rmse)} / "
+                     f"{_num(r.shape_test_rmse)} | **{r.verdict_text}** |")
     return "\n".join(lines)
+
+
+def plan_markdown(table: pd.DataFrame) -> str:
+    """Item 4 of the plan: per comparison, what a decision will take (sweep.verdicts.plan_row)."""
+    lines = ["| cell | shape term | sd of d, px | replicates for 80% power (design) | still to run "
+             "| cost, trial-minutes | measured on |", "|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.cell} | {r.shape} | {_num(r.d_sd)} | {_count(r.needed)} "
+                     f"({r.plan_design}) | {_count(r.more)} | {_num(r.more_minutes, 1)} | "
+                     f"{r.hardware} |")
+    return "\n".join(lines)
+
+
+PLAN_NOTE = ("Replicates for 80% power: the fewest at which a look decides with probability ≥ "
+             "0.8 both when the true d is 0 (equivalent) and when it is ±margin (better/worse), "
+             "for normal d with the estimated sd, under the design in force and its multiplicity "
+             "level. A fixed-N look cannot be extended, so its number is that of a new confirm; a "
+             "group-sequential plan that cannot reach it by its maximum shows a new fixed-N "
+             "confirm's. Cost = still to run × the measured wall minutes of one base and one shape "
+             "trial of the cell.")
+
+
+def population_markdown(table: pd.DataFrame, available: bool) -> str:
+    if not available:
+        return f"_The interval over test people too is {V.NO_GROUPS}._"
+    lines = ["| cell | shape term | d given these test people, px | d over people too, px |",
+             "|---|---|---|---|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.cell} | {r.shape} | [{_num(r.ci_low)}, {_num(r.ci_high)}] | "
+                     f"[{_num(r.pop_low)}, {_num(r.pop_high)}] |")
+    return "\n".join(lines)
+
+
+POPULATIONS = ("Which population each interval covers: the decision interval is over training "
+               "replicates (seeds, validation splits) with the test people held fixed: it says "
+               "what the shape term does for *these* test people. The second interval also "
+               "resamples the test people (a bootstrap over test groups crossed with replicates, "
+               "at the same level): it says what it would do for new people drawn like them. It "
+               "informs; the verdict is read off the first.")
 
 
 def _num(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
 
 
-def method_sentence(rule: V.Rule, note: str, replicates: int, looks: int, split: str) -> str:
-    return (f"Decision: {rule.method()}; Holm's step-down over the cells, at family-wise "
-            f"α = {rule.alpha:g}, separately for \"d ≠ 0\" (better/worse) and \"|d| < margin\" "
-            f"(equivalent); margin ±{rule.margin:g} px ({note}). {replicates} paired "
-            f"replicate(s) per arm, {looks} look(s) at the data. Splits: {split}. Replicate r "
-            "trains both arms with the same seed and the same train/validation split (a fresh "
-            "split per replicate); the test rows are the same in every trial. Each trial's best "
-            "epoch is chosen on validation; its test metrics at that epoch are compared. "
-            "P(improvement) = P(mean d < 0) under the Student-t posterior (flat prior).")
+def _count(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else str(int(x))
+
+
+def method_sentence(rule: V.Rule, note: str, replicates: int, looks: int, split: str,
+                    scored: str) -> str:
+    what = ("the weights fixed before the run as scored (column `scored`: by default the final "
+            "ones, the EMA average when the recipe has one)" if scored == V.SCORED_COLUMN else
+            "each trial's best epoch on validation (a confirm recorded before fixed-budget "
+            "trials: the noisier choice)")
+    return (f"Decision: {rule.method()}; {V.MULTIPLICITY}, so the family-wise error over every "
+            f"verdict word is at most α = {rule.alpha:g}. The interval printed is the one "
+            f"decided on. The method {V.ASSUMPTION}. Margin ±{rule.margin:g} px ({note}). "
+            f"{replicates} paired replicate(s) per arm, {looks} look(s) at the data. Splits: "
+            f"{split}. Replicate r trains both arms with the same seed and the same "
+            "train/validation split (a fresh split per replicate); the test rows are the same in "
+            f"every trial. Scored: {what}. P(improvement) = P(mean d < 0) under the Student-t "
+            "posterior (flat prior).")
 
 
 PAIRING = ("Each shape arm is trained with the base arm's best search config plus the shape "
@@ -216,36 +261,53 @@ def verdict_section(t: pd.DataFrame, settings: dict[str, Any], phrase: str,
     counts = table["verdict"].value_counts()
     lead = ", ".join(f"{counts.get(v, 0)} {v}" for v in V.VERDICTS if counts.get(v, 0))
     sentence = f"On {phrase}: {lead} of {len(table)} cell(s) (shape term vs base loss, test RMSE)."
+    scored = str(table["scored"].iloc[0])
     lines = head + [sentence.replace(lead, f"**{lead}**", 1), "", verdict_markdown(table), "",
-                    method_sentence(rule, note, replicates, looks, split_phrase(settings)), "",
-                    PAIRING, ""]
+                    method_sentence(rule, note, replicates, looks, split_phrase(settings), scored),
+                    "", PAIRING, "", "### What a decision will take", "", plan_markdown(table), "",
+                    PLAN_NOTE, "", "### Beyond these test people", "",
+                    population_markdown(table, V.has_groups(confirm)), "", POPULATIONS, ""]
     fig = F.figure_verdicts(V.paired_differences(confirm), table, out, rule.method())
     lines += [f"![confirm verdicts]({fig})", ""] if fig else []
     return lines, table, verdict_lines(table, sentence)
 
 
 def verdict_console(result: Any, rule: V.Rule, uri: str) -> str:
-    """The end-of-run verdict table for sweep.run / sweep.confirm (confirm.Result)."""
+    """The end-of-run verdict table for sweep.run / sweep.confirm (confirm.Result), the plan
+    under it."""
     lines = ["\nVerdicts (confirm phase, test split):"]
     if result.table.empty:
         return "\n".join(lines + [f"  no verdict: {result.note or 'no paired confirm trials'}"])
     rows = [{"cell": r.cell, "shape (α)": f"{r.shape} ({r.alpha:.3g})", "n": r.n,
-             "d = shape − base, px [95%]": f"{_num(r.d_mean)} [{_num(r.ci_low)}, {_num(r.ci_high)}]",
-             "P(improve)": _num(r.p_improve, 2), "verdict": r.verdict}
+             "d = shape − base, px [interval]": f"{_num(r.d_mean)} [{_num(r.ci_low)}, "
+                                                f"{_num(r.ci_high)}]",
+             "P(improve)": _num(r.p_improve, 2), "verdict": r.verdict_text}
             for r in result.table.itertuples()]
     lines.append(pd.DataFrame(rows).to_string(index=False))
-    lines.append(f"  {rule.method()}; Holm over cells; margin ±{rule.margin:g} px; "
-                 f"{result.replicates} replicate(s), {result.looks} look(s)")
+    lines.append(f"  {rule.method()}; Bonferroni over {len(result.table)} comparison(s) (level "
+                 f"{result.table['level'].iloc[0]:.4g} each); margin ±{rule.margin:g} px; "
+                 f"{result.replicates} replicate(s), {result.looks} look(s); {V.ASSUMPTION}")
+    lines += ["", "Plan (80% power at the margin):", *plan_lines(result.table)]
     return "\n".join(lines)
 
 
+def plan_lines(table: pd.DataFrame) -> list[str]:
+    """One console line per comparison: sd of d, replicates needed, still to run, their cost."""
+    return [f"  {r.cell} / {r.shape}: sd(d) {_num(r.d_sd)} px; {_count(r.needed)} replicates "
+            f"({r.plan_design}); {_count(r.more)} more = {_num(r.more_minutes, 1)} trial-minutes "
+            f"on {r.hardware}" for r in table.itertuples()]
+
+
 def verdict_lines(table: pd.DataFrame, lead: str) -> str:
-    """Section 1 as console text (sweep.analyze prints it): the lead, then one line per cell."""
+    """Section 1 as console text (sweep.analyze prints it): the lead, then one line per cell,
+    then the plan."""
     lines = ["Verdicts (confirm phase, test split):", f"  {lead}"]
     for r in table.itertuples():
         lines.append(f"  {r.cell:<24} {r.shape} (α={r.alpha:.3g})  n={r.n}  d={_num(r.d_mean)} "
                      f"[{_num(r.ci_low)}, {_num(r.ci_high)}] px  P(improve)={_num(r.p_improve, 2)}"
                      f"  {r.verdict}")
+    if len(table):
+        lines += ["Plan (80% power at the margin):", *plan_lines(table)]
     return "\n".join(lines)
 
 

@@ -105,6 +105,21 @@ class Rule:
                     f"{self.max_replicates} replicates, running intersection over the looks")
         return "Student-t interval over paired replicates (fixed number of replicates)"
 
+    @staticmethod
+    def from_dict(raw: dict[str, Any]) -> "Rule":
+        """The rule of a plan recorded in sweep.json. A plan from before the designs existed
+        (no "design") that was sequential ran the confidence sequence tuned for its maximum."""
+        old = "design" not in raw
+        sequence = raw.get("design") == "sequence" or (old and bool(raw.get("sequential")))
+        top = int(raw.get("max_replicates", raw.get("first_round", 3)))
+        return Rule(margin=float(raw.get("margin", DEFAULT_MARGIN)),
+                    alpha=float(raw.get("alpha", DEFAULT_ALPHA)),
+                    sequential=bool(raw.get("sequential", False)),
+                    first_round=int(raw.get("first_round", 3)), max_replicates=top,
+                    design="sequence" if sequence else str(raw.get("design") or ""),
+                    spending=str(raw.get("spending") or "obf"),
+                    cs_horizon=raw.get("cs_horizon") or (top if sequence and old else None))
+
     def to_dict(self) -> dict[str, Any]:
         return {"margin": self.margin, "alpha": self.alpha, "sequential": self.sequential,
                 "first_round": self.first_round, "max_replicates": self.max_replicates,
