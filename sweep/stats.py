@@ -293,8 +293,9 @@ def prob_improvement(values: Sequence[float] | np.ndarray) -> float:
 
 def decision_power(n: int, crit: float, sd: float, margin: float) -> float:
     """P(a look at n replicates decides) for normal d of the given sd, the interval being
-    mean ± crit · s / sqrt(n): the smaller of P(inside ±margin | d = 0) (equivalent) and
-    P(excludes 0 | d = margin) (better/worse), the two cases a plan must be able to tell apart.
+    mean ± crit · s / sqrt(n): the smaller of P(inside ±margin | d = 0) (|d| < margin settled:
+    equivalent, or "better/worse, within the margin") and P(excludes 0 | d = margin)
+    (better/worse), the two cases a plan must be able to tell apart.
     """
     if n < 2 or not math.isfinite(crit):
         return 0.0
