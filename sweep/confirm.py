@@ -88,6 +88,8 @@ class Plan:
             raise ConfirmError("--until-decided needs --max-seeds M (where adding rounds stops)")
         if self.open_ended and not self.until_decided:
             raise ConfirmError("--open-ended needs --until-decided --max-seeds M")
+        if self.open_ended and self.cs_horizon is None:
+            object.__setattr__(self, "cs_horizon", 4 * self.replicates)
 
     @property
     def ceiling(self) -> int:
@@ -100,7 +102,7 @@ class Plan:
         return "sequence" if self.open_ended else "group-sequential"
 
     def rule(self) -> V.Rule:
-        horizon = (self.cs_horizon or 4 * self.replicates) if self.open_ended else None
+        horizon = self.cs_horizon if self.open_ended else None
         return V.Rule(margin=self.margin, alpha=self.alpha, sequential=self.until_decided,
                       first_round=self.replicates, max_replicates=self.ceiling,
                       design=self.design, cs_horizon=horizon)

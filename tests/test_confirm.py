@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -78,6 +79,8 @@ def test_missing_configs_skips_replicates_already_run():
     ({"replicates": 4, "until_decided": True, "max_seeds": 3}, "--max-seeds 3 is below the first round of 4"),
     ({"replicates": 3, "max_seeds": 6}, "--max-seeds needs --until-decided"),
     ({"replicates": 3, "until_decided": True}, "--until-decided needs --max-seeds M"),
+    ({"replicates": 3, "open_ended": True}, "--open-ended needs --until-decided --max-seeds M"),
+    ({"replicates": 3, "alpha": 1.5}, r"alpha must be in \(0, 1\), got 1.5"),
 ])
 def test_bad_plans(kwargs, message):
     with pytest.raises(C.ConfirmError, match=message):
@@ -217,23 +220,88 @@ def test_analyze_prints_a_verdict_per_cell(two_phases, tmp_path, capsys):
     assert {c[0]: c[-1] for c in cells} == {"none": "better", "study": "equivalent"}
     text = (tmp_path / "report.md").read_text()
     assert text.index("## 1. Verdicts") < text.index("## 2. Search")
-    assert "confidence sequence" in text and "Holm" in text and "synthetic" in text
+    assert "group-sequential" in text and "Bonferroni" in text and "synthetic" in text
+    assert "What a decision will take" in text and "Beyond these test people" in text
     assert (tmp_path / "fig1_confirm_verdicts.png").stat().st_size > 10_000
+
+
+def _frozen(tmp_path, plan: "C.Plan", replicates: int, looks: int) -> None:
+    saved = {"confirm": {"plan": plan.to_dict(), "replicates": replicates, "looks": looks}}
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+
+
+GS = C.Plan(3, 0.05, True, 9)                            # rounds of 3 up to 9, group-sequential
 
 
 @pytest.mark.parametrize("plan,message", [
     (C.Plan(3, margin=0.1, until_decided=True, max_seeds=12), "cannot change now"),
-    (C.Plan(9, margin=0.05), "ran --until-decided; continue it with --until-decided"),
+    (C.Plan(9, margin=0.05), "confirm plan is frozen (group-sequential, rounds of 3 up to 9"),
+    (C.Plan(4, 0.05, True, 9), "this run asks for group-sequential, rounds of 4 up to 9"),
+    (C.Plan(3, 0.05, True, 12), "this run asks for group-sequential, rounds of 3 up to 12"),
+    (C.Plan(3, 0.05, True, 9, open_ended=True), "this run asks for sequence, rounds of 3 up to 9"),
 ])
-def test_a_confirm_phase_that_looked_goes_on_only_validly(tmp_path, plan, message):
-    saved = {"confirm": {"plan": C.Plan(3, 0.05, True, 9).to_dict(), "replicates": 9, "looks": 3}}
-    (tmp_path / "sweep.json").write_text(json.dumps(saved))
-    with pytest.raises(C.ConfirmError, match=message):
+def test_a_frozen_group_sequential_plan_refuses_every_change(tmp_path, plan, message):
+    _frozen(tmp_path, GS, 6, 2)
+    with pytest.raises(C.ConfirmError, match=re.escape(message)):
         C.record_plan(str(tmp_path), plan, [])
-    saved["confirm"]["plan"] = C.Plan(3).to_dict()
-    saved["confirm"].update(replicates=3, looks=1)
-    (tmp_path / "sweep.json").write_text(json.dumps(saved))
-    with pytest.raises(C.ConfirmError, match="adding replicates after looking needs --until-decided"):
+    C.record_plan(str(tmp_path), GS, [])                 # the same plan goes on (after a kill)
+
+
+def test_a_plan_is_frozen_at_the_first_round_even_before_a_look(tmp_path):
+    _frozen(tmp_path, GS, 0, 0)
+    with pytest.raises(C.ConfirmError, match="confirm plan is frozen"):
+        C.record_plan(str(tmp_path), C.Plan(5, 0.05, True, 10), [])
+
+
+def test_a_fixed_plan_that_looked_cannot_add_replicates(tmp_path):
+    _frozen(tmp_path, C.Plan(3), 3, 1)
+    with pytest.raises(C.ConfirmError, match="adding replicates after looking would void them"):
         C.record_plan(str(tmp_path), C.Plan(5), [])
-    C.record_plan(str(tmp_path), C.Plan(5, until_decided=True, max_seeds=9), [])   # valid
-    assert json.loads((tmp_path / "sweep.json").read_text())["confirm"]["plan"]["sequential"]
+    with pytest.raises(C.ConfirmError, match="adding replicates after looking would void them"):
+        C.record_plan(str(tmp_path), C.Plan(3, until_decided=True, max_seeds=9), [])
+    with pytest.raises(C.ConfirmError, match="α = 0.05.*this run asks for .*α = 0.1"):
+        C.record_plan(str(tmp_path), C.Plan(3, alpha=0.1), [])
+
+
+def test_an_open_ended_plan_may_continue_past_its_maximum(tmp_path):
+    """The confidence sequence is valid at any number of looks and its mixture depends on the
+    rounds alone: a higher --max-seeds is the one change allowed, and it keeps the sequence."""
+    first = C.Plan(3, 0.05, True, 9, open_ended=True)
+    _frozen(tmp_path, first, 9, 3)
+    longer = C.Plan(3, 0.05, True, 15, open_ended=True)
+    C.record_plan(str(tmp_path), longer, [])
+    saved = json.loads((tmp_path / "sweep.json").read_text())["confirm"]["plan"]
+    assert saved["max_seeds"] == 15 and saved["design"] == "sequence"
+    assert longer.rule().cs_horizon == first.rule().cs_horizon == 12
+    assert longer.rule().critical(9, 1) == first.rule().critical(9, 1)
+    with pytest.raises(C.ConfirmError, match="confirm plan is frozen"):
+        C.record_plan(str(tmp_path), C.Plan(5, 0.05, True, 15, open_ended=True), [])
+
+
+def test_a_plan_reads_back_as_it_was_recorded():
+    for plan in (C.Plan(3), GS, C.Plan(3, 0.05, True, 9, open_ended=True)):
+        assert C.Plan.from_dict(plan.to_dict()) == plan
+    old = {"replicates": 5, "until_decided": True, "max_seeds": 10, "margin": 0.05,
+           "sequential": True, "first_round": 5, "max_replicates": 10}   # before the designs
+    assert C.Plan.from_dict(old).rule() == V.Rule.from_dict(old)
+    assert C.Plan.from_dict(old).design == "sequence"
+
+
+def test_every_look_is_recorded_with_its_statistics_and_boundary(tmp_path):
+    _frozen(tmp_path, GS, 0, 0)
+    rule = GS.rule()
+    rng = np.random.default_rng(0)
+    for n in (3, 6):
+        trials = pd.DataFrame([{"cell": "c", "arm": arm, "replicate": r, "outcome": "ok",
+                                "alpha": 0.1 if arm == "cgd" else 0.0,
+                                V.TEST_RMSE_COLUMN: 2.0 + (0.1 * rng.standard_normal()
+                                                           if arm == "cgd" else 0.0)}
+                               for r in range(n) for arm in ("base", "cgd")])
+        C.record_look(str(tmp_path), n, V.verdict_table(trials, rule))
+    saved = json.loads((tmp_path / "sweep.json").read_text())["confirm"]
+    assert saved["looks"] == 2 and saved["replicates"] == 6
+    log = saved["look_log"]
+    assert [look["n"] for look in log] == [3, 6] and len(log[1]["cells"]) == 1
+    cell = log[1]["cells"][0]
+    assert cell["critical"] == pytest.approx(rule.critical(6, 1))
+    assert cell["level"] == 0.95 and cell["verdict"] in V.VERDICTS and cell["d_sd"] > 0
