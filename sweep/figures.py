@@ -49,7 +49,8 @@ def _colors(labels: Sequence[str]) -> dict[str, Any]:
 
 def figure_verdicts(diffs: dict[tuple[str, str], pd.Series], table: pd.DataFrame, out: Path,
                     method: str) -> str | None:
-    """Confirm phase: each replicate's paired test difference (dots) and the cell's interval.
+    """Confirm phase: each replicate's paired test difference (dots) and the cell's decision
+    interval (the one the verdict is read off, sweep.verdicts).
 
     diffs: (cell, shape) -> d per replicate (sweep.verdicts.paired_differences); table: the
     verdict table, same keys in the same order.
@@ -64,7 +65,8 @@ def figure_verdicts(diffs: dict[tuple[str, str], pd.Series], table: pd.DataFrame
         if math.isfinite(row.ci_low) and math.isfinite(row.ci_high):
             ax.plot([row.ci_low, row.ci_high], [y, y], color="black", linewidth=2, zorder=3)
         ax.scatter([row.d_mean], [y], color="black", s=36, zorder=4)
-        ax.text(1.01, y, f"{row.verdict} (n={row.n})", transform=ax.get_yaxis_transform(),
+        word = getattr(row, "verdict_text", row.verdict)
+        ax.text(1.01, y, f"{word} (n={row.n})", transform=ax.get_yaxis_transform(),
                 va="center", fontsize=8)
     ax.axvline(0.0, color="grey", linestyle="--", linewidth=1)
     margin = float(table["margin"].iloc[0]) if "margin" in table else 0.0
@@ -75,7 +77,9 @@ def figure_verdicts(diffs: dict[tuple[str, str], pd.Series], table: pd.DataFrame
     ax.invert_yaxis()
     ax.set_xlabel("d = test RMSE (shape arm) − test RMSE (base arm), px (< 0: shape term better)")
     n = int(table["n"].max())
-    title = "Confirm phase, test split: paired differences per replicate, mean and 95% interval"
+    level = f"{table['level'].iloc[0]:.4g}" if "level" in table else "95%"
+    title = ("Confirm phase, test split: paired differences per replicate, mean and the "
+             f"decision interval (level {level} each: multiplicity-adjusted, running intersection)")
     if n < 2:
         title += "\nONE REPLICATE: no interval, no verdict can be drawn"
     ax.set_title(f"{title}\n{method}", fontsize=8)

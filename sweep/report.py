@@ -230,7 +230,8 @@ def method_sentence(rule: V.Rule, note: str, replicates: int, looks: int, split:
             "trials: the noisier choice)")
     return (f"Decision: {rule.method()}; {V.MULTIPLICITY}, so the family-wise error over every "
             f"verdict word is at most α = {rule.alpha:g}. The interval printed is the one "
-            f"decided on. The method {V.ASSUMPTION}. Margin ±{rule.margin:g} px ({note}). "
+            f"decided on. The method {V.ASSUMPTION}. Equivalence margin ±{rule.margin:g} px "
+            f"({note}). "
             f"{replicates} paired replicate(s) per arm, {looks} look(s) at the data. Splits: "
             f"{split}. Replicate r trains both arms with the same seed and the same "
             "train/validation split (a fresh split per replicate); the test rows are the same in "

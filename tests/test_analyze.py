@@ -18,7 +18,8 @@ from fkd_core import metrics as M
 from fkd_core.config import TrialConfig
 from sweep import analyze, figures
 
-T_975_DF3 = 3.182446  # t(0.975, 3): four confirm replicates per arm in the fixture
+# t(1 − 0.05/8, 3): four confirm replicates per arm, four comparisons (Bonferroni: 1 − α/4 each)
+T_BONFERRONI4_DF3 = 5.391949
 SEEDS = (0, 1, 2)
 ALPHAS = (0.01, 0.1)
 REAL_SOURCE = "../shared/data/fkd-yt15/training.csv.gz"
@@ -176,14 +177,14 @@ def test_verdicts_equal_pandas(results: Path) -> None:
         cell = conf[conf["cell"] == row["cell"]].pivot_table(
             index="replicate", columns="shape", values="best_test_rmse_px")
         d = cell["cgd"] - cell["none"]
-        half = T_975_DF3 * d.std(ddof=1) / math.sqrt(len(d))
+        half = T_BONFERRONI4_DF3 * d.std(ddof=1) / math.sqrt(len(d))
         assert row["n"] == len(d) == 4
         assert row["d_mean"] == pytest.approx(d.mean(), rel=1e-12)
         assert row["ci_high"] - row["d_mean"] == pytest.approx(half, rel=1e-6)
         assert row["verdict"] == CONFIRM_VERDICTS[row["cell"]]
     text = (results / "report.md").read_text()
     assert text.index("## 1. Verdicts") < text.index("## 2. Search")
-    assert "Holm" in text and "Student-t interval" in text and "margin ±0.05 px" in text
+    assert "Bonferroni" in text and "Student-t interval" in text and "margin ±0.05 px" in text
 
 
 def test_search_tables_show_full_budget_trials_only(results: Path) -> None:
