@@ -294,7 +294,7 @@ def verdict_console(result: Any, rule: V.Rule, uri: str) -> str:
 
 def plan_lines(table: pd.DataFrame) -> list[str]:
     """One console line per comparison: sd of d, replicates needed, still to run, their cost."""
-    return [f"  {r.cell} / {r.shape}: sd(d) {_num(r.d_sd)} px; {_count(r.needed)} replicates "
+    return [f"    {r.cell} / {r.shape}: sd(d) {_num(r.d_sd)} px; {_count(r.needed)} replicates "
             f"({r.plan_design}); {_count(r.more)} more = {_num(r.more_minutes, 1)} trial-minutes "
             f"on {r.hardware}" for r in table.itertuples()]
 
