@@ -2,6 +2,7 @@
 
     python -m sweep.confirm results/<name> --seeds 5                  # confirm an existing search
     python -m sweep.confirm results/<name> --seeds 3 --until-decided --max-seeds 12
+    python -m sweep.confirm results/<name> --seeds 3 --until-decided --max-seeds 12 --open-ended
     python -m sweep.run ... --confirm 3                              # search, then confirm
 
 For every cell, the search's best base-arm config (lowest validation RMSE among the trials ASHA
@@ -14,6 +15,9 @@ split per replicate, the same one for both arms; the test rows never change (tes
 Every confirm trial runs the full budget (no ASHA), with score_test=True; its best epoch is chosen
 on validation and the test metrics at that epoch are the ones compared (sweep.verdicts).
 Confirm trials go into the same trials.parquet / epochs.parquet with phase="confirm".
+The plan (rounds, maximum, margin, design, α; sweep.verdicts) is frozen in sweep.json at the
+first round and every look is recorded there; a later run that asks for another plan is refused
+(only an --open-ended plan may raise its --max-seeds).
 A confirm interrupted (Ctrl-C, kill -9) goes on where it stopped when run again, or with
 `sweep.run --name X --resume` (sweep.confirm_recovery); it holds the folder's lock (sweep.lock).
 """
