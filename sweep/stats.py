@@ -221,7 +221,7 @@ def _pivots(looks: tuple[int, ...], chunk: int = 50_000) -> np.ndarray:
     parts = []
     for _ in range(CALIBRATION_PATHS // chunk):
         x = rng.standard_normal((chunk, looks[-1]))
-        parts.append(np.abs(running_t(x)[:, idx]))
+        parts.append(np.abs(running_t(x)[:, idx]).astype(np.float32))   # [paths, looks]: halve it
     return np.concatenate(parts)
 
 

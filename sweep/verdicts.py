@@ -351,6 +351,10 @@ def population_interval(confirm: Any, pair: Any, level: float) -> tuple[float, f
     at the decision's level; (NaN, NaN) when the trials carry no per-group columns."""
     if not has_groups(confirm) or len(pair) < 2:
         return math.nan, math.nan
+    rows = [*pair["s"], *pair["b"]]
+    ids = [tuple(v) if v is not None else None for v in confirm.loc[rows, "test_group_ids"]]
+    if None in ids or len(set(ids)) != 1:   # a trial without them, or another group order
+        return math.nan, math.nan
     stack = lambda rows, col: np.stack([np.asarray(v, dtype=float)   # noqa: E731
                                         for v in confirm.loc[rows, col]])
     return crossed_bootstrap(stack(pair["s"], "test_group_sse"), stack(pair["s"], "test_group_count"),

@@ -240,6 +240,23 @@ def test_population_interval_from_the_group_columns():
     table = V.verdict_table(trials, V.Rule()).set_index(["cell", "shape"])
     row = table.loc[("none", "cgd")]
     assert row["pop_low"] < row["d_mean"] < row["pop_high"]
+    assert table["pop_low"].notna().sum() == 4
+
+
+def test_population_interval_through_parquet_and_its_refusals(tmp_path):
+    """The list columns as pyarrow writes and pandas reads them back (numpy arrays); a trial
+    with another group order gives no interval rather than a wrong one."""
+    trials = confirm_rows(groups=True)
+    trials.to_parquet(tmp_path / "t.parquet")
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    ref = V.verdict_table(trials, V.Rule())
+    got = V.verdict_table(back, V.Rule())
+    assert got["pop_low"].to_numpy() == pytest.approx(ref["pop_low"].to_numpy())
+    first = back.index[(back["cell"] == "none") & (back["arm"] == "cgd")][0]
+    back.at[first, "test_group_ids"] = np.array([f"p{i}" for i in (1, 0, 2, 3, 4)])
+    table = V.verdict_table(back, V.Rule()).set_index(["cell", "shape"])
+    assert math.isnan(table.loc[("none", "cgd"), "pop_low"])
+    assert not math.isnan(table.loc[("study", "cgd"), "pop_low"])
 
 
 # --- the plan ---------------------------------------------------------------------------------
