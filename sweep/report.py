@@ -223,9 +223,10 @@ def _count(x: Any) -> str:
 
 
 def method_sentence(rule: V.Rule, note: str, replicates: int, looks: int, split: str,
-                    scored: str) -> str:
-    what = ("the weights fixed before the run as scored (column `scored`: by default the final "
-            "ones, the EMA average when the recipe has one)" if scored == V.SCORED_COLUMN else
+                    scored: str, scored_as: str = "final") -> str:
+    what = (f"the weights fixed before the run as scored (`scored` = {scored_as}; the default "
+            "'final' is the final weights, the EMA average when the recipe has one, 'best_val' the "
+            "noisier best-validation epoch)" if scored == V.SCORED_COLUMN else
             "each trial's best epoch on validation (a confirm recorded before fixed-budget "
             "trials: the noisier choice)")
     return (f"Decision: {rule.method()}; {V.MULTIPLICITY}, so the family-wise error over every "
@@ -262,9 +263,10 @@ def verdict_section(t: pd.DataFrame, settings: dict[str, Any], phrase: str,
     counts = table["verdict"].value_counts()
     lead = ", ".join(f"{counts.get(v, 0)} {v}" for v in V.VERDICTS if counts.get(v, 0))
     sentence = f"On {phrase}: {lead} of {len(table)} cell(s) (shape term vs base loss, test RMSE)."
-    scored = str(table["scored"].iloc[0])
+    scored, scored_as = str(table["scored"].iloc[0]), str(table["scored_as"].iloc[0])
     lines = head + [sentence.replace(lead, f"**{lead}**", 1), "", verdict_markdown(table), "",
-                    method_sentence(rule, note, replicates, looks, split_phrase(settings), scored),
+                    method_sentence(rule, note, replicates, looks, split_phrase(settings), scored,
+                                    scored_as),
                     "", PAIRING, "", "### What a decision will take", "", plan_markdown(table), "",
                     PLAN_NOTE, "", "### Beyond these test people", "",
                     population_markdown(table, V.has_groups(confirm)), "", POPULATIONS, ""]

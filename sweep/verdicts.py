@@ -216,7 +216,7 @@ NO_GROUPS = ("not available: these confirm trials carry no per-test-group errors
              "(test_group_sse, recorded since the fixed-budget confirm)")
 
 
-def test_rmse_column(confirm: Any) -> str:
+def score_column(confirm: Any) -> str:
     """The scored weights' test RMSE where the trials have it, else the best-validation epoch's."""
     if SCORED_COLUMN in confirm and np.isfinite(confirm[SCORED_COLUMN].astype(float)).any():
         return SCORED_COLUMN
@@ -228,7 +228,7 @@ def _pairs(confirm: Any) -> dict[tuple[str, str], Any]:
     row "s" (row labels of `confirm`), for replicates where both finished with a finite score."""
     import pandas as pd
 
-    col = test_rmse_column(confirm)
+    col = score_column(confirm)
     ok = confirm[(confirm["outcome"] == "ok") & np.isfinite(confirm[col].astype(float))]
     ok = ok.drop_duplicates(["cell", "arm", "replicate"], keep="first")
     out = {}
@@ -250,7 +250,7 @@ def paired_differences(confirm: Any) -> dict[tuple[str, str], Any]:
     """
     import pandas as pd
 
-    score = confirm[test_rmse_column(confirm)].astype(float)
+    score = confirm[score_column(confirm)].astype(float)
     return {k: pd.Series(score.loc[p["s"]].to_numpy() - score.loc[p["b"]].to_numpy(),
                          index=p.index, dtype=float) for k, p in _pairs(confirm).items()}
 
@@ -267,7 +267,7 @@ def verdict_table(confirm: Any, rule: Rule) -> Any:
     table = pd.DataFrame([{"cell": k[0], "shape": k[1], **r} for k, r in zip(keys, rows)])
     if table.empty:
         return table
-    col = test_rmse_column(confirm)
+    col = score_column(confirm)
     ok = confirm[confirm["outcome"] == "ok"]
     of = lambda cell, arm: ok[(ok["cell"] == cell) & (ok["arm"] == arm)]   # noqa: E731
     table["base_test_rmse"] = [of(c, "base")[col].astype(float).mean() for c, _ in keys]
@@ -275,6 +275,9 @@ def verdict_table(confirm: Any, rule: Rule) -> Any:
     table["alpha"] = [float(confirm[(confirm["cell"] == c) & (confirm["arm"] == a)]["alpha"].iloc[0])
                       for c, a in keys]
     table["scored"] = col
+    # what the scored column holds ("final" weights or "best_val"), fixed before the run
+    table["scored_as"] = ", ".join(sorted(set(ok["scored"].dropna().astype(str)))) \
+        if "scored" in ok else "best_val"
     table["trial_minutes"] = [_minutes(of(c, "base")) + _minutes(of(c, a)) for c, a in keys]
     table["hardware"] = [hardware(pd.concat([of(c, "base"), of(c, a)])) for c, a in keys]
     table = pd.concat([table, pd.DataFrame([plan_row(r, rule, len(keys))
@@ -352,7 +355,8 @@ def population_interval(confirm: Any, pair: Any, level: float) -> tuple[float, f
     if not has_groups(confirm) or len(pair) < 2:
         return math.nan, math.nan
     rows = [*pair["s"], *pair["b"]]
-    ids = [tuple(v) if v is not None else None for v in confirm.loc[rows, "test_group_ids"]]
+    ids = [tuple(v) if isinstance(v, (list, tuple, np.ndarray)) else None
+           for v in confirm.loc[rows, "test_group_ids"]]
     if None in ids or len(set(ids)) != 1:   # a trial without them, or another group order
         return math.nan, math.nan
     stack = lambda rows, col: np.stack([np.asarray(v, dtype=float)   # noqa: E731
@@ -364,4 +368,4 @@ def population_interval(confirm: Any, pair: Any, level: float) -> tuple[float, f
 
 def has_test_metrics(confirm: Any) -> bool:
     return bool(len(confirm)) and bool(
-        np.isfinite(confirm[test_rmse_column(confirm)].astype(float)).any())
+        np.isfinite(confirm[score_column(confirm)].astype(float)).any())

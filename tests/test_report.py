@@ -59,3 +59,11 @@ def test_within_the_margin_is_printed(tmp_path):
     assert table.loc[("study", "cgd"), "verdict_text"] == "better, within the margin"
     md = Rp.verdict_markdown(table.reset_index())
     assert "**better, within the margin**" in md
+
+
+def test_the_report_says_what_was_scored(tmp_path):
+    rows = confirm_rows(scored=True).assign(scored="final")
+    text, _, _ = section(rows, tmp_path)
+    assert "`scored` = final" in text
+    text, _, _ = section(confirm_rows(), tmp_path)
+    assert "best epoch on validation" in text and "noisier" in text
