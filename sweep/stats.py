@@ -268,6 +268,7 @@ def cs_critical(n: int, alpha: float, c: float) -> float:
     return math.sqrt((k - 1.0) * (n - 1) / room) if room > 0.0 else math.inf
 
 
+@functools.lru_cache(maxsize=256)
 def cs_mixture(horizon: int, alpha: float = 0.05) -> float:
     """The mixture parameter c that makes the sequence narrowest at `horizon` replicates.
 
