@@ -79,7 +79,7 @@ def figure_verdicts(diffs: dict[tuple[str, str], pd.Series], table: pd.DataFrame
     n = int(table["n"].max())
     level = f"{table['level'].iloc[0]:.4g}" if "level" in table else "95%"
     title = ("Confirm phase, test split: paired differences per replicate, mean and the "
-             f"decision interval (level {level} each: multiplicity-adjusted, running intersection)")
+             f"decision interval (level {level} each, multiplicity-adjusted)")
     if n < 2:
         title += "\nONE REPLICATE: no interval, no verdict can be drawn"
     ax.set_title(f"{title}\n{method}", fontsize=8)
