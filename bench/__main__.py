@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "sweep_overhead": "8-trial sweep at concurrency 2 vs the ideal",
     "asha": "ASHA + Optuna vs the same trials at full budget",
     "memory": "peak RSS of 2 concurrent trials vs 1",
+    "precision": "train img/s in fp32 vs bf16 per model; matmul ceiling; profile by op",
 }
 
 
