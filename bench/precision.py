@@ -169,6 +169,7 @@ def measure_model(m: Model, sizes: Sizes) -> dict:
             times[name] += steps[name].seconds(sizes.steps)
     ips = {name: sizes.batch / float(torch.tensor(t).median()) for name, t in times.items()}
     flops = step_flops(Step.build(m, "fp32", sizes))
+    print(f"[bench.precision] {m.label}: {ips['fp32']:.0f} img/s fp32, {ips['bf16']:.0f} bf16", file=sys.stderr)
     return {"model": m.label, **asdict(m), "img_per_s": ips, "bf16_over_fp32": ips["bf16"] / ips["fp32"],
             "flop_per_image": flops / sizes.batch,
             "gflops": {name: flops / sizes.batch * ips[name] / 1e9 for name in PRECISIONS}}

@@ -145,6 +145,27 @@ def test_the_layer_that_makes_pixels_runs_in_fp32_under_bf16_autocast(head):
     assert seen == [(torch.float32, torch.float32)]
 
 
+@pytest.mark.parametrize("backbone, head", [("small_cnn", "heatmap"), ("small_cnn", "unet"),
+                                           ("res_cnn", "heatmap"), ("res_cnn", "regression")])
+def test_every_feature_map_stays_channels_last_in_both_precisions(backbone, head):
+    # oneDNN's NHWC kernels need no reorder between layers only when every map is NHWC.
+    model = build_model(backbone, 15, width=0.5, head=head).to(memory_format=torch.channels_last)
+    dropped = []
+
+    def check(module, args, out):
+        if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[1] > 1 \
+                and not out.is_contiguous(memory_format=torch.channels_last):
+            dropped.append(type(module).__name__)
+
+    for module in model.modules():
+        module.register_forward_hook(check)
+    x = torch.rand(2, 1, 96, 96).contiguous(memory_format=torch.channels_last)
+    for dtype in precision.DTYPES.values():
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            model(x)
+    assert dropped == []
+
+
 @pytest.fixture(scope="module")
 def faces():
     return load_dataset("synthetic", synth_n=FAST["synth_n"], synth_seed=0)
