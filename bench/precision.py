@@ -284,7 +284,8 @@ def rows(result: dict) -> list[dict]:
 def markdown(result: dict) -> str:
     lines = [f"CPU class {result['cpu_class']} (torch capability {result['capability']}), torch "
              f"{result['torch']}, one thread, batch {result['sizes']['batch']}, channels_last, AdamW step "
-             f"included.", "", "| model | MFLOP/img | fp32 img/s | bf16 img/s | bf16/fp32 | "
+             f"included; {result['when']}, load average {result['load_average_at_start']:.1f} at the start"
+             f"{' (--quick: tiny sizes, not a measurement)' if result['quick'] else ''}.", "", "| model | MFLOP/img | fp32 img/s | bf16 img/s | bf16/fp32 | "
              "fp32 GFLOP/s | bf16 GFLOP/s | bf16 / bf16 matmul |", "|---|---|---|---|---|---|---|---|"]
     for r in result["models"]:
         lines.append(f"| {r['model']} | {r['flop_per_image'] / 1e6:.1f} | {r['img_per_s']['fp32']:.0f} | "
@@ -293,11 +294,14 @@ def markdown(result: dict) -> str:
     mm = result["matmul_gflops"]
     lines += ["", f"{result['sizes']['matmul_n']}² matmul: fp32 {mm['fp32']:.0f} GFLOP/s, bf16 {mm['bf16']:.0f} "
               f"GFLOP/s ({mm['bf16'] / mm['fp32']:.2f}x).", "",
-              f"Share of self CPU time in a training step of {result['recipe']} (torch.profiler; tables "
-              "in precision-profile-*.txt):", "", "| category | " + " | ".join(result["profile_shares"]) + " |",
+              f"Share of self CPU time in a training step of {result['recipe']} (torch.profiler, tables "
+              "in precision-profile-*.txt; its times are wall-clock, so on a shared machine a preemption "
+              "lands in whatever op runs):", "",
+              "| category | " + " | ".join(result["profile_shares"]) + " |",
               "|---|" + "---|" * len(result["profile_shares"])]
+    shares = result["profile_shares"].values()
     for c in [*CATEGORIES, SOFT_ARGMAX]:
-        lines.append(f"| {c} | " + " | ".join(f"{100 * s[c]:.1f}%" for s in result["profile_shares"].values()) + " |")
+        lines.append(f"| {c} | " + " | ".join(f"{100 * s[c]:.1f}%" for s in shares) + " |")
     return "\n".join(lines)
 
 
