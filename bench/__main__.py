@@ -1,6 +1,6 @@
 """Every benchmark of the project in one run, as one markdown table.
 
-    python -m bench                 # all CPU benchmarks on this machine (~10-15 min on 2 cores)
+    python -m bench                 # all CPU benchmarks on this machine (~20-25 min on 2 cores; precision ~10)
     python -m bench --quick         # smaller sizes, for a smoke check (~2-3 min)
     python -m bench --only ingest trainer
     python -m bench --gpu --out bench/results      # the GPU script (bench/gpu.py)
@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "sweep_overhead": "8-trial sweep at concurrency 2 vs the ideal",
     "asha": "ASHA + Optuna vs the same trials at full budget",
     "memory": "peak RSS of 2 concurrent trials vs 1",
+    "precision": "train img/s in fp32 vs bf16 per model; matmul ceiling; profile by op",
 }
 
 

@@ -140,7 +140,8 @@ def _images_per_s(intervals: list[float], batch_size: int) -> float:
 
 def measure(backbone: str, data: KeypointData, repeats: int) -> list[dict]:
     """Rows for one backbone: overhead without augmentation, then augmentation's share."""
-    cfg = TrialConfig(backbone=backbone, device="auto", augment="none", max_epochs=1)
+    # fp32 like the bare loop: "auto" is bf16 on CPUs with bf16 units (fkd_core.precision).
+    cfg = TrialConfig(backbone=backbone, device="auto", augment="none", max_epochs=1, precision="fp32")
     device = resolve_device(cfg.device)
     on_cpu = device.type == "cpu"
     clock = time.thread_time if on_cpu else time.perf_counter

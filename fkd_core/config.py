@@ -142,7 +142,10 @@ class TrialConfig:
     device: str = "auto"
     """"auto" (cuda if available), "cpu", "cuda", "cuda:1", ..."""
     precision: Precision = "auto"
-    """"auto": bf16 autocast on CUDA, fp32 on CPU."""
+    """"auto": bf16 autocast on CUDA; on a CPU, bf16 where fkd_core.precision's committed
+    measurement says it trains this backbone and head faster on the CPU's class (AMX or
+    AVX512-BF16), else fp32. "fp32" / "bf16": as given. What ran is recorded as precision_used
+    (TrainSummary, checkpoint, trials.parquet)."""
     channels_last: bool = True
     """channels_last memory format (oneDNN and cuDNN prefer NHWC: measured 1.08-1.5x faster on CPU)."""
     compile: bool = False

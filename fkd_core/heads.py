@@ -50,6 +50,14 @@ def soft_argmax(logits: Tensor, image_size: int) -> Tensor:
     return torch.stack([x, y], dim=-1)
 
 
+def _in_fp32(layer: nn.Module, x: Tensor) -> Tensor:
+    """layer(x) in fp32 even under bf16 autocast. The last layer's outputs become pixels: bf16's
+    8-bit mantissa would quantise the regression offsets (x S/2: steps of ~0.4 px at S = 96) and
+    the heatmap logits the softmax sees; a layer this small costs nothing in fp32."""
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float())
+
+
 class RegressionHead(nn.Module):
     """features [N, C, h, w] -> mean_face + linear(features) * S/2 (the study's head)."""
 
@@ -66,8 +74,8 @@ class RegressionHead(nn.Module):
         self.register_buffer("scale", torch.tensor(image_size / 2.0))
 
     def forward(self, features: Tensor, mean_face: Tensor) -> Tensor:
-        offsets = self.linear(self.dropout(torch.flatten(self.pool(features), 1)))
-        return mean_face + offsets.float().view(-1, *mean_face.shape) * self.scale
+        offsets = _in_fp32(self.linear, self.dropout(torch.flatten(self.pool(features), 1)))
+        return mean_face + offsets.view(-1, *mean_face.shape) * self.scale
 
 
 def _up_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -109,7 +117,7 @@ class HeatmapHead(nn.Module):
 
     def heatmaps(self, features: Tensor) -> Tensor:
         """The logit maps [N, K, H, H] before the soft-argmax."""
-        return self.logits(_to_side(self.up(features), self.heatmap_size))
+        return _in_fp32(self.logits, _to_side(self.up(features), self.heatmap_size))
 
     def forward(self, features: Tensor, mean_face: Tensor) -> Tensor:
         return soft_argmax(self.heatmaps(features), self.image_size)
@@ -159,7 +167,7 @@ class SkipHeatmapHead(nn.Module):
             if s:
                 x = x + lateral(skips[s])
             x = conv(x)
-        return self.logits(_to_side(x, self.heatmap_size))
+        return _in_fp32(self.logits, _to_side(x, self.heatmap_size))
 
     def forward(self, features: Tensor, mean_face: Tensor, skips: dict[int, Tensor]) -> Tensor:
         return soft_argmax(self.heatmaps(features, skips), self.image_size)

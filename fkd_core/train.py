@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from fkd_core import augment, metrics
-from fkd_core import averaging, recipes, schedules, tta
+from fkd_core import averaging, precision, recipes, schedules, tta
 from fkd_core.config import TrialConfig
 from fkd_core.data import KeypointData, apply_missing, held_out_rows, load_for_config, three_way_split
 from fkd_core.losses import Loss, build_objective, parse_loss_spec
@@ -67,6 +67,8 @@ class TrainSummary:
     """Test metrics at the best-validation epoch; None unless cfg.score_test."""
     best_test_nme: float | None = None
     best_test_shape_err_px: float | None = None
+    precision_used: str = "fp32"
+    """"fp32" or "bf16": what the epochs ran in (fkd_core.precision resolves "auto")."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -116,11 +118,9 @@ def limit_gpu_memory(share: float, device: torch.device) -> float | None:
     return fraction
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA ("auto") or when asked; None = plain fp32 (CPU bf16 is slower there)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+def autocast_dtype(cfg: TrialConfig, device: torch.device) -> torch.dtype | None:
+    """The trial's autocast dtype, None = plain fp32; fkd_core.precision decides "auto"."""
+    return precision.DTYPES[precision.for_config(cfg, device)]
 
 
 def split_rows(data: KeypointData, cfg: TrialConfig) -> tuple[Tensor, Tensor, Tensor]:
@@ -349,13 +349,13 @@ class Progress:
         """Keras semantics: stop after `patience` epochs without a better val RMSE (0: the first)."""
         return self.since_best > 0 and self.since_best >= patience
 
-    def summary(self, stopped: str, device: torch.device) -> TrainSummary:
+    def summary(self, stopped: str, device: torch.device, amp_dtype: torch.dtype | None) -> TrainSummary:
         return TrainSummary(
             best_val_rmse_px=self.best[metrics.VAL_RMSE], best_val_nme=self.best[metrics.VAL_NME],
             best_val_shape_err_px=self.best[metrics.VAL_SHAPE], best_epoch=self.best_epoch,
             final_val_rmse_px=self.last[metrics.VAL_RMSE], final_val_nme=self.last[metrics.VAL_NME],
             final_val_shape_err_px=self.last[metrics.VAL_SHAPE], epochs=self.epoch, stopped=stopped,
-            wall_seconds=self.wall_seconds, device=str(device),
+            wall_seconds=self.wall_seconds, device=str(device), precision_used=precision.name_of(amp_dtype),
             **{f"best_{k}": v for k, v in (self.best_test or {}).items()})
 
 
@@ -439,7 +439,7 @@ class _Trial:
             "progress": dataclasses.asdict(progress),
             "mean_face": self.model.mean_face.detach().cpu(), "image_size": data.images.shape[-1],
             "num_keypoints": data.schema.num_keypoints, "schema": data.schema.name,
-            "config": cfg.to_dict(),
+            "config": cfg.to_dict(), "precision_used": precision.for_config(cfg, self.device),
             "data": {"source": data.source, "content_hash": data.content_hash, "synthetic": data.synthetic},
         }
 
@@ -518,7 +518,7 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         _check_resumable(state, cfg, data)
         progress = trial.restore(state)
     steps = StepSettings(
-        batch_size=cfg.batch_size, amp_dtype=autocast_dtype(cfg.precision, device),
+        batch_size=cfg.batch_size, amp_dtype=autocast_dtype(cfg, device),
         channels_last=cfg.channels_last,
         augment=None if cfg.augment == "none" else augment.params_for(cfg),
         flip_perm=data.schema.flip_permutation(), on_step=on_step)
@@ -544,7 +544,7 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
             progress.epoch, progress.last = epoch, {k: math.inf for k in metrics.VAL_METRICS}
             progress.wall_seconds = wall_before + time.perf_counter() - start
             report(row)
-            return progress.summary("diverged", device)
+            return progress.summary("diverged", device, steps.amp_dtype)
         improved = progress.update(row)
         trial.scheduler.step(row[metrics.VAL_LOSS])
         progress.wall_seconds = wall_before + time.perf_counter() - start
@@ -556,7 +556,7 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         if progress.patience_spent(cfg.patience):
             stopped = "early_stop"
     progress.wall_seconds = wall_before + time.perf_counter() - start
-    return progress.summary(stopped, device)
+    return progress.summary(stopped, device, steps.amp_dtype)
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -227,7 +227,7 @@ def _set_aside_damaged(results_uri: str, log: Callable[[str], None] | None) -> N
 def _settled_record(s: Any, info: dict[str, Any], trial: Found, writer: Any) -> dict[str, Any]:
     from fkd_core.config import TrialConfig
     from sweep.spaces import data_key
-    from sweep.trainable import DEVICE, DEVICE_NAME
+    from sweep.trainable import DEVICE, DEVICE_NAME, PRECISION_USED
 
     cfg = TrialConfig(**trial.cfg)
     rows = list(writer.rows.get(trial.trial_id, {}).values())
@@ -244,7 +244,8 @@ def _settled_record(s: Any, info: dict[str, Any], trial: Found, writer: Any) -> 
         error=None, wall_seconds=float(trial.last.get("time_total_s", 0.0)),
         node=str(trial.last.get("hostname", "")), device=str(trial.last.get(DEVICE, "")),
         device_name=str(trial.last.get(DEVICE_NAME, "")), data=info[data_key(cfg)],
-        best_checkpoint=best, versions=writer.versions, git_commit=writer.git_commit)
+        best_checkpoint=best, versions=writer.versions, git_commit=writer.git_commit,
+        precision_used=str(trial.last.get(PRECISION_USED, "")))
 
 
 def _rerun(s: Any, trainable: Any, info: dict[str, Any], items: list[dict[str, Any]],

@@ -29,7 +29,7 @@ from ray.tune import Callback
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig, config_fields
 from sweep.spaces import data_key
-from sweep.trainable import DEVICE, DEVICE_NAME
+from sweep.trainable import DEVICE, DEVICE_NAME, PRECISION_USED
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -61,7 +61,7 @@ def trial_schema() -> pa.Schema:
     cols += [("epochs", pa.int64()), ("wall_seconds", pa.float64()), ("node", pa.string()),
              (DEVICE_NAME, pa.string()), ("data_source", pa.string()), ("data_hash", pa.string()),
              ("data_synthetic", pa.bool_()), ("best_checkpoint", pa.string()),
-             ("versions", pa.string()), ("git_commit", pa.string())]
+             ("versions", pa.string()), ("git_commit", pa.string()), (PRECISION_USED, pa.string())]
     # `device` is both a TrialConfig field and the device used: it holds the resolved one
     # ("cpu", "cuda:0"), still a valid TrialConfig value.
     return pa.schema(cols)
@@ -122,8 +122,8 @@ def trial_record(*, trial_id: str, experiment: str, cfg: TrialConfig, rows: list
                  status: str, error: str | None, wall_seconds: float, node: str, device: str,
                  device_name: str, data: DataInfo, best_checkpoint: str, versions: str,
                  git_commit: str, phase: str = "search", replicate: int | None = None,
-                 cell: str = "") -> dict[str, Any]:
-    """One row of trials.parquet."""
+                 cell: str = "", precision_used: str = "") -> dict[str, Any]:
+    """One row of trials.parquet; precision_used: "fp32" / "bf16" as the trial ran ("" unknown)."""
     fields = {**cfg.to_dict(), "device": device or cfg.device}
     return {"trial_id": trial_id, "experiment": experiment, "status": status, "error": error or "",
             **fields, "loss_label": cfg.loss_label, "phase": phase, "replicate": replicate,
@@ -131,7 +131,7 @@ def trial_record(*, trial_id: str, experiment: str, cfg: TrialConfig, rows: list
             "wall_seconds": wall_seconds, "node": node, DEVICE_NAME: device_name,
             "data_source": data.source, "data_hash": data.content_hash,
             "data_synthetic": data.synthetic, "best_checkpoint": best_checkpoint,
-            "versions": versions, "git_commit": git_commit}
+            "versions": versions, "git_commit": git_commit, PRECISION_USED: precision_used}
 
 
 # --- files -------------------------------------------------------------------------------
@@ -312,7 +312,7 @@ class ResultsWriter(Callback):
             data=self.data[data_key(cfg)], best_checkpoint=self._keep_best(trial),
             versions=self.versions, git_commit=self.git_commit,
             phase=trial.config.get("phase", "search"), replicate=trial.config.get("replicate"),
-            cell=trial.config.get("cell", ""))
+            cell=trial.config.get("cell", ""), precision_used=str(last.get(PRECISION_USED, "")))
         self.records[trial.trial_id] = rec
         self._prune_checkpoints()
         self.write()

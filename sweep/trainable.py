@@ -22,12 +22,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from fkd_core import precision
 from fkd_core.config import TrialConfig
 from sweep.spaces import data_key
 
 # Extra keys every reported row carries besides fkd_core.metrics.EPOCH_ROW_KEYS.
 DEVICE = "device"
 DEVICE_NAME = "device_name"
+PRECISION_USED = "precision_used"   # "fp32" / "bf16", as fkd_core.precision resolves it on the trial's node
 
 TrainFn = Callable[..., Any]
 
@@ -91,6 +93,7 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
     _match_threads_to_cpus(resources.get("CPU", 1.0))
     data = unshare(datasets[data_key(cfg)])
     device, device_name = device_of(cfg)
+    used = precision.for_config(cfg, torch.device(device))
     gpu_share = resources.get("GPU", 0.0)
     cap = _limit_gpu_memory(gpu_share, device)
     # Local scratch for train's checkpoint.pt / best.pt; tune.report copies it to the trial's
@@ -110,7 +113,8 @@ def train_trial(config: dict[str, Any], *, datasets: dict[str, Any],
             now = _written(workdir)
             checkpoint = tune.Checkpoint.from_directory(str(workdir)) if now != written else None
             written = now
-            tune.report({**row, DEVICE: device, DEVICE_NAME: device_name}, checkpoint=checkpoint)
+            tune.report({**row, DEVICE: device, DEVICE_NAME: device_name, PRECISION_USED: used},
+                        checkpoint=checkpoint)
 
         try:
             train_fn(cfg, data, report, checkpoint_dir=str(workdir), resume_from=resume_from)
