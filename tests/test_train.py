@@ -478,3 +478,196 @@ def test_cli_recipe_writes_a_best_pt_that_predict_reads(tmp_path, capsys):
     assert state["config"]["head"] == "heatmap" and state["config"]["max_epochs"] == 1
     faces = load_dataset("synthetic", synth_n=3, synth_seed=5)
     assert predict(load_model(out / BEST), faces.images).shape == (3, 15, 2)
+
+
+# --- the run folder of the CLI (issue 21, items 2-4, 8-10) ----------------------------------------
+
+import errno
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from fkd_core.rundir import RunLock
+
+TINY = ["--synth-n", "60", "--batch-size", "32", "--device", "cpu", "--patience", "100"]
+
+
+def _cli(out, *extra: str) -> int:
+    return train_module.main(TINY + ["--out", str(out), *extra])
+
+
+def _epochs_in(out) -> list[int]:
+    return [int(line.split(",")[0]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+
+
+def test_cli_refuses_an_existing_run_without_resume_and_overwrite_replaces_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _cli(out, "--epochs", "2") == 0
+    best = (out / BEST).read_bytes()
+    capsys.readouterr()
+    assert _cli(out, "--epochs", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out}: holds a training run (checkpoint.pt, best.pt, metrics.csv, summary.json); "
+                   "pass --resume to continue it or --overwrite to replace it"]
+    assert (out / BEST).read_bytes() == best and _epochs_in(out) == [1, 2]
+    assert _cli(out, "--epochs", "1", "--overwrite") == 0
+    assert _epochs_in(out) == [1] and load_checkpoint(out / CHECKPOINT)["epoch"] == 1
+
+
+def test_cli_refuses_a_folder_another_run_holds(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = RunLock(out)
+    holder.acquire()
+    try:
+        assert _cli(out, "--epochs", "1") == 2
+    finally:
+        holder.release()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {out}: in use by another training run (pid {os.getpid()} on ")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]   # nothing of the refused run
+
+
+def _signal_at(monkeypatch, epoch: int, signum: int) -> None:
+    """Send signum to this process right after the report of ``epoch`` starts (as Ctrl-C would)."""
+    real = train_module.train
+
+    def train_then_signal(cfg, data, report, **kwargs):
+        def report_and_signal(row):
+            if row[metrics.EPOCH] == epoch:
+                os.kill(os.getpid(), signum)
+            report(row)
+        return real(cfg, data, report_and_signal, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", train_then_signal)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cli_interrupted_at_epoch_12_writes_its_summary_and_resumes_to_30_rows(signum, code, tmp_path,
+                                                                               capsys, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _signal_at(m, 12, signum)
+        assert _cli(out, "--epochs", "30") == code
+    err = capsys.readouterr().err
+    name = signal.Signals(signum).name
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"interrupted by {name}; the epochs done are in {out}; continue with --out {out} --resume")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted" and summary["signal"] == name and summary["epochs"] == 12
+    assert _epochs_in(out) == list(range(1, 13)) and load_checkpoint(out)["epoch"] == 12
+    assert _cli(out, "--epochs", "30", "--resume") == 0
+    assert _epochs_in(out) == list(range(1, 31))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "max_epochs" and summary["epochs"] == 30
+
+
+def test_cli_on_a_full_disk_names_the_path_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    real = Path.write_bytes
+
+    def full_disk(self, payload):
+        if self.name.startswith(f".{CHECKPOINT}."):
+            real(self, payload[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, payload)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    out = tmp_path / "run"
+    assert _cli(out, "--epochs", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {out / CHECKPOINT}: cannot write (No space left on device)"
+    assert not list(out.glob(".*.tmp")) and not (out / CHECKPOINT).exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "error" and summary["error"] == f"{out / CHECKPOINT}: cannot write (No space left on device)"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "inf"], "--lr: expected a finite number, got inf"),
+    (["--lr", "nan"], "--lr: expected a finite number, got nan"),
+    (["--alpha=-inf", "--loss", "mse+cgd"], "--alpha: expected a finite number, got -inf"),
+    (["--width", "inf"], "--width: expected a finite number, got inf"),
+    (["--weight-decay", "nan"], "--weight-decay: expected a finite number, got nan"),
+    (["--ema-decay", "inf"], "--ema-decay: expected a finite number, got inf"),
+    (["--lr", "0"], "TrialConfig.lr must be > 0"),
+    (["--device", "cuda:7"], "--device cuda:7: this machine has "),
+    (["--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
+])
+def test_cli_float_flags_and_devices_are_checked_in_one_line(flags, message, tmp_path, capsys):
+    assert train_module.main(["--synth-n", "60", "--epochs", "1", "--out", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+def _bad_checkpoints(tmp_path) -> dict[str, Path]:
+    """A text file, a truncated and an empty .pt, another program's .pt, and a planted pickle."""
+    good = tmp_path / "good"
+    train(TrialConfig(**FAST, max_epochs=1), load_dataset("synthetic", synth_n=224, synth_seed=0),
+          lambda row: None, checkpoint_dir=str(good))
+    raw = (good / CHECKPOINT).read_bytes()
+    cases = {"text": b"not a checkpoint\n", "truncated": raw[: len(raw) // 2], "empty": b""}
+    files = {}
+    for name, payload in cases.items():
+        files[name] = tmp_path / f"{name}.pt"
+        files[name].write_bytes(payload)
+    files["wrong_keys"] = tmp_path / "wrong_keys.pt"
+    torch.save({"weights": torch.zeros(3)}, files["wrong_keys"])
+    files["pickle"] = tmp_path / "pickle.pt"
+    torch.save({"format": 1, "run": types.SimpleNamespace(x=1)}, files["pickle"])
+    return files
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory):
+    return _bad_checkpoints(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("case", ["text", "truncated", "empty", "wrong_keys", "pickle"])
+def test_cli_resume_from_a_broken_checkpoint_is_one_line_naming_it(case, bad_checkpoints, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CHECKPOINT).write_bytes(bad_checkpoints[case].read_bytes())
+    assert _cli(out, "--epochs", "2", "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out / CHECKPOINT}: not ")
+
+
+# --- the same, in a real process: signals, kill -9 ------------------------------------------------
+
+def _start(out, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "fkd_core.train", *TINY, "--out", str(out), *extra],
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_epoch(proc: subprocess.Popen, epoch: int) -> list[str]:
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if f"epoch {epoch:>3}/" in line and "train_loss" in line:
+            return lines
+    raise AssertionError("".join(lines))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_real_run_stopped_by_a_signal_keeps_its_epochs_and_resumes_to_each_once(signum, tmp_path):
+    out = tmp_path / "run"
+    proc = _start(out, "--epochs", "40")
+    _wait_for_epoch(proc, 3)
+    proc.send_signal(signum)
+    err = proc.stderr.read()
+    code = proc.wait(timeout=120)
+    assert code == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[signum]
+    done = _epochs_in(out)
+    assert done == list(range(1, len(done) + 1)) and len(done) >= 3
+    if signum != signal.SIGKILL:
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["stopped"] == "interrupted" and summary["epochs"] == len(done)
+    assert subprocess.run([sys.executable, "-m", "fkd_core.train", *TINY, "--out", str(out), "--epochs", "40",
+                           "--resume"], capture_output=True, env={**os.environ, "PYTHONPATH": str(
+                               Path(__file__).resolve().parents[1])}).returncode == 0
+    assert _epochs_in(out) == list(range(1, 41))
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 40
