@@ -318,6 +318,7 @@ def checkpoint_due(every: int, epoch: int, last: bool) -> bool:
 # What predict needs of a checkpoint, and what a resume needs on top (see _Trial.state).
 MODEL_KEYS = ("format", "epoch", "model", "config", "num_keypoints", "mean_face", "image_size", "schema")
 RESUME_KEYS = MODEL_KEYS + ("optimizer", "scheduler", "rng", "progress")
+_ZIP_MAGIC = b"PK\x03\x04"   # torch.save writes a zip archive
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
@@ -334,15 +335,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise FileNotFoundError(f"{path}: no checkpoint file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{path}: not a readable fkd_core checkpoint ({reason})") from None
+    except Exception as err:   # arbitrary bytes fail torch's unpickler in many ways (IndexError, ...)
+        raise ValueError(f"{path}: not a readable checkpoint ({_unreadable(path, err)})") from None
     missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
-        raise ValueError(f"{path}: not an fkd_core checkpoint: missing key(s) {', '.join(missing)}")
+        raise ValueError(f"{path}: not a checkpoint of fkd_core.train: missing key(s) {', '.join(missing)}")
     if state["format"] != _CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: key format: expected {_CHECKPOINT_FORMAT}, got {state['format']!r}")
     return state
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why torch.load refused a file, in words (torch's own messages run to several lines, and
+    for a file of pickled code they advise weights_only=False, which would run it)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "an empty file"
+    if not head.startswith(_ZIP_MAGIC):
+        return f"not a torch.save archive: it starts with {head[:8]!r}"
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain types; refused without running them"
+    return "a truncated or damaged torch.save archive"
 
 
 # --- the trial ---------------------------------------------------------------------------------
