@@ -190,6 +190,7 @@ class MetricsLog:
         """keep_until: keep the existing rows of epochs <= this (0: start a new file)."""
         self.path = path
         self.rows = self._kept_rows(keep_until) if keep_until > 0 else []
+        self.appended = 0   # rows this process wrote
         self.fields = list(self.rows[0]) if self.rows else None
         self._file = None
         if self.rows:   # rewrite the kept rows (atomically), then append to that file
@@ -225,6 +226,7 @@ class MetricsLog:
         except OSError as err:
             raise WriteFailed(err.errno, err.strerror or str(err), str(self.path)) from None
         self.rows.append(row)
+        self.appended += 1
 
     def close(self) -> None:
         if self._file is not None:

@@ -3,6 +3,7 @@
     python -m fkd_core.train --data synthetic --backbone small_cnn --loss cgd --alpha 0.01 \\
         --augment study --epochs 20 --out runs/cgd        # progress on stderr, files in runs/cgd
     python -m fkd_core.train --data ../shared/data/fkd-yt15/training.csv.gz --epochs 5 --json
+    python -m fkd_core.train ... --out runs/cgd --resume    # after Ctrl-C (exit 130), SIGTERM (143), kill -9
 
     >>> from fkd_core.train import train
     >>> summary = train(TrialConfig(max_epochs=2), load_for_config(cfg), report=rows.append)
@@ -779,8 +780,11 @@ def _train_into(run: RunDir, cfg: TrialConfig, data: KeypointData, tag: str, res
 
 
 def _summary_of_unfinished(run: RunDir, stopped: str, **why: str) -> None:
-    """summary.json of a run that did not return: what its rows say (best effort: the error
-    being reported may be the full disk this write hits too)."""
+    """summary.json of a run that did not return: what its rows say. Only after an epoch of
+    its own: a start that failed leaves the folder as it was (and a new one is removed), so the
+    next start is not refused. Best effort: the error may be the full disk this write hits too."""
+    if run.metrics.appended == 0:
+        return
     with contextlib.suppress(OSError):
         run.write_summary({**summary_from_rows(run.metrics.rows), "stopped": stopped, **why})
 

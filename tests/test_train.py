@@ -564,22 +564,35 @@ def test_cli_interrupted_at_epoch_12_writes_its_summary_and_resumes_to_30_rows(s
 
 
 def test_cli_on_a_full_disk_names_the_path_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
-    real = Path.write_bytes
+    real, writes = Path.write_bytes, []
 
-    def full_disk(self, payload):
+    def full_disk_in_epoch_2(self, payload):   # the disk fills up while epoch 2's checkpoint is written
         if self.name.startswith(f".{CHECKPOINT}."):
-            real(self, payload[:100])
-            raise OSError(errno.ENOSPC, "No space left on device")
+            writes.append(self)
+            if len(writes) == 2:
+                real(self, payload[:100])
+                raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, payload)
 
-    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    monkeypatch.setattr(Path, "write_bytes", full_disk_in_epoch_2)
     out = tmp_path / "run"
-    assert _cli(out, "--epochs", "2") == 2
+    assert _cli(out, "--epochs", "3") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: {out / CHECKPOINT}: cannot write (No space left on device)"
-    assert not list(out.glob(".*.tmp")) and not (out / CHECKPOINT).exists()
+    assert not list(out.glob(".*.tmp")) and load_checkpoint(out)["epoch"] == 1 and _epochs_in(out) == [1]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped"] == "error" and summary["error"] == f"{out / CHECKPOINT}: cannot write (No space left on device)"
+    assert summary["stopped"] == "error" and summary["epochs"] == 1
+    assert summary["error"] == f"{out / CHECKPOINT}: cannot write (No space left on device)"
+
+
+def test_cli_a_start_that_fails_before_its_first_epoch_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    def no_rows(cfg, data, report, **kwargs):
+        raise ValueError("synthetic(n=60): 0 training rows")
+
+    monkeypatch.setattr(train_module, "train", no_rows)
+    assert _cli(tmp_path / "run", "--epochs", "1") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: synthetic(n=60): 0 training rows"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("flags, message", [
