@@ -67,9 +67,11 @@ def atomic_write(path: Path, payload: bytes) -> None:
     try:
         tmp.write_bytes(payload)
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:   # a second Ctrl-C mid-write too
         tmp.unlink(missing_ok=True)
-        raise WriteFailed(err.errno, err.strerror or str(err), str(path)) from None
+        if isinstance(err, OSError):
+            raise WriteFailed(err.errno, err.strerror or str(err), str(path)) from None
+        raise
 
 
 # --- ownership ---------------------------------------------------------------------------------
@@ -149,6 +151,9 @@ class RunDir:
             if overwrite and not resume:
                 for name in existing_run(folder):
                     (folder / name).unlink()
+            for name in RUN_FILES:   # a killed writer's temp files: under the lock, nobody else's
+                for tmp in folder.glob(f".{name}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
             log = MetricsLog(folder / METRICS, keep_until=resume_epoch if resume else 0)
         except BaseException:
             lock.release()

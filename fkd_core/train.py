@@ -22,9 +22,9 @@ import argparse
 import contextlib
 import dataclasses
 import io
-import json
 import math
 import pickle
+import shlex
 import signal
 import sys
 import time
@@ -735,8 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         with RunDir.open(out, resume=args.resume, overwrite=args.overwrite, resume_epoch=resumed) as run:
             summary = _train_into(run, cfg, data, tag, resumed)
     except Interrupted as stop:
-        print(f"interrupted by {stop}; the epochs done are in {out}; continue with --out {out} --resume",
-              file=sys.stderr)
+        print(f"interrupted by {stop}; the epochs done are in {out}; continue with --out "
+              f"{shlex.quote(str(out))} --resume", file=sys.stderr)
         return EXIT_CODES[stop.signum]
     except KeyboardInterrupt:   # Ctrl-C before training started: nothing was written
         print("interrupted by SIGINT before training started", file=sys.stderr)

@@ -112,3 +112,24 @@ def test_a_signal_waits_for_the_next_safe_point_and_a_second_one_does_not():
             os.kill(os.getpid(), signal.SIGINT)   # a second signal: at once
     assert signal.getsignal(signal.SIGTERM) is before
     assert rundir.EXIT_CODES == {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def test_a_second_ctrl_c_mid_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    def interrupted_write(self, payload):
+        with open(self, "wb") as f:
+            f.write(payload[:3])
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(Path, "write_bytes", interrupted_write)
+    with pytest.raises(Interrupted):
+        atomic_write(tmp_path / "best.pt", b"payload")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_opening_a_run_removes_the_temp_files_a_killed_writer_left(tmp_path):
+    (tmp_path / CHECKPOINT).write_bytes(b"x")
+    (tmp_path / f".{CHECKPOINT}.4242.tmp").write_bytes(b"half")    # kill -9 in the middle of a write
+    (tmp_path / ".notes.tmp").write_text("not ours")
+    with RunDir.open(tmp_path, resume=True, overwrite=False, resume_epoch=0):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", ".notes.tmp", CHECKPOINT]
