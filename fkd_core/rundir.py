@@ -148,7 +148,7 @@ class RunDir:
         lock.acquire()
         try:
             check_start(folder, resume, overwrite)
-            if overwrite and not resume:
+            if overwrite:   # --overwrite and --resume exclude each other (the CLI's parser)
                 for name in existing_run(folder):
                     (folder / name).unlink()
             for name in RUN_FILES:   # a killed writer's temp files: under the lock, nobody else's
