@@ -90,7 +90,8 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0 or (device.index or 0) >= count:
-            have = f"{count} CUDA GPU(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA GPU"
+            have = ("no CUDA GPU" if count == 0 else "1 CUDA GPU (cuda:0)" if count == 1
+                    else f"{count} CUDA GPUs (cuda:0..cuda:{count - 1})")
             raise ValueError(f"--device {name}: this machine has {have}")
     return device
 

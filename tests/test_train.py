@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import sys
 import types
 
@@ -695,3 +696,14 @@ def test_a_real_run_stopped_by_a_signal_keeps_its_epochs_and_resumes_to_each_onc
                                Path(__file__).resolve().parents[1])}).returncode == 0
     assert _epochs_in(out) == list(range(1, 41))
     assert json.loads((out / "summary.json").read_text())["epochs"] == 40
+
+
+@pytest.mark.parametrize("count, said", [(0, "no CUDA GPU"), (1, "1 CUDA GPU (cuda:0)"),
+                                         (4, "4 CUDA GPUs (cuda:0..cuda:3)")])
+def test_a_gpu_index_beyond_the_machines_says_what_it_has(count, said, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(ValueError, match=rf"^--device cuda:{count}: this machine has {re.escape(said)}$"):
+        train_module.resolve_device(f"cuda:{count}")
+    if count:
+        assert train_module.resolve_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")
