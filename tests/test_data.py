@@ -1,6 +1,7 @@
 """Readers, cache, splits, missing policies and user-facing errors, on the real shared data."""
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -471,9 +472,6 @@ def test_a_fifo_is_not_a_regular_file(tmp_path, capsys):
 
 
 # --- quoting and encodings (issue 21, item 10) ----------------------------------------------------
-
-import csv
-
 
 @needs_data
 def test_a_kaggle_file_with_every_field_quoted_reads_like_the_plain_one(tmp_path, cache):

@@ -1,12 +1,17 @@
 """train(): real epochs on small synthetic sets; divergence, checkpoints, resume, host syncs, CLI."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
+import os
 import re
+import signal
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +19,7 @@ import torch
 from fkd_core import metrics, train as train_module
 from fkd_core.config import TrialConfig
 from fkd_core.data import held_out_rows, load_dataset
+from fkd_core.rundir import RunLock
 from fkd_core.train import BEST, CHECKPOINT, load_checkpoint, train, training_split
 
 # Small and fast: 8 training steps of 24 faces per epoch on the CPU.
@@ -482,14 +488,6 @@ def test_cli_recipe_writes_a_best_pt_that_predict_reads(tmp_path, capsys):
 
 
 # --- the run folder of the CLI (issue 21, items 2-4, 8-10) ----------------------------------------
-
-import errno
-import os
-import signal
-import subprocess
-from pathlib import Path
-
-from fkd_core.rundir import RunLock
 
 TINY = ["--synth-n", "60", "--batch-size", "32", "--device", "cpu", "--patience", "100"]
 
