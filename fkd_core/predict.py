@@ -46,7 +46,21 @@ def model_from_state(state: dict[str, Any], device: str | torch.device = "cpu") 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> KeypointNet:
     """The model of a checkpoint file (or of checkpoint.pt in a folder), in eval mode."""
-    return model_from_state(load_checkpoint(checkpoint, map_location="cpu"), device)
+    return load_state_and_model(checkpoint, device)[1]
+
+
+def load_state_and_model(checkpoint: str | Path, device: str | torch.device = "cpu"
+                         ) -> tuple[dict[str, Any], KeypointNet]:
+    """A checkpoint's state and its model; a file that is no checkpoint, or whose entries do not
+    rebuild a model (a config without a backbone, weights of another shape), is a one-line
+    ValueError naming the file."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    try:
+        return state, model_from_state(state, device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{checkpoint}: its entries do not rebuild a model "
+                         f"({type(err).__name__}: {reason})") from None
 
 
 @torch.no_grad()
@@ -168,8 +182,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        state = load_checkpoint(args.checkpoint, map_location="cpu")
-        model = model_from_state(state, resolve_device(args.device))
+        state, model = load_state_and_model(args.checkpoint, resolve_device(args.device))
         test = load_test_images(args.images)
         size = state["image_size"]
         if tuple(test.images.shape[-2:]) != (size, size):

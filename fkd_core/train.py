@@ -3,6 +3,7 @@
     python -m fkd_core.train --data synthetic --backbone small_cnn --loss cgd --alpha 0.01 \\
         --augment study --epochs 20 --out runs/cgd        # progress on stderr, files in runs/cgd
     python -m fkd_core.train --data ../shared/data/fkd-yt15/training.csv.gz --epochs 5 --json
+    python -m fkd_core.train ... --out runs/cgd --resume    # after Ctrl-C (exit 130), SIGTERM (143), kill -9
 
     >>> from fkd_core.train import train
     >>> summary = train(TrialConfig(max_epochs=2), load_for_config(cfg), report=rows.append)
@@ -19,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import dataclasses
 import io
-import json
 import math
-import os
+import pickle
+import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -41,9 +42,9 @@ from fkd_core.config import TrialConfig
 from fkd_core.data import KeypointData, apply_missing, held_out_rows, load_for_config, three_way_split
 from fkd_core.losses import Loss, build_objective, parse_loss_spec
 from fkd_core.models import BACKBONES, WeightsUnavailable, build_model
+from fkd_core.rundir import (BEST, CHECKPOINT, EXIT_CODES, Interrupted, Interrupts, RunDir, atomic_write,
+                             check_start, strict_json, summary_from_rows)
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
 _CHECKPOINT_FORMAT = 1
 Report = Callable[[dict[str, Any]], None]
 
@@ -77,10 +78,24 @@ class TrainSummary:
 # --- setup -------------------------------------------------------------------------------------
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else as torch.device understands it."""
+    """"auto" -> cuda when available, else cpu; anything else as torch.device understands it.
+
+    A device this machine does not have is a one-line ValueError here, not a driver error at
+    the first tensor moved (minutes later, after the data is loaded).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            have = ("no CUDA GPU" if count == 0 else "1 CUDA GPU (cuda:0)" if count == 1
+                    else f"{count} CUDA GPUs (cuda:0..cuda:{count - 1})")
+            raise ValueError(f"--device {name}: this machine has {have}")
+    return device
 
 
 # What one process's CUDA context, cuBLAS and cuDNN workspaces take outside the caching allocator
@@ -280,26 +295,20 @@ def evaluate(model: nn.Module, objective: Loss, data: Batches, steps: StepSettin
 
 # --- checkpoints -------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write-then-rename, so a reader (or a crash) never sees half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(directory: str | Path, state: dict[str, Any], best: bool, resume: bool = True) -> None:
     """checkpoint.pt when ``resume`` (a resume point), best.pt when ``best`` (the epoch improved
-    the best val RMSE); the same bytes, serialised once."""
+    the best val RMSE); the same bytes, serialised once. best.pt goes first, so that checkpoint.pt
+    is the epoch's last file: a kill right after it is a kill before the epoch's report."""
     if not (best or resume):
         return
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    if resume:
-        _atomic_write(directory / CHECKPOINT, buffer.getvalue())
     if best:
-        _atomic_write(directory / BEST, buffer.getvalue())
+        atomic_write(directory / BEST, buffer.getvalue())
+    if resume:
+        atomic_write(directory / CHECKPOINT, buffer.getvalue())
 
 
 def checkpoint_due(every: int, epoch: int, last: bool) -> bool:
@@ -308,14 +317,48 @@ def checkpoint_due(every: int, epoch: int, last: bool) -> bool:
     return last or (every > 0 and epoch % every == 0)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint file, or checkpoint.pt inside a directory; tensors and plain types only."""
+# What predict needs of a checkpoint, and what a resume needs on top (see _Trial.state).
+MODEL_KEYS = ("format", "epoch", "model", "config", "num_keypoints", "mean_face", "image_size", "schema")
+RESUME_KEYS = MODEL_KEYS + ("optimizer", "scheduler", "rng", "progress")
+_ZIP_MAGIC = b"PK\x03\x04"   # torch.save writes a zip archive
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    keys: tuple[str, ...] = MODEL_KEYS) -> dict[str, Any]:
+    """A checkpoint file, or checkpoint.pt inside a directory; tensors and plain types only.
+
+    A file that is not one (text, truncated, empty, another program's .pt, a pickle of code)
+    is a ValueError of one line naming it; ``keys``: the entries the caller needs.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint file")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:   # arbitrary bytes fail torch's unpickler in many ways (IndexError, ...)
+        raise ValueError(f"{path}: not a readable checkpoint ({_unreadable(path, err)})") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path}: not a checkpoint of fkd_core.train: missing key(s) {', '.join(missing)}")
+    if state["format"] != _CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: key format: expected {_CHECKPOINT_FORMAT}, got {state['format']!r}")
+    return state
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """Why torch.load refused a file, in words (torch's own messages run to several lines, and
+    for a file of pickled code they advise weights_only=False, which would run it)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "an empty file"
+    if not head.startswith(_ZIP_MAGIC):
+        return f"not a torch.save archive: it starts with {head[:8]!r}"
+    if isinstance(err, pickle.UnpicklingError):
+        return "it holds objects other than tensors and plain types; refused without running them"
+    return "a truncated or damaged torch.save archive"
 
 
 # --- the trial ---------------------------------------------------------------------------------
@@ -593,7 +636,11 @@ def _parser() -> argparse.ArgumentParser:
                         "Off by default: on a CPU it was measured slower")
     p.add_argument("--out", default=None, help="folder for best.pt, checkpoint.pt, metrics.csv, "
                                                "summary.json (default runs/<time>-<backbone>-<loss>)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    start.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (without it, or --resume, a folder that "
+                            "holds a run is refused)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     recipes.add_arguments(p)
     return p
@@ -662,51 +709,88 @@ class StepBar:
             self.stream.write("\r\033[K")
 
 
-def _strict_json(values: dict[str, Any]) -> str:
-    """JSON without Infinity/NaN tokens (strict parsers reject them): non-finite -> null."""
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
-    return json.dumps(clean)
-
-
-def _write_metrics(out: Path, rows: list[dict[str, Any]]) -> None:
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(metrics.EPOCH_ROW_KEYS))
-        writer.writeheader()
-        writer.writerows(rows)
+def check_finite(args: argparse.Namespace) -> None:
+    """Every float flag is a finite number (float() accepts "inf" and "nan"); the ranges are
+    TrialConfig's to check."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')}: expected a finite number, got {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        check_finite(args)
         cfg = recipes.resolve(args, recipes.given_flags(_parser(), argv), config_from_args)
         if cfg.backbone not in BACKBONES:   # before minutes of data loading, not after
             raise ValueError(f"Unknown backbone {cfg.backbone!r}; valid: {sorted(BACKBONES)}")
+        device = resolve_device(cfg.device)
         out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.backbone}-{cfg.loss_label}")
-        if args.resume and not (out / CHECKPOINT).is_file():
-            raise FileNotFoundError(f"{out / CHECKPOINT}: nothing to resume (--resume needs --out)")
+        check_start(out, args.resume, args.overwrite)
+        resumed = load_checkpoint(out, keys=RESUME_KEYS)["epoch"] if args.resume else 0
         data = load_for_config(cfg)
         tag = "synthetic" if data.synthetic else Path(data.source).name
         print(f"[{tag}] {data.source}: {len(data)} faces, {data.schema.name}; {cfg.backbone}, "
-              f"loss {cfg.loss_label}, augment {cfg.augment}, device {resolve_device(cfg.device)}; "
+              f"loss {cfg.loss_label}, augment {cfg.augment}, device {device}; "
               f"writing to {out}", file=sys.stderr)
-        rows: list[dict[str, Any]] = []
-        bar = StepBar(sys.stderr, tag, cfg.max_epochs)
-
-        def report(row: dict[str, Any]) -> None:
-            rows.append(row)
-            bar.epoch_done(row[metrics.EPOCH] + 1)
-            print(_progress_line(row, cfg.max_epochs, tag), file=sys.stderr, flush=True)
-
-        if args.resume:
-            bar.epoch = load_checkpoint(out, map_location="cpu")["epoch"] + 1
-        out.mkdir(parents=True, exist_ok=True)   # a run that diverges in epoch 1 saves no checkpoint
-        summary = train(cfg, data, report, checkpoint_dir=str(out),
-                        resume_from=str(out) if args.resume else None, on_step=bar)
+        with RunDir.open(out, resume=args.resume, overwrite=args.overwrite, resume_epoch=resumed) as run:
+            summary = _train_into(run, cfg, data, tag, resumed)
+    except Interrupted as stop:
+        print(f"interrupted by {stop}; the epochs done are in {out}; continue with --out "
+              f"{shlex.quote(str(out))} --resume", file=sys.stderr)
+        return EXIT_CODES[stop.signum]
+    except KeyboardInterrupt:   # Ctrl-C before training started: nothing was written
+        print("interrupted by SIGINT before training started", file=sys.stderr)
+        return EXIT_CODES[signal.SIGINT]
     except (ValueError, OSError, WeightsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _write_metrics(out, rows)
-    (out / "summary.json").write_text(_strict_json(summary.to_dict()) + "\n")
+    _print_outcome(summary, cfg, out, tag)
+    if args.json:
+        print(strict_json(summary.to_dict()))
+    return 0
+
+
+def _train_into(run: RunDir, cfg: TrialConfig, data: KeypointData, tag: str, resumed: int) -> TrainSummary:
+    """train() into an owned run folder: each epoch's row appended to metrics.csv as it ends,
+    summary.json written however the run ends (completed, interrupted, or an error)."""
+    bar = StepBar(sys.stderr, tag, cfg.max_epochs)
+    bar.epoch = resumed + 1
+    with Interrupts() as stop:
+        def on_step(step: int, total: int) -> None:
+            bar(step, total)
+            stop.check()
+
+        def report(row: dict[str, Any]) -> None:
+            run.metrics.append(row)
+            bar.epoch_done(row[metrics.EPOCH] + 1)
+            print(_progress_line(row, cfg.max_epochs, tag), file=sys.stderr, flush=True)
+            stop.check()   # the row is on disk: a safe point to stop
+
+        try:
+            summary = train(cfg, data, report, checkpoint_dir=str(run.folder),
+                            resume_from=str(run.folder) if resumed else None, on_step=on_step)
+        except Interrupted as exc:
+            _summary_of_unfinished(run, "interrupted", signal=str(exc))
+            raise
+        except Exception as exc:
+            _summary_of_unfinished(run, "error", error=(str(exc).splitlines() or [type(exc).__name__])[0])
+            raise
+        run.write_summary(summary.to_dict())
+    return summary
+
+
+def _summary_of_unfinished(run: RunDir, stopped: str, **why: str) -> None:
+    """summary.json of a run that did not return: what its rows say. Only after an epoch of
+    its own: a start that failed leaves the folder as it was (and a new one is removed), so the
+    next start is not refused. Best effort: the error may be the full disk this write hits too."""
+    if run.metrics.appended == 0:
+        return
+    with contextlib.suppress(OSError):
+        run.write_summary({**summary_from_rows(run.metrics.rows), "stopped": stopped, **why})
+
+
+def _print_outcome(summary: TrainSummary, cfg: TrialConfig, out: Path, tag: str) -> None:
     if summary.best_epoch == 0:   # diverged in its first epoch: no model worth keeping
         print(f"[{tag}] diverged in epoch {summary.epochs} (loss not finite; lr {cfg.lr:g}): no model "
               f"saved; epochs in {out / 'metrics.csv'}", file=sys.stderr)
@@ -714,9 +798,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{tag}] {summary.stopped} after {summary.epochs} epochs: best val RMSE "
               f"{summary.best_val_rmse_px:.3f} px at epoch {summary.best_epoch}; best model {out / BEST}",
               file=sys.stderr)
-    if args.json:
-        print(_strict_json(summary.to_dict()))
-    return 0
 
 
 if __name__ == "__main__":

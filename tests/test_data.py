@@ -1,6 +1,7 @@
 """Readers, cache, splits, missing policies and user-facing errors, on the real shared data."""
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -468,3 +469,54 @@ def test_a_fifo_is_not_a_regular_file(tmp_path, capsys):
     assert D.main(["describe", str(fifo), "--cache", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a regular file (a FIFO)" in err and "no such file" not in err
+
+
+# --- quoting and encodings (issue 21, item 10) ----------------------------------------------------
+
+@needs_data
+def test_a_kaggle_file_with_every_field_quoted_reads_like_the_plain_one(tmp_path, cache):
+    plain = load_dataset(str(SAMPLE), cache_dir=cache, groups="none")
+    table = pd.read_csv(SAMPLE, dtype=str, keep_default_na=False)
+    table.to_csv(tmp_path / "quoted.csv", index=False, quoting=csv.QUOTE_ALL)
+    assert (tmp_path / "quoted.csv").read_text().startswith('"left_eye_center_x","left_eye_center_y",')
+    quoted = load_dataset(str(tmp_path / "quoted.csv"), cache_dir=cache, groups="none")
+    assert torch.equal(quoted.images, plain.images)
+    assert torch.equal(quoted.keypoints.isnan(), plain.keypoints.isnan())
+    assert torch.equal(quoted.keypoints.nan_to_num(), plain.keypoints.nan_to_num())
+    test = table[["Image"]].head(3).assign(ImageId=["7", "8", "9"])[["ImageId", "Image"]]
+    test.to_csv(tmp_path / "test.csv", index=False, quoting=csv.QUOTE_ALL)
+    images = D.load_test_images(str(tmp_path / "test.csv"), cache_dir=cache)
+    assert images.image_ids == ("7", "8", "9") and torch.equal(images.images, plain.images[:3])
+
+
+def test_an_image_folder_csv_with_every_field_quoted_reads_like_the_plain_one(folder, cache):
+    root, frame = folder
+    frame.to_csv(root / "quoted.csv", index=False, quoting=csv.QUOTE_ALL)
+    plain = load_dataset(str(root / "faces.csv"), cache=False, image_dir=str(root / "faces"), groups="none")
+    quoted = load_dataset(str(root / "quoted.csv"), cache=False, image_dir=str(root / "faces"), groups="none")
+    assert quoted.image_ids == plain.image_ids and torch.equal(quoted.images, plain.images)
+    assert torch.equal(quoted.keypoints, plain.keypoints)
+
+
+@needs_data
+@pytest.mark.parametrize("encoding, kind", [("utf-16", "UTF-16 text"), ("utf-16-le", "UTF-16 text"),
+                                            ("utf-16-be", "UTF-16 text"), ("utf-32", "UTF-32 text")])
+@pytest.mark.parametrize("layout", ["kaggle.csv", "kaggle.csv.gz", "folder.csv"])
+def test_a_file_in_another_encoding_is_named_without_nul_bytes(encoding, kind, layout, tmp_path, capsys):
+    text = (SAMPLE.read_text() if layout.startswith("kaggle")
+            else (YT68 / "training_frames_keypoints.csv").read_text()[:5000].rsplit("\n", 1)[0] + "\n")
+    path = tmp_path / layout
+    payload = text.encode(encoding)
+    path.write_bytes(gzip.compress(payload) if layout.endswith(".gz") else payload)
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path), cache=False)
+    assert str(err.value) == f"{path}: {kind} (expected UTF-8)"
+    assert D.main(["describe", str(path), "--cache", str(tmp_path / "cache")]) == 2
+    assert capsys.readouterr().err == f"error: {path}: {kind} (expected UTF-8)\n"
+
+
+def test_a_latin_1_header_is_named_not_utf_8(tmp_path):
+    path = tmp_path / "faces.csv"
+    path.write_bytes("image_name,x0,y0\nvisage_é.jpg,1,2\n".encode("latin-1").replace(b"image", b"imag\xe9"))
+    with pytest.raises(DataError, match=r"faces.csv: not UTF-8 text: byte 0xe9 at offset 4 \(expected UTF-8\)$"):
+        load_dataset(str(path), cache=False)

@@ -1,6 +1,8 @@
 """predict: a Kaggle submission from a real (one-epoch) checkpoint, and the prediction figure."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,3 +128,48 @@ def test_predict_cli_uses_the_checkpoints_flip_setting_and_says_so(checkpoint, t
     assert predict_module.main(argv + ["--tta-flip"]) == 0
     assert "flip averaging on" in capsys.readouterr().err
     assert not np.allclose(pd.read_csv(out)["Location"], plain)
+
+
+# --- a checkpoint that is not one, a device that is not there (issue 21, item 8) ------------------
+
+def _broken(checkpoint, tmp_path) -> dict[str, tuple[bytes, str]]:
+    """name -> (file bytes, the reason the one line gives)."""
+    raw = checkpoint.read_bytes()
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    planted = tmp_path / "planted.pt"
+    torch.save({"format": 1, "run": types.SimpleNamespace(x=1)}, planted)
+    state = torch.load(checkpoint, weights_only=True)
+    state["model"] = {"trunk.weight": torch.zeros(2)}          # the right keys, someone else's weights
+    foreign = tmp_path / "foreign.pt"
+    torch.save(state, foreign)
+    return {
+        "text": (b"RowId,Location\n1,2\n", "not a readable checkpoint (not a torch.save archive: it starts "
+                                           "with b'RowId,Lo')"),
+        "truncated": (raw[: len(raw) // 3], "not a readable checkpoint (a truncated or damaged torch.save archive)"),
+        "empty": (b"", "not a readable checkpoint (an empty file)"),
+        "wrong_keys": (other.read_bytes(), "not a checkpoint of fkd_core.train: missing key(s) format, epoch, "
+                                           "model, config, num_keypoints, mean_face, image_size, schema"),
+        "pickle": (planted.read_bytes(), "not a readable checkpoint (it holds objects other than tensors and "
+                                         "plain types; refused without running them)"),
+        "foreign_weights": (foreign.read_bytes(), "its entries do not rebuild a model (RuntimeError: Error(s) in "
+                                                  "loading state_dict for KeypointNet:)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["text", "truncated", "empty", "wrong_keys", "pickle", "foreign_weights"])
+def test_a_broken_checkpoint_is_one_line_naming_the_file(case, checkpoint, test_csv, tmp_path, capsys):
+    payload, reason = _broken(checkpoint, tmp_path)[case]
+    bad = tmp_path / "best.pt"
+    bad.write_bytes(payload)
+    code = predict_module.main(["--checkpoint", str(bad), "--images", str(test_csv), "--out",
+                                str(tmp_path / "s.csv"), "--device", "cpu"])
+    assert code == 2 and capsys.readouterr().err.strip().splitlines() == [f"error: {bad}: {reason}"]
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_gpu_this_machine_lacks_is_one_line(checkpoint, test_csv, tmp_path, capsys):
+    code = predict_module.main(["--checkpoint", str(checkpoint), "--images", str(test_csv), "--out",
+                                str(tmp_path / "s.csv"), "--device", "cuda:7"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --device cuda:7: this machine has ")

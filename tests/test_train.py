@@ -1,11 +1,17 @@
 """train(): real epochs on small synthetic sets; divergence, checkpoints, resume, host syncs, CLI."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
+import os
+import re
+import signal
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +19,7 @@ import torch
 from fkd_core import metrics, train as train_module
 from fkd_core.config import TrialConfig
 from fkd_core.data import held_out_rows, load_dataset
+from fkd_core.rundir import RunLock
 from fkd_core.train import BEST, CHECKPOINT, load_checkpoint, train, training_split
 
 # Small and fast: 8 training steps of 24 faces per epoch on the CPU.
@@ -478,3 +485,223 @@ def test_cli_recipe_writes_a_best_pt_that_predict_reads(tmp_path, capsys):
     assert state["config"]["head"] == "heatmap" and state["config"]["max_epochs"] == 1
     faces = load_dataset("synthetic", synth_n=3, synth_seed=5)
     assert predict(load_model(out / BEST), faces.images).shape == (3, 15, 2)
+
+
+# --- the run folder of the CLI (issue 21, items 2-4, 8-10) ----------------------------------------
+
+TINY = ["--synth-n", "60", "--batch-size", "32", "--device", "cpu", "--patience", "100"]
+
+
+def _cli(out, *extra: str) -> int:
+    return train_module.main(TINY + ["--out", str(out), *extra])
+
+
+def _epochs_in(out) -> list[int]:
+    return [int(line.split(",")[0]) for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+
+
+def test_cli_refuses_an_existing_run_without_resume_and_overwrite_replaces_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _cli(out, "--epochs", "2") == 0
+    best = (out / BEST).read_bytes()
+    capsys.readouterr()
+    assert _cli(out, "--epochs", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out}: holds a training run (checkpoint.pt, best.pt, metrics.csv, summary.json); "
+                   "pass --resume to continue it or --overwrite to replace it"]
+    assert (out / BEST).read_bytes() == best and _epochs_in(out) == [1, 2]
+    assert _cli(out, "--epochs", "1", "--overwrite") == 0
+    assert _epochs_in(out) == [1] and load_checkpoint(out / CHECKPOINT)["epoch"] == 1
+
+
+def test_cli_refuses_a_folder_another_run_holds(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = RunLock(out)
+    holder.acquire()
+    try:
+        assert _cli(out, "--epochs", "1") == 2
+    finally:
+        holder.release()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {out}: in use by another training run (pid {os.getpid()} on ")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]   # nothing of the refused run
+
+
+def _signal_at(monkeypatch, epoch: int, signum: int) -> None:
+    """Send signum to this process right after the report of ``epoch`` starts (as Ctrl-C would)."""
+    real = train_module.train
+
+    def train_then_signal(cfg, data, report, **kwargs):
+        def report_and_signal(row):
+            if row[metrics.EPOCH] == epoch:
+                os.kill(os.getpid(), signum)
+            report(row)
+        return real(cfg, data, report_and_signal, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", train_then_signal)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_cli_interrupted_at_epoch_12_writes_its_summary_and_resumes_to_30_rows(signum, code, tmp_path,
+                                                                               capsys, monkeypatch):
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _signal_at(m, 12, signum)
+        assert _cli(out, "--epochs", "30") == code
+    err = capsys.readouterr().err
+    name = signal.Signals(signum).name
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"interrupted by {name}; the epochs done are in {out}; continue with --out {out} --resume")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted" and summary["signal"] == name and summary["epochs"] == 12
+    assert _epochs_in(out) == list(range(1, 13)) and load_checkpoint(out)["epoch"] == 12
+    assert _cli(out, "--epochs", "30", "--resume") == 0
+    assert _epochs_in(out) == list(range(1, 31))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "max_epochs" and summary["epochs"] == 30
+
+
+def test_cli_on_a_full_disk_names_the_path_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
+    real, writes = Path.write_bytes, []
+
+    def full_disk_in_epoch_2(self, payload):   # the disk fills up while epoch 2's checkpoint is written
+        if self.name.startswith(f".{CHECKPOINT}."):
+            writes.append(self)
+            if len(writes) == 2:
+                real(self, payload[:100])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, payload)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk_in_epoch_2)
+    out = tmp_path / "run"
+    assert _cli(out, "--epochs", "3") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: {out / CHECKPOINT}: cannot write (No space left on device)"
+    assert not list(out.glob(".*.tmp")) and load_checkpoint(out)["epoch"] == 1 and _epochs_in(out) == [1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "error" and summary["epochs"] == 1
+    assert summary["error"] == f"{out / CHECKPOINT}: cannot write (No space left on device)"
+
+
+def test_cli_a_start_that_fails_before_its_first_epoch_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    def no_rows(cfg, data, report, **kwargs):
+        raise ValueError("synthetic(n=60): 0 training rows")
+
+    monkeypatch.setattr(train_module, "train", no_rows)
+    assert _cli(tmp_path / "run", "--epochs", "1") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: synthetic(n=60): 0 training rows"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "inf"], "--lr: expected a finite number, got inf"),
+    (["--lr", "nan"], "--lr: expected a finite number, got nan"),
+    (["--alpha=-inf", "--loss", "mse+cgd"], "--alpha: expected a finite number, got -inf"),
+    (["--width", "inf"], "--width: expected a finite number, got inf"),
+    (["--weight-decay", "nan"], "--weight-decay: expected a finite number, got nan"),
+    (["--ema-decay", "inf"], "--ema-decay: expected a finite number, got inf"),
+    (["--lr", "0"], "TrialConfig.lr must be > 0"),
+    (["--device", "cuda:7"], "--device cuda:7: this machine has "),
+    (["--device", "tpu"], "--device tpu: expected auto, cpu, cuda or cuda:N"),
+])
+def test_cli_float_flags_and_devices_are_checked_in_one_line(flags, message, tmp_path, capsys):
+    assert train_module.main(["--synth-n", "60", "--epochs", "1", "--out", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+def _bad_checkpoints(tmp_path) -> dict[str, Path]:
+    """A text file, a truncated and an empty .pt, another program's .pt, and a planted pickle."""
+    good = tmp_path / "good"
+    train(TrialConfig(**FAST, max_epochs=1), load_dataset("synthetic", synth_n=224, synth_seed=0),
+          lambda row: None, checkpoint_dir=str(good))
+    raw = (good / CHECKPOINT).read_bytes()
+    cases = {"text": b"not a checkpoint\n", "truncated": raw[: len(raw) // 2], "empty": b""}
+    files = {}
+    for name, payload in cases.items():
+        files[name] = tmp_path / f"{name}.pt"
+        files[name].write_bytes(payload)
+    files["wrong_keys"] = tmp_path / "wrong_keys.pt"
+    torch.save({"weights": torch.zeros(3)}, files["wrong_keys"])
+    files["pickle"] = tmp_path / "pickle.pt"
+    torch.save({"format": 1, "run": types.SimpleNamespace(x=1)}, files["pickle"])
+    return files
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory):
+    return _bad_checkpoints(tmp_path_factory.mktemp("bad"))
+
+
+BROKEN_CHECKPOINT_REASONS = {
+    "text": "not a readable checkpoint (not a torch.save archive: it starts with b'not a ch')",
+    "truncated": "not a readable checkpoint (a truncated or damaged torch.save archive)",
+    "empty": "not a readable checkpoint (an empty file)",
+    "wrong_keys": "not a checkpoint of fkd_core.train: missing key(s) format, epoch, model, config, "
+                  "num_keypoints, mean_face, image_size, schema, optimizer, scheduler, rng, progress",
+    "pickle": "not a readable checkpoint (it holds objects other than tensors and plain types; "
+              "refused without running them)",
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_CHECKPOINT_REASONS))
+def test_cli_resume_from_a_broken_checkpoint_is_one_line_naming_it(case, bad_checkpoints, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CHECKPOINT).write_bytes(bad_checkpoints[case].read_bytes())
+    assert _cli(out, "--epochs", "2", "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {out / CHECKPOINT}: {BROKEN_CHECKPOINT_REASONS[case]}"]
+
+
+# --- the same, in a real process: signals, kill -9 ------------------------------------------------
+
+def _start(out, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, "-m", "fkd_core.train", *TINY, "--out", str(out), *extra],
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for_epoch(proc: subprocess.Popen, epoch: int) -> list[str]:
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if f"epoch {epoch:>3}/" in line and "train_loss" in line:
+            return lines
+    raise AssertionError("".join(lines))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_real_run_stopped_by_a_signal_keeps_its_epochs_and_resumes_to_each_once(signum, tmp_path):
+    out = tmp_path / "run"
+    proc = _start(out, "--epochs", "40")
+    _wait_for_epoch(proc, 3)
+    proc.send_signal(signum)
+    err = proc.stderr.read()
+    code = proc.wait(timeout=120)
+    assert code == {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -9}[signum]
+    done = _epochs_in(out)
+    assert done == list(range(1, len(done) + 1)) and len(done) >= 3
+    if signum != signal.SIGKILL:
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["stopped"] == "interrupted" and summary["epochs"] == len(done)
+    assert subprocess.run([sys.executable, "-m", "fkd_core.train", *TINY, "--out", str(out), "--epochs", "40",
+                           "--resume"], capture_output=True, env={**os.environ, "PYTHONPATH": str(
+                               Path(__file__).resolve().parents[1])}).returncode == 0
+    assert _epochs_in(out) == list(range(1, 41))
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 40
+
+
+@pytest.mark.parametrize("count, said", [(0, "no CUDA GPU"), (1, "1 CUDA GPU (cuda:0)"),
+                                         (4, "4 CUDA GPUs (cuda:0..cuda:3)")])
+def test_a_gpu_index_beyond_the_machines_says_what_it_has(count, said, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(ValueError, match=rf"^--device cuda:{count}: this machine has {re.escape(said)}$"):
+        train_module.resolve_device(f"cuda:{count}")
+    if count:
+        assert train_module.resolve_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")

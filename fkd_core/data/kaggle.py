@@ -132,6 +132,13 @@ def _read_prefixes(layout: Layout, prefixes: bytes, n: int) -> tuple[np.ndarray,
     return numbers(layout.path, frame).reshape(n, -1, 2), None
 
 
+def _unquoted(block: bytes) -> bytes:
+    """The block without CSV quotes. A writer that quotes every field (csv.QUOTE_ALL) wraps each
+    value in quotes; no value of this layout holds a comma, a quote or a line break, so the
+    fields are the same without them (a quoted comma still fails the field count, in one line)."""
+    return block.replace(b'"', b"") if b'"' in block else block
+
+
 def read_kaggle(path: Path, raw: bytes) -> tuple[Layout, np.ndarray, np.ndarray, tuple[str, ...] | None]:
     """Parse a Kaggle-layout file held in memory.
 
@@ -148,7 +155,7 @@ def read_kaggle(path: Path, raw: bytes) -> tuple[Layout, np.ndarray, np.ndarray,
         if layout.kind != "kaggle":
             raise fail(path, 0, "Image", "the Kaggle layout here", "an image-folder header")
         for block in streams.chain(first[cut:], blocks):
-            pix, prefix = _parse_block(np.frombuffer(block, np.uint8), layout, row0, expected)
+            pix, prefix = _parse_block(np.frombuffer(_unquoted(block), np.uint8), layout, row0, expected)
             pixels.append(pix)
             prefixes.append(prefix)
             expected = pix.shape[1]

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from fkd_core.data.errors import fail
+from fkd_core.data.errors import DataError, fail
+from fkd_core.encoding import text_problem
 from fkd_core.schema import KAGGLE15, Schema, schema_for
 
 
@@ -73,7 +74,10 @@ def _check_unique(path: Path, columns: Sequence[str]) -> None:
 
 
 def classify(path: Path, line: bytes) -> Layout:
-    """Classify a header line; raise DataError when it matches neither layout."""
+    """Classify a header line; raise DataError when it matches neither layout (or is not UTF-8:
+    a UTF-16 header would otherwise come back as column names full of NUL bytes)."""
+    if problem := text_problem(path, line):
+        raise DataError(problem)
     columns = _header_columns(line)
     _check_unique(path, columns)
     if "Image" in columns:
