@@ -16,6 +16,7 @@ import pytest
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig, config_fields
 from sweep import results as R
+from sweep import store as S
 from sweep.spaces import data_key
 
 README = Path(__file__).resolve().parents[1] / "results" / "README.md"
@@ -104,7 +105,7 @@ def test_atomic_write_replaces_through_a_filesystem_uri(tmp_path):
     for n in (3, 5):
         rows = [{"trial_id": "t", **row(e, 2.0)} for e in range(1, n + 1)]
         R.write_atomic(R.to_table(rows, R.epoch_schema()), uri)
-        assert R.read_table(uri).num_rows == n
+        assert S.read_table(uri).num_rows == n
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["epochs.parquet"]
 
 
@@ -139,8 +140,8 @@ def test_writer_records_trials_keeps_best_checkpoints_and_reloads(tmp_path):
     writer.on_trial_result(0, [], bad, {**row(1, 9.0), "done": False})
     writer.on_trial_error(0, [], bad)
 
-    trials = R.read_table(str(out / R.TRIALS_FILE)).to_pandas().set_index("trial_id")
-    assert len(trials) == 6 and R.read_table(str(out / R.EPOCHS_FILE)).num_rows == 16
+    trials = S.read_results(str(out), S.TRIALS_FILE).to_pandas().set_index("trial_id")
+    assert len(trials) == 6 and S.read_results(str(out), S.EPOCHS_FILE).num_rows == 16
     assert trials.loc["t9", "status"] == "error" and trials.loc["t9", "error"] == "RuntimeError: boom"
     assert set(trials.loc[["t0", "t1", "t2", "t3", "t4"], "status"]) == {"completed"}
     kept = trials[trials.best_checkpoint != ""].index
@@ -151,7 +152,9 @@ def test_writer_records_trials_keeps_best_checkpoints_and_reloads(tmp_path):
 
     again = R.ResultsWriter(str(out), "x", info, log=None)
     again.setup()                                     # what --resume starts from
-    assert len(again.records) == 6 and sum(len(r) for r in again.rows.values()) == 16
+    assert sorted(again.recorded) == ["t0", "t1", "t2", "t3", "t4", "t9"]
+    assert sorted(again.kept) == ["t2", "t3", "t4"]
+    assert writer.rows == {} and again.rows == {}     # no recorded trial's epochs held
 
 
 def test_stopped_by_tune_comes_from_the_done_flag_of_the_last_result(tmp_path):
@@ -163,8 +166,8 @@ def test_stopped_by_tune_comes_from_the_done_flag_of_the_last_result(tmp_path):
         writer.on_trial_result(0, [], trial, {**row(1, 3.0), "done": False})
         writer.on_trial_result(0, [], trial, {**row(2, 3.0), "done": done})
         writer.on_trial_complete(0, [], trial)
-    assert writer.records["asha"]["status"] == "asha_stopped"
-    assert writer.records["early"]["status"] == "early_stopped"
+    status = S.read_results(str(tmp_path), S.TRIALS_FILE).to_pandas().set_index("trial_id").status
+    assert (status["asha"], status["early"]) == ("asha_stopped", "early_stopped")
 
 
 def _readme_block(lang: str) -> str:
@@ -210,12 +213,12 @@ def _truncated(tmp_path: Path) -> Path:
 
 def test_damaged_parquet_is_one_line_naming_the_file_and_the_fix(tmp_path):
     folder = _truncated(tmp_path)
-    with pytest.raises(R.DamagedResults) as err:
-        R.read_table(str(folder / R.TRIALS_FILE))
+    with pytest.raises(S.DamagedResults) as err:
+        S.read_results(str(folder), S.TRIALS_FILE)
     message = str(err.value)
     assert message.startswith(f"{folder / R.TRIALS_FILE}: damaged Parquet file (")
     assert "python -m sweep.run --name my-sweep --resume rebuilds it" in message and "\n" not in message
-    assert R.read_table(str(folder / "absent.parquet")) is None
+    assert S.read_results(str(folder), "absent.parquet") is None
 
 
 def test_analyze_on_a_damaged_file_exits_2_with_one_line(tmp_path, capsys):
