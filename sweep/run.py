@@ -36,7 +36,7 @@ from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_
 from sweep.confirm import ConfirmError, Interrupted, add_plan_options, plan_of
 from sweep.lock import FolderError, SweepBusy, SweepLock, check_name, check_writable, lock_dir
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
-from sweep.store import compact, read_results
+from sweep.store import DamagedResults, compact, read_results
 
 if TYPE_CHECKING:
     from sweep.trainable import TrainFn
@@ -555,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         connect(cluster)
         return _main(args, cluster)
-    except (UsageError, SpaceError, ConfirmError, R.DamagedResults) as err:
+    except (UsageError, SpaceError, ConfirmError, DamagedResults) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     finally:

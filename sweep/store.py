@@ -49,6 +49,9 @@ KEY = "trial_id"
 # Parts read per Arrow dataset scan while compacting: bounds memory (a chunk of 1024 trials'
 # epochs is ~80k rows) and gives the compacted file row groups of a useful size.
 CHUNK = 1024
+# Threads cost more than they bring on parts of one row (trials) or 80 rows (epochs): measured
+# 2x slower scans with them (bench/records.py's compaction row).
+THREADS = False
 _SUFFIX = ".parquet"
 
 
@@ -187,7 +190,7 @@ def _scan_parts(fs: pafs.FileSystem, paths: list[str], columns: Sequence[str] | 
     cols = None if columns is None else [c for c in columns if c in schema.names]
     try:
         return ds.dataset(paths, schema=schema, format="parquet", filesystem=fs) \
-            .to_table(columns=cols, filter=where)
+            .to_table(columns=cols, filter=where, use_threads=THREADS)
     except (pa.ArrowInvalid, OSError) as err:
         raise damaged(_first_damaged(fs, paths) or paths[0], err) from None
 
@@ -247,7 +250,7 @@ def _compact_one(results_uri: str, name: str) -> int:
         chunk_paths = list(newest.values())
         for i in range(0, len(chunk_paths), CHUNK):
             out.write_table(ds.dataset(chunk_paths[i:i + CHUNK], schema=schema, format="parquet",
-                                       filesystem=fs).to_table())
+                                       filesystem=fs).to_table(use_threads=THREADS))
     fs.move(tmp, target)   # the moment the folded parts become redundant, never lost
     for path in paths:
         fs.delete_file(path)
