@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "sweep_overhead": "8-trial sweep at concurrency 2 vs the ideal",
     "asha": "ASHA + Optuna vs the same trials at full budget",
     "memory": "peak RSS of 2 concurrent trials vs 1",
+    "records": "recording a trial at 100 to 100k trials: rewrite-everything vs append-only parts",
 }
 
 

@@ -25,7 +25,7 @@ from importlib import metadata
 from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from ray.tune import Callback
 
@@ -228,12 +228,13 @@ class ResultsWriter(Callback):
 
     # Tune hooks ---------------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
-        ids = read_results(self.results_uri, TRIALS_FILE, columns=["trial_id", "epochs"])
+        ids = read_results(self.results_uri, TRIALS_FILE,
+                           columns=["trial_id", "epochs", "best_checkpoint"])
         if ids is not None:
             self.recorded = dict(zip(ids["trial_id"].to_pylist(), ids["epochs"].to_pylist()))
-        kept = read_results(self.results_uri, TRIALS_FILE,
-                            where=ds.field("best_checkpoint") != "")
-        self.kept = {r["trial_id"]: r for r in kept.to_pylist()} if kept is not None else {}
+            holding = ids.filter(pc.not_equal(ids["best_checkpoint"], ""))["trial_id"].to_pylist()
+            kept = read_results(self.results_uri, TRIALS_FILE, trial_ids=holding) if holding else None
+            self.kept = {r["trial_id"]: r for r in kept.to_pylist()} if kept is not None else {}
         fs, _ = filesystem(self.results_uri)
         for path in list_parts(self.results_uri, UNFINISHED):
             trial_id = part_trial(path)
@@ -359,13 +360,12 @@ class ResultsWriter(Callback):
             return
         if max((int(r[M.EPOCH]) for r in rows), default=0) <= (self.recorded[trial_id] or 0):
             return
-        mine = ds.field("trial_id") == trial_id
-        old = read_results(self.results_uri, EPOCHS_FILE, where=mine)
+        old = read_results(self.results_uri, EPOCHS_FILE, trial_ids=[trial_id])
         known = {int(r[M.EPOCH]): {k: r.get(k) for k in EPOCH_KEYS}
                  for r in (old.to_pylist() if old is not None else [])}
         for row in rows:
             known.setdefault(int(row[M.EPOCH]), {k: row.get(k) for k in EPOCH_KEYS})
-        rec = read_results(self.results_uri, TRIALS_FILE, where=mine).to_pylist()[0]
+        rec = read_results(self.results_uri, TRIALS_FILE, trial_ids=[trial_id]).to_pylist()[0]
         rec.update(metric_summary(list(known.values())))
         self.rows[trial_id] = known
         self.save(rec)

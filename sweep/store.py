@@ -152,15 +152,22 @@ def read_checked(read: Callable[[], pa.Table], uri: str) -> pa.Table:
 # --- the one reader -----------------------------------------------------------------------
 
 def read_results(results_uri: str, name: str, *, columns: Sequence[str] | None = None,
-                 where: ds.Expression | None = None) -> pa.Table | None:
+                 where: ds.Expression | None = None,
+                 trial_ids: Iterable[str] | None = None) -> pa.Table | None:
     """trials.parquet or epochs.parquet of a results folder as one table: the compacted file
     (or a committed study's single file) and the parts, each trial from its newest source.
 
-    ``columns`` and ``where`` (a pyarrow.dataset expression) are pushed into the scan.
+    ``columns`` and ``where`` (a pyarrow.dataset expression) are pushed into the scan;
+    ``trial_ids`` reads only those trials (only their parts are opened).
     None when the folder holds neither file nor parts.
     """
     fs, _ = filesystem(results_uri)
     parts = newest_parts(list_parts(results_uri, name))
+    if trial_ids is not None:
+        wanted = set(trial_ids)
+        parts = {t: p for t, p in parts.items() if t in wanted}
+        only = pc.field(KEY).isin(pa.array(sorted(wanted), pa.string()))
+        where = only if where is None else where & only
     compacted = f"{results_uri.rstrip('/')}/{name}"
     base = _scan_file(compacted, set(parts), columns, where)
     tables = [] if base is None else [base]

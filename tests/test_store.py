@@ -63,6 +63,8 @@ def test_the_same_trial_written_twice_reads_once_with_its_newest_part(tmp_path):
     epochs = read(tmp_path, S.EPOCHS_FILE)
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and len(epochs) == 4 + 2
     assert (epochs[epochs.trial_id == "a"][M.VAL_RMSE] == 1.0).all()
+    only_b = S.read_results(str(tmp_path), S.EPOCHS_FILE, trial_ids=["b"]).to_pandas()
+    assert list(only_b.trial_id) == ["b", "b"]
     assert S.compact(str(tmp_path)) == {S.TRIALS_FILE: 3, S.EPOCHS_FILE: 3}
     assert read(tmp_path, S.TRIALS_FILE).set_index("trial_id").loc["a", "best_val_rmse_px"] == 1.0
 
