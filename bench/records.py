@@ -2,7 +2,7 @@
 grows; the writer before issue 20 (every row in memory, both files rewritten per trial) against
 the parts writer (sweep.results.ResultsWriter.save, sweep.store), measured in one run.
 
-    python -m bench.records            # 100 / 1k / 10k / 100k trials (~10 min, ~3 GB of temp disk)
+    python -m bench.records            # 100 / 1k / 10k / 100k trials (~15 min, ~3 GB of temp disk)
     python -m bench.records --quick    # 100 / 1k trials (~1 min)
 
 Records are shaped like real ones: a real trials.parquet row (every column, from

@@ -235,6 +235,10 @@ class ResultsWriter(Callback):
             holding = ids.filter(pc.not_equal(ids["best_checkpoint"], ""))["trial_id"].to_pylist()
             kept = read_results(self.results_uri, TRIALS_FILE, trial_ids=holding) if holding else None
             self.kept = {r["trial_id"]: r for r in kept.to_pylist()} if kept is not None else {}
+        self._load_unfinished()
+
+    def _load_unfinished(self) -> None:
+        """Epochs a killed driver (or a --resume's planning) kept for trials not recorded yet."""
         fs, _ = filesystem(self.results_uri)
         for path in list_parts(self.results_uri, UNFINISHED):
             trial_id = part_trial(path)
