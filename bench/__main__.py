@@ -1,7 +1,7 @@
 """Every benchmark of the project in one run, as one markdown table.
 
-    python -m bench                 # all CPU benchmarks on this machine (~10-15 min on 2 cores)
-    python -m bench --quick         # smaller sizes, for a smoke check (~2-3 min)
+    python -m bench                 # all CPU benchmarks on this machine (~25-30 min on 2 cores)
+    python -m bench --quick         # smaller sizes, for a smoke check (~3-4 min)
     python -m bench --only ingest trainer
     python -m bench --gpu --out bench/results      # the GPU script (bench/gpu.py)
 
