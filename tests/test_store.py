@@ -147,6 +147,17 @@ def test_compact_command(tmp_path, capsys):
     assert err == f"sweep.store: error: {tmp_path / 'nope'}: no such results folder\n"
 
 
+def test_compact_command_is_refused_while_a_sweep_holds_the_folder(tmp_path, capsys):
+    from sweep.lock import SweepLock
+
+    put(tmp_path, "a", epochs=2)
+    with SweepLock(tmp_path):
+        assert S.main(["compact", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sweep.store: error: {tmp_path} is in use by another sweep (pid ")
+    assert err.count("\n") == 1 and len(S.list_parts(str(tmp_path), S.TRIALS_FILE)) == 1
+
+
 _RECORD_AND_COMPACT = """
 import json, random, sys
 from pathlib import Path
