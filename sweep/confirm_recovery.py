@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sweep import results as R
-from sweep.store import TRIALS_FILE, compact, read_results
 from sweep.recovery import RESUME_CHECKPOINT, RESUME_OF, Found, _ended, _settled_record, scan
+from sweep.store import TRIALS_FILE, compact, read_results
 
 Key = tuple[str, str, int]
 """(cell, arm, replicate) of a confirm trial."""
