@@ -50,3 +50,17 @@ def test_quick_mode_runs_and_reports_every_row():
         assert r["reference"] > 0 and r["ours"] > 0, r
     memory = next(r for r in rows if r["name"] == "driver memory per recorded trial (bytes)")
     assert memory["passed"] and memory["reference"] > 50 * memory["ours"]   # epoch rows vs ids
+
+
+@pytest.mark.slow
+def test_full_mode_extrapolates_the_reference_beyond_its_largest_size_and_says_so(monkeypatch):
+    monkeypatch.setitem(B.SIZES, False, (10, 20, 40))
+    monkeypatch.setattr(B, "REFERENCE_MAX", 20)
+    rows = {r["name"]: r for r in B.run(quick=False)}
+    last = rows["record time per trial at 40 trials (ms)"]
+    assert last["note"] == "reference extrapolated linearly from 10 and 20"
+    assert rows["record time per trial at 20 trials (ms)"]["note"] == ""
+    assert "reference extrapolated" in rows["driver memory at 40 trials (MB, Python heap)"]["note"]
+    total = rows["hours spent recording a whole 40-trial sweep"]
+    assert total["note"] == "reference extrapolated from its per-trial cost at 10 and 20"
+    assert total["reference"] > 0 and total["ours"] > 0
