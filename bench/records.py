@@ -179,11 +179,21 @@ def measure_ours(n: int, tmp: Path, count: int) -> dict[str, float]:
     return {"record_s": record_s, "memory": memory, "compact_s": compact_s}
 
 
+def slope(points: dict[int, dict[str, float]], key: str) -> float:
+    """Change of ``key`` per trial between the two largest measured N."""
+    (a, low), (b, high) = sorted(points.items())[-2:]
+    return (high[key] - low[key]) / (b - a)
+
+
 def extrapolate(points: dict[int, dict[str, float]], key: str, n: int) -> float:
     """Linear in N through the two largest measured points (the reference's cost is ~ rows held)."""
-    (a, pa_), (b, pb) = sorted(points.items())[-2:]
-    slope = (pb[key] - pa_[key]) / (b - a)
-    return pb[key] + slope * (n - b)
+    largest = max(points)
+    return points[largest][key] + slope(points, key) * (n - largest)
+
+
+def at(points: dict[int, dict[str, float]], key: str, n: int) -> float:
+    """The measured value at n, else the extrapolated one."""
+    return points[n][key] if n in points else extrapolate(points, key, n)
 
 
 # --- rows ----------------------------------------------------------------------------------
@@ -206,54 +216,49 @@ def run(quick: bool = False) -> list[dict]:
         ours = {n: measure_ours(n, Path(tmp), count) for n in sizes}
         ref = {n: measure_reference(n, Path(tmp), 2 if n >= 10_000 else count)
                for n in sizes if n <= REFERENCE_MAX}
-    rows = []
-    for n in sizes:
-        measured = n in ref
-        ref_s = ref[n]["record_s"] if measured else extrapolate(ref, "record_s", n)
-        rows.append(_row(f"record time per trial at {label(n)} trials (ms)", 1e3 * ref_s,
-                         1e3 * ours[n]["record_s"],
-                         note="" if measured else "reference extrapolated linearly from "
-                         + " and ".join(label(k) for k in sorted(ref)[-2:])))
-    big = sizes[-1]
-    flat = ours[big]["record_s"] / ours[sizes[0]]["record_s"]
-    ref_big = ref[big]["record_s"] if big in ref else extrapolate(ref, "record_s", big)
-    rows.append(_row(f"record time at {label(big)} / at {label(sizes[0])} trials",
-                     ref_big / ref[sizes[0]]["record_s"], flat, f"ours <= {FLAT_TARGET}",
-                     flat <= FLAT_TARGET))
-    rows += memory_rows(ref, ours, sizes)
-    for n in sizes:
-        one = ref[n]["record_s"] if n in ref else extrapolate(ref, "record_s", n)
-        rows.append(_row(f"compaction at {label(n)} trials (s): one rewrite (reference, after "
-                         "every trial) vs one compaction (ours, once per sweep)", one,
-                         ours[n]["compact_s"], note="" if n in ref else "reference extrapolated"))
-    rows.append(sweep_total_row(ref, ours, big))
+    return (record_rows(ref, ours, sizes) + memory_rows(ref, ours, sizes)
+            + compaction_rows(ref, ours, sizes) + [sweep_total_row(ref, ours, sizes[-1])])
+
+
+def record_rows(ref: dict, ours: dict, sizes: tuple[int, ...]) -> list[dict]:
+    fitted = "reference extrapolated linearly from " + " and ".join(label(k) for k in sorted(ref)[-2:])
+    rows = [_row(f"record time per trial at {label(n)} trials (ms)", 1e3 * at(ref, "record_s", n),
+                 1e3 * ours[n]["record_s"], note="" if n in ref else fitted) for n in sizes]
+    small, big = sizes[0], sizes[-1]
+    flat = ours[big]["record_s"] / ours[small]["record_s"]
+    rows.append(_row(f"record time at {label(big)} / at {label(small)} trials",
+                     at(ref, "record_s", big) / ref[small]["record_s"], flat,
+                     f"ours <= {FLAT_TARGET}", flat <= FLAT_TARGET))
     return rows
 
 
 def memory_rows(ref: dict, ours: dict, sizes: tuple[int, ...]) -> list[dict]:
     rows = [_row(f"driver memory at {label(n)} trials (MB, Python heap)",
-                 ref[n]["memory"] / 2**20 if n in ref else extrapolate(ref, "memory", n) / 2**20,
-                 ours[n]["memory"] / 2**20, note="" if n in ref else "reference extrapolated")
-            for n in sizes]
-    slope = lambda points: (lambda pts: (pts[-1][1]["memory"] - pts[-2][1]["memory"])
-                            / (pts[-1][0] - pts[-2][0]))(sorted(points.items()))
-    per_trial = slope(ours)
-    rows.append(_row("driver memory per recorded trial (bytes)", slope(ref), per_trial,
+                 at(ref, "memory", n) / 2**20, ours[n]["memory"] / 2**20,
+                 note="" if n in ref else "reference extrapolated") for n in sizes]
+    per_trial = slope(ours, "memory")
+    rows.append(_row("driver memory per recorded trial (bytes)", slope(ref, "memory"), per_trial,
                      f"ours <= {BYTES_TARGET} (no epoch row held)", per_trial <= BYTES_TARGET))
     return rows
+
+
+def compaction_rows(ref: dict, ours: dict, sizes: tuple[int, ...]) -> list[dict]:
+    return [_row(f"compaction at {label(n)} trials (s): one rewrite (reference, after every "
+                 "trial) vs one compaction (ours, once per sweep)", at(ref, "record_s", n),
+                 ours[n]["compact_s"], note="" if n in ref else "reference extrapolated")
+            for n in sizes]
 
 
 def sweep_total_row(ref: dict, ours: dict, n: int) -> dict:
     """Hours a whole n-trial sweep spends recording: the reference sums its growing rewrites
     (linear per trial, so quadratic in all), ours n records plus one compaction."""
-    (a, pa_), (b, pb) = sorted(ref.items())[-2:]
-    slope = (pb["record_s"] - pa_["record_s"]) / (b - a)
-    base = pb["record_s"] - slope * b
-    reference = (base * n + slope * n * (n + 1) / 2) / 3600
+    per_trial, largest = slope(ref, "record_s"), max(ref)
+    base = ref[largest]["record_s"] - per_trial * largest
+    reference = (base * n + per_trial * n * (n + 1) / 2) / 3600
     mine = (ours[n]["record_s"] * n + ours[n]["compact_s"]) / 3600
     return _row(f"hours spent recording a whole {label(n)}-trial sweep", reference, mine,
                 note="reference extrapolated from its per-trial cost at "
-                + " and ".join(label(k) for k in (a, b)))
+                + " and ".join(label(k) for k in sorted(ref)[-2:]))
 
 
 def main(argv: list[str] | None = None) -> int:
