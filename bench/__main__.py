@@ -1,7 +1,7 @@
 """Every benchmark of the project in one run, as one markdown table.
 
-    python -m bench                 # all CPU benchmarks on this machine (~20-25 min on 2 cores; precision ~10)
-    python -m bench --quick         # smaller sizes, for a smoke check (~2-3 min)
+    python -m bench                 # all CPU benchmarks on this machine (~40 min on 2 cores; precision ~10, records ~15)
+    python -m bench --quick         # smaller sizes, for a smoke check (~4-5 min)
     python -m bench --only ingest trainer
     python -m bench --gpu --out bench/results      # the GPU script (bench/gpu.py)
 
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "asha": "ASHA + Optuna vs the same trials at full budget",
     "memory": "peak RSS of 2 concurrent trials vs 1",
     "precision": "train img/s in fp32 vs bf16 per model; matmul ceiling; profile by op",
+    "records": "recording a trial at 100 to 100k trials: rewrite-everything vs append-only parts",
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from fkd_core.metrics import EPOCH_SECONDS, IMAGES_PER_S
+from sweep.store import EPOCHS_FILE, TRIALS_FILE, read_results
 
 GPU_SWEEP_ARGS = ("--gpus-per-trial", "0.25", "--max-epochs", "15")
 CHECKPOINT_EVERY = 5
@@ -82,15 +83,15 @@ def study_sweep(workdir: Path, seconds: float, data: Path, args: tuple[str, ...]
 
 def _tables(results: Path) -> dict[str, Any]:
     """Row counts, trial statuses and epoch timings of the sweep's Parquet files."""
-    import pandas as pd
-
     out: dict[str, Any] = {}
-    if (results / "trials.parquet").exists():
-        trials = pd.read_parquet(results / "trials.parquet")
+    table = read_results(str(results), TRIALS_FILE)   # the compacted file and any parts
+    if table is not None:
+        trials = table.to_pandas()
         out["trials_rows"] = len(trials)
         out["statuses"] = {str(k): int(v) for k, v in trials["status"].value_counts().items()}
-    if (results / "epochs.parquet").exists():
-        epochs = pd.read_parquet(results / "epochs.parquet")
+    table = read_results(str(results), EPOCHS_FILE)
+    if table is not None:
+        epochs = table.to_pandas()
         out["epochs_rows"] = len(epochs)
         if len(epochs):
             out["median_epoch_s"] = float(epochs[EPOCH_SECONDS].median())

@@ -40,6 +40,7 @@ import pandas as pd
 
 from fkd_core import metrics as M
 from fkd_core.config import config_fields
+from sweep.store import DamagedResults, read_results
 
 OK_STATUSES = ("completed", "asha_stopped", "early_stopped")
 ARM_COLUMNS = ("shape", "alpha")
@@ -67,22 +68,12 @@ def best(metric: str) -> str:
 # --- reading ------------------------------------------------------------------------------
 
 def read_parquet(root: str, name: str) -> pd.DataFrame:
-    """root/name as a DataFrame; root is a folder or an s3:// / gs:// URI."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    uri = f"{root.rstrip('/')}/{name}"
-    try:
-        if "://" in root:
-            import pyarrow.fs
-
-            fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-            return pq.read_table(path, filesystem=fs).to_pandas()
-        return pq.read_table(uri).to_pandas()
-    except pa.ArrowInvalid as exc:   # truncated: one line saying how to rebuild it (exit 2)
-        from sweep.results import damaged
-
-        raise damaged(uri, exc) from None
+    """root/name (trials.parquet, epochs.parquet) as a DataFrame, its parts included
+    (sweep.store.read_results); root is a folder or an s3:// / gs:// URI."""
+    table = read_results(root, name)
+    if table is None:
+        raise FileNotFoundError(f"{root.rstrip('/')}/{name}: no such file, nor parts of it")
+    return table.to_pandas()
 
 
 def classify(trials: pd.DataFrame) -> pd.Series:
@@ -250,8 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.results}: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        from sweep.results import DamagedResults   # imports Ray: only on this path
-
         if not isinstance(exc, DamagedResults):
             raise
         print(f"sweep.analyze: error: {exc}", file=sys.stderr)

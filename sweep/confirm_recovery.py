@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from sweep import results as R
 from sweep.recovery import RESUME_CHECKPOINT, RESUME_OF, Found, _ended, _settled_record, scan
+from sweep.store import TRIALS_FILE, compact, read_results
 
 Key = tuple[str, str, int]
 """(cell, arm, replicate) of a confirm trial."""
@@ -87,25 +88,27 @@ def recover(s: Any, info: dict[str, Any], log: Callable[[str], None] | None = No
     {key: {RESUME_OF: its trial id, RESUME_CHECKPOINT: its latest checkpoint or None}}."""
     writer = R.ResultsWriter(s.results_uri, s.name, info, log=None)
     writer.setup()
-    have = recorded_keys(writer.records.values())
+    table = read_results(s.results_uri, TRIALS_FILE,
+                         columns=["phase", "cell", "replicate", "shape", "alpha"])
+    have = recorded_keys(table.to_pylist() if table is not None else [])
     unfinished: dict[Key, tuple[int, dict[str, Any]]] = {}
     settled = 0
     for trial_id, (key, trial) in _gather(s).items():
-        if trial_id in writer.records or key in have:
+        if trial_id in writer.recorded or key in have:
             continue
-        rows = writer.rows.setdefault(trial_id, {})
-        rows.update({e: {k: row.get(k) for k in R.EPOCH_KEYS} for e, row in trial.rows.items()})
+        writer.merge_rows(trial_id, trial.rows.values())
         if _ended(trial):
             rec = _settled_record(s, info, trial, writer)
             rec.update(phase="confirm", cell=key[0], replicate=key[2])
-            writer.records[trial_id] = rec
+            writer.save(rec)
             have.add(key)
             settled += 1
         elif key not in unfinished or trial.checkpoint_epoch > unfinished[key][0]:
             unfinished[key] = (trial.checkpoint_epoch, {RESUME_OF: trial_id,
                                                         RESUME_CHECKPOINT: trial.checkpoint})
     if settled or unfinished:
-        writer.write()
+        writer.write_unfinished()   # the continued trials' epochs so far, for the round's writer
+        compact(s.results_uri)
         if log:
             log(f"  confirm resume: {settled} interrupted trials recorded from their rows, "
                 f"{len(unfinished)} to continue from their last checkpoint (or rerun)")

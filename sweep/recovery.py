@@ -6,7 +6,8 @@ that started (or finished) after it, which Tune then forgets or proposes again. 
 never relies on it. It takes the sweep's state from the records written as events happen:
 
 - ``optuna.db``: every trial the sweep has proposed (not WAITING), in order, with its picks;
-- ``trials.parquet``: trials already recorded (moved aside when damaged, then rebuilt);
+- ``trials.parquet`` and its parts (sweep.store): trials already recorded (a damaged file or
+  part is moved aside, then rebuilt);
 - each Tune trial folder: ``params.json`` (its config and Optuna number), ``result.json`` (one
   line per reported epoch) and its latest complete ``checkpoint_*/checkpoint.pt``.
 
@@ -32,7 +33,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sweep import results as R
-from sweep.results import DamagedResults, ResultsWriter
+from sweep import store
+from sweep.results import ResultsWriter
+from sweep.store import DamagedResults
 from sweep.trainable import ROWS_FILE
 
 RESUME_OF = "resume_of"
@@ -188,12 +191,12 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
     found = scan(Path(s.experiment_path))
     for trial in found.values():   # epochs reported after the last Parquet write
         writer.merge_rows(trial.trial_id, trial.rows.values())
-    todo = plan(study, s.space, found, set(writer.records))
+    todo = plan(study, s.space, found, set(writer.recorded))
     for trial in todo.settle:
-        writer.records[trial.trial_id] = _settled_record(s, info, trial, writer)
-    writer.write()
+        writer.save(_settled_record(s, info, trial, writer))
+    writer.write_unfinished()   # the reruns' epochs so far, for phase A's writer
     if log:
-        log(f"  resume: {len(writer.records)} trials recorded ({len(todo.settle)} just now), "
+        log(f"  resume: {len(writer.recorded)} trials recorded ({len(todo.settle)} just now), "
             f"{len(todo.rerun)} to rerun from their last checkpoint, "
             f"{max(s.space.trials - todo.proposed, 0)} not started yet")
     start = time.perf_counter()
@@ -212,16 +215,10 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
 
 
 def _set_aside_damaged(results_uri: str, log: Callable[[str], None] | None) -> None:
-    """A truncated trials/epochs.parquet is renamed *.damaged-<time>; the rebuild replaces it."""
-    for name in (R.TRIALS_FILE, R.EPOCHS_FILE):
-        uri = f"{results_uri}/{name}"
-        try:
-            R.read_table(uri)
-        except DamagedResults as err:
-            fs, path = R.filesystem(uri)
-            fs.move(path, f"{path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-            if log:
-                log(f"  {err}: moved aside, rebuilding it")
+    """A truncated trials/epochs.parquet or part is moved aside; the rebuild replaces it."""
+    for err in store.set_aside_damaged(results_uri):
+        if log:
+            log(f"  {err}: moved aside, rebuilding it")
 
 
 def _settled_record(s: Any, info: dict[str, Any], trial: Found, writer: Any) -> dict[str, Any]:
@@ -295,7 +292,7 @@ def _tell_optuna(study: Any, results_uri: str, todo: Plan) -> set[str]:
 
     from fkd_core import metrics as M
 
-    table = R.read_table(f"{results_uri}/{R.TRIALS_FILE}")
+    table = store.read_results(results_uri, store.TRIALS_FILE)
     records = {r["trial_id"]: r for r in table.to_pylist()} if table is not None else {}
     for trial_id, rec in records.items():
         number = todo.numbers.get(trial_id, rec.get(OPTUNA_TRIAL))

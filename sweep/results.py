@@ -1,13 +1,17 @@
-"""trials.parquet and epochs.parquet of a sweep, written atomically, local or s3:// / gs://.
+"""The records of a sweep, trials.parquet and epochs.parquet, local or s3:// / gs://.
 
-``ResultsWriter`` is a Tune callback: it collects every epoch row as it arrives and rewrites both
-files (temporary file, then rename) whenever a trial finishes and when the sweep ends, so a crash
-never leaves a half-written file nor loses a finished trial. It also copies the best checkpoint
-of the best trials to ``<results>/checkpoints/<trial_id>/best.pt`` for prediction figures.
-The columns are documented in results/README.md.
+``ResultsWriter`` is a Tune callback: it collects the epoch rows of the trials running and,
+when a trial ends, writes its epochs and its row as two small atomic parts (sweep.store), so
+recording a trial costs the same at trial 100,000 as at trial 10, a crash never leaves a
+half-written file nor loses a recorded trial, and the driver holds no finished trial's epochs.
+When the Tune run ends it compacts the parts into the two files. It also copies the best
+checkpoint of the best trials to ``<results>/checkpoints/<trial_id>/best.pt`` for prediction
+figures. The columns are documented in results/README.md.
 
+    >>> from sweep.store import read_results, TRIALS_FILE
+    >>> trials = read_results("results/fkd-yt15-quick", TRIALS_FILE).to_pandas()
     >>> import pandas as pd
-    >>> trials = pd.read_parquet("results/fkd-yt15-quick/trials.parquet")
+    >>> trials = pd.read_parquet("results/fkd-yt15-quick/trials.parquet")   # once compacted
 """
 from __future__ import annotations
 
@@ -16,23 +20,22 @@ import math
 import platform
 import posixpath
 import subprocess
-import uuid
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 from ray.tune import Callback
 
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig, config_fields
 from sweep.spaces import data_key
+from sweep.store import (EPOCHS_FILE, TRIALS_FILE, UNFINISHED, compact, filesystem,
+                         list_parts, part_trial, part_uri, read_part, read_results, write_atomic)
 from sweep.trainable import DEVICE, DEVICE_NAME, PRECISION_USED
 
-TRIALS_FILE = "trials.parquet"
-EPOCHS_FILE = "epochs.parquet"
 STATUSES = ("completed", "asha_stopped", "early_stopped", "diverged", "error")
 # Best checkpoints kept per arm (base loss + shape term, any alpha): enough for prediction
 # figures of the best trials without keeping hundreds of models.
@@ -134,54 +137,7 @@ def trial_record(*, trial_id: str, experiment: str, cfg: TrialConfig, rows: list
             "versions": versions, "git_commit": git_commit, PRECISION_USED: precision_used}
 
 
-# --- files -------------------------------------------------------------------------------
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a local path or an s3:// / gs:// URI."""
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    import os
-
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
-def write_atomic(table: pa.Table, uri: str) -> None:
-    """Write a Parquet file so that readers see the old file or the new one, never half of one."""
-    fs, path = filesystem(uri)
-    fs.create_dir(posixpath.dirname(path), recursive=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, path)
-
-
-def read_table(uri: str) -> pa.Table | None:
-    """The file's table, None when there is no file; a damaged file raises DamagedResults."""
-    fs, path = filesystem(uri)
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    return read_checked(lambda: pq.read_table(path, filesystem=fs), uri)
-
-
-class DamagedResults(ValueError):
-    """A results file that cannot be read; the message names it and how to recover, one line."""
-
-
-def damaged(uri: str, err: Exception) -> DamagedResults:
-    name = posixpath.basename(posixpath.dirname(uri.rstrip("/")))
-    return DamagedResults(f"{uri}: damaged Parquet file ({' '.join(str(err).split())[:120]}); "
-                          f"python -m sweep.run --name {name} --resume rebuilds it from the "
-                          "sweep's other records (optuna.db, ray/ trial folders)")
-
-
-def read_checked(read: Callable[[], pa.Table], uri: str) -> pa.Table:
-    """``read()`` with a truncated or foreign file turned into one DamagedResults line."""
-    try:
-        return read()
-    except (pa.ArrowInvalid, OSError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise damaged(uri, err) from None
-
+# --- files (the storage itself: sweep.store) -----------------------------------------------
 
 def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     rows = list(rows)
@@ -242,10 +198,13 @@ def git_commit() -> str:
 # --- the Tune callback -------------------------------------------------------------------
 
 class ResultsWriter(Callback):
-    """Collects epoch rows, records each trial when it ends, rewrites both Parquet files.
+    """Records each trial as it ends: its epochs and its row, one part each (sweep.store).
 
-    Holds only plain data, because Tune pickles callbacks with the experiment; ``setup`` reloads
-    what earlier runs of the same experiment wrote, so ``--resume`` keeps them.
+    Holds only plain data, because Tune pickles callbacks with the experiment, and nothing that
+    grows with the epochs recorded: the epoch rows of trials not recorded yet, the recorded
+    trials' ids (with their last epoch), and the records of the few trials whose best.pt is kept.
+    ``setup`` reloads those from the folder, so ``--resume`` keeps what earlier runs wrote;
+    ``on_experiment_end`` compacts the parts.
     """
 
     def __init__(self, results_uri: str, experiment: str, data: Mapping[str, DataInfo], *,
@@ -257,8 +216,10 @@ class ResultsWriter(Callback):
         self.total = total
         self.versions = versions()
         self.git_commit = git_commit()
-        self.rows: dict[str, dict[int, dict[str, Any]]] = {}
-        self.records: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, dict[int, dict[str, Any]]] = {}   # trials not recorded yet
+        self.recorded: dict[str, int] = {}                      # trial id -> its last epoch
+        self.kept: dict[str, dict[str, Any]] = {}               # records that hold a best.pt
+        self.unfinished: dict[str, list[str]] = {}              # parts/unfinished/ per trial
         self.last_done: dict[str, bool] = {}
         self.devices: dict[str, tuple[str, str]] = {}
 
@@ -267,11 +228,25 @@ class ResultsWriter(Callback):
 
     # Tune hooks ---------------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
-        trials, epochs = read_table(self.uri(TRIALS_FILE)), read_table(self.uri(EPOCHS_FILE))
-        for rec in trials.to_pylist() if trials is not None else []:
-            self.records[rec["trial_id"]] = rec
-        for row in epochs.to_pylist() if epochs is not None else []:
-            self.rows.setdefault(row.pop("trial_id"), {})[int(row[M.EPOCH])] = row
+        ids = read_results(self.results_uri, TRIALS_FILE,
+                           columns=["trial_id", "epochs", "best_checkpoint"])
+        if ids is not None:
+            self.recorded = dict(zip(ids["trial_id"].to_pylist(), ids["epochs"].to_pylist()))
+            holding = ids.filter(pc.not_equal(ids["best_checkpoint"], ""))["trial_id"].to_pylist()
+            kept = read_results(self.results_uri, TRIALS_FILE, trial_ids=holding) if holding else None
+            self.kept = {r["trial_id"]: r for r in kept.to_pylist()} if kept is not None else {}
+        self._load_unfinished()
+
+    def _load_unfinished(self) -> None:
+        """Epochs a killed driver (or a --resume's planning) kept for trials not recorded yet."""
+        fs, _ = filesystem(self.results_uri)
+        for path in list_parts(self.results_uri, UNFINISHED):
+            trial_id = part_trial(path)
+            if trial_id in self.recorded:   # recorded, then killed before this part went
+                fs.delete_file(path)
+                continue
+            self.unfinished.setdefault(trial_id, []).append(path)
+            self.merge_rows(trial_id, read_part(fs, path).to_pylist())
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -295,7 +270,8 @@ class ResultsWriter(Callback):
                      f"({_error_message(trial)}); retrying from its last checkpoint")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.write()
+        self.write_unfinished()
+        compact(self.results_uri)
 
     # recording ----------------------------------------------------------------------------
     def record(self, trial: Any, error: str | None) -> None:
@@ -313,11 +289,38 @@ class ResultsWriter(Callback):
             versions=self.versions, git_commit=self.git_commit,
             phase=trial.config.get("phase", "search"), replicate=trial.config.get("replicate"),
             cell=trial.config.get("cell", ""), precision_used=str(last.get(PRECISION_USED, "")))
-        self.records[trial.trial_id] = rec
-        self._prune_checkpoints()
-        self.write()
+        self.save(rec)
         if self.log:
-            self.log(progress_line(rec, len(self.records), self.total))
+            self.log(progress_line(rec, len(self.recorded), self.total))
+
+    def save(self, rec: dict[str, Any]) -> None:
+        """Record one trial from its record and the epoch rows held for it: the epochs part
+        first, then the row's, so a kill between leaves the trial unrecorded (and --resume
+        records it again, its new parts replacing the first)."""
+        trial_id = rec["trial_id"]
+        rows = self.rows.pop(trial_id, {})
+        epochs = [{"trial_id": trial_id, **row} for _, row in sorted(rows.items())]
+        write_atomic(to_table(epochs, epoch_schema()), part_uri(self.results_uri, EPOCHS_FILE, trial_id))
+        losers = []
+        if rec["best_checkpoint"]:
+            self.kept[trial_id] = rec
+            losers = [(r, posixpath.dirname(r["best_checkpoint"])) for r in self._over_quota()]
+        for loser, _ in losers:
+            loser["best_checkpoint"] = ""
+            del self.kept[loser["trial_id"]]
+        self._write_record(rec)
+        self.recorded[trial_id] = rec["epochs"]
+        for loser, folder in losers:   # its row first says "no best.pt", then the file goes
+            if loser is not rec:
+                self._write_record(loser)
+            delete_dir(self.uri(folder))
+        fs, _ = filesystem(self.results_uri)
+        for path in self.unfinished.pop(trial_id, []):
+            fs.delete_file(path)
+
+    def _write_record(self, rec: Mapping[str, Any]) -> None:
+        write_atomic(to_table([rec], trial_schema()),
+                     part_uri(self.results_uri, TRIALS_FILE, rec["trial_id"]))
 
     def _keep_best(self, trial: Any) -> str:
         """Copy best.pt of the trial's last checkpoint into the results folder."""
@@ -331,37 +334,59 @@ class ResultsWriter(Callback):
         copy_file(checkpoint.filesystem, src, self.uri(rel))
         return rel
 
-    def _prune_checkpoints(self) -> None:
-        """Keep best.pt only for the KEEP_CHECKPOINTS best trials of each arm."""
-        by_arm: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        for rec in self.records.values():
-            if rec["best_checkpoint"]:
-                shape = rec["shape"] if rec["alpha"] > 0 else "none"
-                by_arm.setdefault((rec.get("phase") or "search", rec["loss"], shape), []).append(rec)
+    def _over_quota(self) -> list[dict[str, Any]]:
+        """Kept records beyond the KEEP_CHECKPOINTS best of their arm (base loss, shape term)."""
+        by_arm: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for rec in self.kept.values():
+            shape = rec["shape"] if rec["alpha"] > 0 else "none"
+            by_arm.setdefault((rec.get("phase") or "search", rec["loss"], shape), []).append(rec)
+        losers = []
         for recs in by_arm.values():
             recs.sort(key=lambda r: _sort_key(r["best_val_rmse_px"]))
-            for rec in recs[KEEP_CHECKPOINTS:]:
-                delete_dir(self.uri(posixpath.dirname(rec["best_checkpoint"])))
-                rec["best_checkpoint"] = ""
+            losers += recs[KEEP_CHECKPOINTS:]
+        return losers
 
     def merge_rows(self, trial_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Add rows Tune kept in its own files (epochs reported before a --resume)."""
+        """Add rows of a trial not recorded yet (e.g. from Tune's folders after a kill); a
+        recorded trial's rows are in its part already."""
+        if trial_id in self.recorded:
+            return
         known = self.rows.setdefault(trial_id, {})
         for row in rows:
             known.setdefault(int(row[M.EPOCH]), {k: row.get(k) for k in EPOCH_KEYS})
 
-    def refresh_metrics(self) -> None:
-        """Recompute best/final metrics of recorded trials from their (merged) rows."""
-        for trial_id, rec in self.records.items():
-            rows = list(self.rows.get(trial_id, {}).values())
-            if rows:
-                rec.update(metric_summary(rows))
+    def amend(self, trial_id: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Rows Tune kept (epochs reported before a Tune restore): a recorded trial they extend
+        is recorded again with them, its best/final metrics recomputed."""
+        rows = list(rows)
+        if trial_id not in self.recorded:
+            self.merge_rows(trial_id, rows)
+            return
+        if max((int(r[M.EPOCH]) for r in rows), default=0) <= (self.recorded[trial_id] or 0):
+            return
+        old = read_results(self.results_uri, EPOCHS_FILE, trial_ids=[trial_id])
+        known = {int(r[M.EPOCH]): {k: r.get(k) for k in EPOCH_KEYS}
+                 for r in (old.to_pylist() if old is not None else [])}
+        for row in rows:
+            known.setdefault(int(row[M.EPOCH]), {k: row.get(k) for k in EPOCH_KEYS})
+        rec = read_results(self.results_uri, TRIALS_FILE, trial_ids=[trial_id]).to_pylist()[0]
+        rec.update(metric_summary(list(known.values())))
+        self.rows[trial_id] = known
+        self.save(rec)
 
-    def write(self) -> None:
-        write_atomic(to_table(self.records.values(), trial_schema()), self.uri(TRIALS_FILE))
-        epochs = [{"trial_id": t, **row} for t, by_epoch in self.rows.items()
-                  for _, row in sorted(by_epoch.items())]
-        write_atomic(to_table(epochs, epoch_schema()), self.uri(EPOCHS_FILE))
+    def write_unfinished(self) -> None:
+        """Keep the rows of trials not recorded yet in parts/unfinished/ (one part per trial,
+        replacing its older ones), for the --resume that will record them."""
+        fs, _ = filesystem(self.results_uri)
+        for trial_id, rows in self.rows.items():
+            if trial_id in self.recorded or not rows:
+                continue
+            epochs = [{"trial_id": trial_id, **row} for _, row in sorted(rows.items())]
+            uri = part_uri(self.results_uri, UNFINISHED, trial_id)
+            write_atomic(to_table(epochs, epoch_schema()), uri)
+            for path in self.unfinished.get(trial_id, []):
+                fs.delete_file(path)
+            self.unfinished[trial_id] = [filesystem(uri)[1]]
 
 
 def _sort_key(value: float | None) -> float:

@@ -36,6 +36,7 @@ from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_
 from sweep.confirm import ConfirmError, Interrupted, add_plan_options, plan_of
 from sweep.lock import FolderError, SweepBusy, SweepLock, check_name, check_writable, lock_dir
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
+from sweep.store import DamagedResults, compact, read_results
 
 if TYPE_CHECKING:
     from sweep.trainable import TrainFn
@@ -369,7 +370,7 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
         grid = tuner.fit()
         fit_seconds = time.perf_counter() - start
     trials = _finalize(s, info, grid)
-    epochs = R.read_table(f"{s.results_uri}/{R.EPOCHS_FILE}")
+    epochs = read_results(s.results_uri, R.EPOCHS_FILE)
     return Outcome(s, trials, fit_seconds, _paths(s), epochs.to_pandas() if epochs is not None else None)
 
 
@@ -434,20 +435,20 @@ def _diverged(trial_id: str, result: dict[str, Any]) -> bool:
 
 
 def _finalize(s: Settings, info: dict[str, R.DataInfo], grid: Any) -> Any:
-    """Merge every row Tune kept (also from before a --resume) and write the final files."""
+    """Add every row Tune kept (also from before a Tune restore), then compact the parts."""
     writer = R.ResultsWriter(s.results_uri, s.name, info, log=None)
     writer.setup()
     for result in grid:
         frame = result.metrics_dataframe
         if frame is not None and M.EPOCH in frame and result.metrics:
-            writer.merge_rows(result.metrics["trial_id"], frame.to_dict("records"))
-    writer.refresh_metrics()
-    writer.write()
+            writer.amend(result.metrics["trial_id"], frame.to_dict("records"))
+    writer.write_unfinished()
+    compact(s.results_uri)
     if "://" in s.results_uri and s.optuna_path.exists():
         import pyarrow.fs as pafs
 
         R.copy_file(pafs.LocalFileSystem(), str(s.optuna_path), f"{s.results_uri}/{OPTUNA_FILE}")
-    table = R.read_table(f"{s.results_uri}/{R.TRIALS_FILE}")
+    table = read_results(s.results_uri, R.TRIALS_FILE)
     return table.to_pandas() if table is not None else None
 
 
@@ -554,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         connect(cluster)
         return _main(args, cluster)
-    except (UsageError, SpaceError, ConfirmError, R.DamagedResults) as err:
+    except (UsageError, SpaceError, ConfirmError, DamagedResults) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -3,7 +3,7 @@
 A real sweep (sweep.run CLI, real Ray, small_cnn on 200 synthetic faces): 4 trials of 4 epochs,
 2 at once. The driver is killed three times (mid-trial, with Tune's experiment state left empty
 as a kill during its in-place write leaves it; at a seeded random moment of a resume; right
-after a trial was recorded, then trials.parquet cut in half), and a second driver of the same name is refused while one runs.
+after a trial was recorded, then that trial's part of trials.parquet cut in half), and a second driver of the same name is refused while one runs.
 """
 from __future__ import annotations
 
@@ -81,20 +81,21 @@ def test_sigkill_at_varied_moments_then_resume_loses_and_repeats_nothing(tmp_pat
 
     kills += kill_when(proc, planned_then_waited)
 
-    # 3. Right after a trial was recorded (trials.parquet just rewritten).
+    # 3. Right after a trial was recorded (its parts just written, sweep.store).
     log = tmp_path / "run3.log"
     proc = start(resume, log)
     kills += kill_when(proc, lambda: "[  1/" in log.read_text())
     assert kills >= 2, "the sweep outran the kill points"
-    # ... and trials.parquet is then found cut short: the resume rebuilds it from the rest.
-    data = (folder / "trials.parquet").read_bytes()
-    (folder / "trials.parquet").write_bytes(data[: len(data) // 2])
+    # ... and its trials part is then found cut short: the resume rebuilds it from the rest.
+    part = sorted((folder / "parts" / "trials").glob("*.parquet"))[-1]
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) // 2])
 
     done = subprocess.run(resume, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Traceback" not in done.stdout + done.stderr
-    assert "trials.parquet: damaged Parquet file" in done.stdout
-    assert len(list(folder.glob("trials.parquet.damaged-*"))) == 1
+    assert f"{part}: damaged Parquet file" in done.stdout
+    assert len(list(part.parent.glob(f"_{part.name}.damaged-*"))) == 1
 
     trials = pd.read_parquet(folder / "trials.parquet")
     assert trials.trial_id.is_unique and len(trials) == SEEDS          # every trial exactly once

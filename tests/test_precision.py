@@ -210,7 +210,9 @@ def test_trials_parquet_has_the_precision_each_trial_reported(tmp_path):
         trial.last_result = {**trial.last_result, **result}
         writer.on_trial_result(0, [], trial, result)
         writer.on_trial_complete(0, [], trial)
-    table = R.read_table(str(tmp_path / R.TRIALS_FILE))
+    from sweep.store import read_results
+
+    table = read_results(str(tmp_path), R.TRIALS_FILE)
     assert table.schema.field(PRECISION_USED).type == "string"
     assert dict(zip(table["trial_id"].to_pylist(), table[PRECISION_USED].to_pylist())) == \
         {"t16": "bf16", "t32": "fp32"}

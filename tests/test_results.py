@@ -16,6 +16,7 @@ import pytest
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig, config_fields
 from sweep import results as R
+from sweep import store as S
 from sweep.spaces import data_key
 
 README = Path(__file__).resolve().parents[1] / "results" / "README.md"
@@ -104,7 +105,7 @@ def test_atomic_write_replaces_through_a_filesystem_uri(tmp_path):
     for n in (3, 5):
         rows = [{"trial_id": "t", **row(e, 2.0)} for e in range(1, n + 1)]
         R.write_atomic(R.to_table(rows, R.epoch_schema()), uri)
-        assert R.read_table(uri).num_rows == n
+        assert S.read_table(uri).num_rows == n
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["epochs.parquet"]
 
 
@@ -139,8 +140,8 @@ def test_writer_records_trials_keeps_best_checkpoints_and_reloads(tmp_path):
     writer.on_trial_result(0, [], bad, {**row(1, 9.0), "done": False})
     writer.on_trial_error(0, [], bad)
 
-    trials = R.read_table(str(out / R.TRIALS_FILE)).to_pandas().set_index("trial_id")
-    assert len(trials) == 6 and R.read_table(str(out / R.EPOCHS_FILE)).num_rows == 16
+    trials = S.read_results(str(out), S.TRIALS_FILE).to_pandas().set_index("trial_id")
+    assert len(trials) == 6 and S.read_results(str(out), S.EPOCHS_FILE).num_rows == 16
     assert trials.loc["t9", "status"] == "error" and trials.loc["t9", "error"] == "RuntimeError: boom"
     assert set(trials.loc[["t0", "t1", "t2", "t3", "t4"], "status"]) == {"completed"}
     kept = trials[trials.best_checkpoint != ""].index
@@ -151,7 +152,9 @@ def test_writer_records_trials_keeps_best_checkpoints_and_reloads(tmp_path):
 
     again = R.ResultsWriter(str(out), "x", info, log=None)
     again.setup()                                     # what --resume starts from
-    assert len(again.records) == 6 and sum(len(r) for r in again.rows.values()) == 16
+    assert sorted(again.recorded) == ["t0", "t1", "t2", "t3", "t4", "t9"]
+    assert sorted(again.kept) == ["t2", "t3", "t4"]
+    assert writer.rows == {} and again.rows == {}     # no recorded trial's epochs held
 
 
 def test_stopped_by_tune_comes_from_the_done_flag_of_the_last_result(tmp_path):
@@ -163,8 +166,8 @@ def test_stopped_by_tune_comes_from_the_done_flag_of_the_last_result(tmp_path):
         writer.on_trial_result(0, [], trial, {**row(1, 3.0), "done": False})
         writer.on_trial_result(0, [], trial, {**row(2, 3.0), "done": done})
         writer.on_trial_complete(0, [], trial)
-    assert writer.records["asha"]["status"] == "asha_stopped"
-    assert writer.records["early"]["status"] == "early_stopped"
+    status = S.read_results(str(tmp_path), S.TRIALS_FILE).to_pandas().set_index("trial_id").status
+    assert (status["asha"], status["early"]) == ("asha_stopped", "early_stopped")
 
 
 def _readme_block(lang: str) -> str:
@@ -210,12 +213,12 @@ def _truncated(tmp_path: Path) -> Path:
 
 def test_damaged_parquet_is_one_line_naming_the_file_and_the_fix(tmp_path):
     folder = _truncated(tmp_path)
-    with pytest.raises(R.DamagedResults) as err:
-        R.read_table(str(folder / R.TRIALS_FILE))
+    with pytest.raises(S.DamagedResults) as err:
+        S.read_results(str(folder), S.TRIALS_FILE)
     message = str(err.value)
     assert message.startswith(f"{folder / R.TRIALS_FILE}: damaged Parquet file (")
     assert "python -m sweep.run --name my-sweep --resume rebuilds it" in message and "\n" not in message
-    assert R.read_table(str(folder / "absent.parquet")) is None
+    assert S.read_results(str(folder), "absent.parquet") is None
 
 
 def test_analyze_on_a_damaged_file_exits_2_with_one_line(tmp_path, capsys):
@@ -226,3 +229,111 @@ def test_analyze_on_a_damaged_file_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "damaged Parquet file" in err and "Traceback" not in err
     assert str(folder / R.TRIALS_FILE) in err
+
+
+# --- recording that scales (issue 20, item 4) -------------------------------------------------
+
+def run_trials(writer, cfg: TrialConfig, ids, epochs: int = 3, rmse: float = 5.0) -> None:
+    for trial_id in ids:
+        trial = fake_trial(trial_id, cfg, None)
+        for e in range(1, epochs + 1):
+            writer.on_trial_result(0, [], trial, {**row(e, rmse - e / 10), "done": False})
+        writer.on_trial_complete(0, [], trial)
+
+
+def test_a_record_writes_two_parts_and_holds_nothing_of_recorded_trials(tmp_path):
+    cfg = TrialConfig(max_epochs=3)
+    writer = R.ResultsWriter(str(tmp_path), "x", {data_key(cfg): R.DataInfo("s", "h", True)},
+                             log=None)
+    writer.setup()
+    run_trials(writer, cfg, [f"t{i}" for i in range(4)])
+    assert len(S.list_parts(str(tmp_path), S.TRIALS_FILE)) == 4
+    assert len(S.list_parts(str(tmp_path), S.EPOCHS_FILE)) == 4
+    assert writer.rows == {} and writer.recorded == {f"t{i}": 3 for i in range(4)}
+    assert not (tmp_path / S.TRIALS_FILE).exists()              # compacted when the run ends
+    writer.on_experiment_end([])
+    assert len(pd.read_parquet(tmp_path / S.TRIALS_FILE)) == 4
+    assert len(pd.read_parquet(tmp_path / S.EPOCHS_FILE)) == 12
+    assert S.list_parts(str(tmp_path), S.TRIALS_FILE) == []
+
+
+def test_a_second_run_keeps_the_first_and_a_retried_trial_reads_once(tmp_path):
+    cfg = TrialConfig(max_epochs=3)
+    info = {data_key(cfg): R.DataInfo("s", "h", True)}
+    first = R.ResultsWriter(str(tmp_path), "x", info, log=None)
+    first.setup()
+    run_trials(first, cfg, ["a", "b"])
+    first.on_experiment_end([])
+    second = R.ResultsWriter(str(tmp_path), "x", info, log=None)
+    second.setup()
+    assert second.recorded == {"a": 3, "b": 3}
+    run_trials(second, cfg, ["c"])
+    run_trials(second, cfg, ["b"], rmse=2.0)     # b retried and recorded again
+    trials = S.read_results(str(tmp_path), S.TRIALS_FILE).to_pandas().set_index("trial_id")
+    assert sorted(trials.index) == ["a", "b", "c"]
+    assert trials.loc["b", "best_val_rmse_px"] == pytest.approx(1.7)
+    epochs = S.read_results(str(tmp_path), S.EPOCHS_FILE).to_pandas()
+    assert len(epochs) == 9 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    second.on_experiment_end([])
+    assert len(pd.read_parquet(tmp_path / S.EPOCHS_FILE)) == 9
+
+
+def test_unfinished_trials_rows_survive_for_the_next_writer(tmp_path):
+    """A resume keeps the epochs of a trial that had not ended; its record later holds them all."""
+    cfg = TrialConfig(max_epochs=4)
+    info = {data_key(cfg): R.DataInfo("s", "h", True)}
+    writer = R.ResultsWriter(str(tmp_path), "x", info, log=None)
+    writer.setup()
+    writer.merge_rows("u", [row(1, 4.0), row(2, 3.0)])
+    writer.write_unfinished()
+    writer.write_unfinished()                      # again: still one part for the trial
+    assert len(S.list_parts(str(tmp_path), S.UNFINISHED)) == 1
+    assert S.read_results(str(tmp_path), S.EPOCHS_FILE) is None   # never read as results
+    later = R.ResultsWriter(str(tmp_path), "x", info, log=None)
+    later.setup()
+    assert sorted(later.rows["u"]) == [1, 2]
+    trial = fake_trial("u", cfg, None)
+    for e in (3, 4):
+        later.on_trial_result(0, [], trial, {**row(e, 2.0), "done": False})
+    later.on_trial_complete(0, [], trial)
+    trials = S.read_results(str(tmp_path), S.TRIALS_FILE).to_pylist()
+    assert [(t["epochs"], t["best_epoch"], t["status"]) for t in trials] == [(4, 3, "completed")]
+    assert S.read_results(str(tmp_path), S.EPOCHS_FILE).num_rows == 4
+    assert S.list_parts(str(tmp_path), S.UNFINISHED) == []
+
+
+def test_amend_records_a_trial_again_with_the_rows_tune_kept(tmp_path):
+    cfg = TrialConfig(max_epochs=4)
+    info = {data_key(cfg): R.DataInfo("s", "h", True)}
+    writer = R.ResultsWriter(str(tmp_path), "x", info, log=None)
+    writer.setup()
+    run_trials(writer, cfg, ["a"], epochs=2)       # the callback saw epochs 1-2 only
+    writer.on_experiment_end([])
+    final = R.ResultsWriter(str(tmp_path), "x", info, log=None)
+    final.setup()
+    final.amend("a", [row(1, 4.9), row(2, 4.8)])   # nothing new: nothing written
+    assert S.list_parts(str(tmp_path), S.TRIALS_FILE) == []
+    final.amend("a", [row(e, 6.0 - e) for e in range(1, 5)])
+    rec = S.read_results(str(tmp_path), S.TRIALS_FILE).to_pylist()[0]
+    assert (rec["epochs"], rec["best_epoch"], rec["best_val_rmse_px"]) == (4, 4, 2.0)
+    epochs = S.read_results(str(tmp_path), S.EPOCHS_FILE).to_pandas()
+    assert list(epochs.epoch) == [1, 2, 3, 4]
+    assert list(epochs[M.VAL_RMSE]) == pytest.approx([4.9, 4.8, 3.0, 2.0])   # recorded rows win
+
+
+def test_a_pruned_checkpoint_is_recorded_in_a_newer_part(tmp_path):
+    cfg = TrialConfig(max_epochs=1)
+    writer = R.ResultsWriter(str(tmp_path / "res"), "x", {data_key(cfg): R.DataInfo("s", "h", True)},
+                             log=None)
+    writer.setup()
+    for i in range(5):                             # each trial better than the last
+        ckpt = tmp_path / f"ck{i}"
+        ckpt.mkdir()
+        (ckpt / "best.pt").write_bytes(b"w")
+        trial = fake_trial(f"t{i}", cfg.replace(seed=i), ckpt)
+        writer.on_trial_result(0, [], trial, {**row(1, 10.0 - i), "done": False})
+        writer.on_trial_complete(0, [], trial)
+    assert len(S.list_parts(str(tmp_path / "res"), S.TRIALS_FILE)) == 5 + 2   # t0, t1 again
+    trials = S.read_results(str(tmp_path / "res"), S.TRIALS_FILE).to_pandas().set_index("trial_id")
+    assert sorted(trials.index[trials.best_checkpoint != ""]) == ["t2", "t3", "t4"]
+    assert sorted(writer.kept) == ["t2", "t3", "t4"]
