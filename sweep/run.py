@@ -349,19 +349,14 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
         tune.with_parameters(train_trial, datasets={k: share(d) for k, d in data_sets.items()},
                              train_fn=train_fn),
         {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
-    if s.resume and "://" not in s.experiment_path:
-        # Rebuilt from Optuna, Parquet and the trial folders, not Tune's snapshot (sweep.recovery).
+    if s.resume:
+        # Rebuilt from Optuna, Parquet, JSON and checkpoint.pt, in a folder or a bucket alike;
+        # never Tune.restore, which unpickles tuner.pkl from storage (sweep.recovery).
         from sweep.recovery import resume_sweep
 
         grid, fit_seconds = resume_sweep(
             s, trainable, info,
             lambda st: _new_tuner(st, trainable, info, callbacks, log, total=s.space.trials), log)
-    elif s.resume:   # trial folders in a bucket: Tune's own restore (recovery reads local folders)
-        tuner = tune.Tuner.restore(s.experiment_path, trainable=trainable, resume_errored=False,
-                                   restart_errored=False)
-        start = time.perf_counter()
-        grid = tuner.fit()
-        fit_seconds = time.perf_counter() - start
     else:
         save_settings(s, info)
         tuner = _new_tuner(s, trainable, info, callbacks, log)
