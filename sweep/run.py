@@ -468,9 +468,9 @@ def summary(outcome: Outcome, verdicts: str | None = None) -> str:
               "not evidence):", _search_table(search, list(outcome.settings.space.search))]
     lines += ["\nWrote:"] + [f"  {k:<12}{v}" for k, v in outcome.paths.items()]
     study = f"sqlite:///{outcome.settings.optuna_path.resolve()}"
-    dashboard = f"{commands.script('optuna-dashboard')} {study}"
+    dashboard = commands.line(commands.script("optuna-dashboard"), study)
     if not commands.installed("optuna-dashboard"):   # an optional extra: say how to get it
-        dashboard = f"{commands.python()} -m pip install optuna-dashboard && {dashboard}"
+        dashboard = f"{commands.module('pip', 'install', 'optuna-dashboard')} && {dashboard}"
     lines += [f"\nNext: {commands.module('sweep.analyze', outcome.settings.results_uri)}",
               f"Study in a browser: {dashboard}"]
     return "\n".join(lines)

@@ -239,3 +239,38 @@ def test_data_without_any_keypoint_is_one_line_before_trials_start(tmp_path):
     lines = [l for l in proc.stderr.splitlines() if "WARNING" not in l]
     assert lines == [f"sweep.run: error: {tmp_path / 'empty.csv'}: no keypoint is present in any "
                      "of its 40 rows"]
+
+
+# --- no code from storage (issue 21, item 1) ---------------------------------------------------
+
+PLANT = ("import os, pickle, sys\n"
+         "class P:\n"
+         "    def __reduce__(self):\n"
+         "        return (os.system, ('touch ' + sys.argv[2],))\n"
+         "open(sys.argv[1], 'wb').write(pickle.dumps(P()))\n")
+
+
+@pytest.mark.slow
+def test_resume_from_a_uri_storage_never_unpickles_a_planted_tuner_pkl(tmp_path):
+    store = f"file://{tmp_path / 'store'}"
+    env = {**ENV, "HOME": str(tmp_path)}       # the URI sweep's optuna.db cache goes here
+    cmd = [sys.executable, "-m", "sweep.run", "--cluster", local_cluster(tmp_path, 1),
+           "--space", tiny_space(tmp_path, seeds=3, max_epochs=3), "--name", "uri",
+           "--storage", store]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("[  1/3]"):
+            proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 1
+    folder, marker = tmp_path / "store" / "uri", tmp_path / "marker"
+    for planted in ("tuner.pkl", "searcher-state-planted.pkl"):
+        subprocess.run([sys.executable, "-c", PLANT, str(folder / planted), str(marker)], check=True)
+    done = subprocess.run([*cmd[:5], "--name", "uri", "--storage", store, "--resume"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert not marker.exists()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    final = pd.read_parquet(folder / "trials.parquet")
+    assert len(final) == 3 and sorted(final.seed) == [0, 1, 2]
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert sorted(epochs.groupby("trial_id").epoch.count()) == [3, 3, 3]
