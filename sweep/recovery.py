@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sweep import results as R
+from sweep.guard import WriteGuard
 from sweep.results import DamagedResults, ResultsWriter
 from sweep.trainable import ROWS_FILE
 
@@ -235,8 +236,8 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
                  log: Callable[[str], None] | None) -> tuple[Any, float]:
     """Record, rerun and continue the sweep ``s`` (see the module docstring).
 
-    ``new_tuner(settings)`` builds a normal sweep's Tuner (sweep.run); returns phase B's result
-    grid (or []) and the seconds Tune ran.
+    ``new_tuner(settings)`` builds a normal sweep's Tuner and its writer's WriteGuard
+    (sweep.run); returns phase B's result grid (or []) and the seconds Tune ran.
     """
     import optuna
 
@@ -271,7 +272,9 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
     if remaining > 0:
         # Phase B: the study pops its remaining enqueued grid points first, then samples.
         space = dataclasses.replace(s.space, num_samples=remaining)
-        grid = new_tuner(dataclasses.replace(s, space=space)).fit()
+        tuner, guard = new_tuner(dataclasses.replace(s, space=space))
+        grid = tuner.fit()
+        guard.raise_if_failed()
     return grid, time.perf_counter() - start
 
 
@@ -329,7 +332,7 @@ def _rerun(s: Any, trainable: Any, info: dict[str, Any], items: list[dict[str, A
 
     from sweep import run
 
-    writer = ResumedWriter(s.results_uri, s.name, info, log=log, total=s.space.trials)
+    guard = WriteGuard(ResumedWriter(s.results_uri, s.name, info, log=log, total=s.space.trials))
     tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -340,8 +343,9 @@ def _rerun(s: Any, trainable: Any, info: dict[str, Any], items: list[dict[str, A
         run_config=tune.RunConfig(
             name=s.name, storage_path=s.storage_path, verbose=0, stop=run._diverged,
             failure_config=tune.FailureConfig(max_failures=run.MAX_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[writer]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[guard]),
     ).fit()
+    guard.raise_if_failed()
 
 
 def _fixed_configs(items: list[dict[str, Any]]) -> Any:

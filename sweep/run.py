@@ -39,6 +39,7 @@ from sweep.lock import FolderError, SweepBusy, SweepLock, check_name, check_writ
 from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
 
 if TYPE_CHECKING:
+    from sweep.guard import WriteGuard
     from sweep.trainable import TrainFn
 
 
@@ -410,10 +411,11 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
             lambda st: _new_tuner(st, trainable, info, callbacks, log, total=s.space.trials), log)
     else:
         save_settings(s, info)
-        tuner = _new_tuner(s, trainable, info, callbacks, log)
+        tuner, guard = _new_tuner(s, trainable, info, callbacks, log)
         start = time.perf_counter()
         grid = tuner.fit()
         fit_seconds = time.perf_counter() - start
+        guard.raise_if_failed()
     trials = _finalize(s, info, grid)
     epochs = R.read_table(f"{s.results_uri}/{R.EPOCHS_FILE}")
     return Outcome(s, trials, fit_seconds, _paths(s), epochs.to_pandas() if epochs is not None else None)
@@ -421,21 +423,23 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
 
 def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
                callbacks: Sequence[Any], log: Callable[[str], None] | None,
-               total: int | None = None) -> Any:
-    """total: the trials of the whole sweep, when this Tuner runs the rest of a resumed one."""
+               total: int | None = None) -> tuple[Any, WriteGuard]:
+    """A sweep's Tuner and the guard of its results writer (call guard.raise_if_failed() after
+    fit). total: the trials of the whole sweep, when this Tuner runs the rest of a resumed one."""
     from ray import tune
 
+    from sweep.guard import WriteGuard
     from sweep.progress import Progress
     from sweep.scheduler import scheduler_for
 
     space = s.space
     total = space.trials if total is None else total
-    writer = R.ResultsWriter(s.results_uri, s.name, info, log=log, total=total)
+    guard = WriteGuard(R.ResultsWriter(s.results_uri, s.name, info, log=log, total=total))
     for callback in callbacks:   # counts go on from the trials the resumed sweep already has
         if isinstance(callback, Progress):
             callback.total, callback.before = total, total - space.trials
     scheduler = scheduler_for(space)
-    return tune.Tuner(
+    tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=_searcher(s), scheduler=scheduler, num_samples=space.trials,
@@ -449,7 +453,8 @@ def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             # One checkpoint per trial: the latest, which holds best.pt too.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[writer, *callbacks]))
+            callbacks=[guard, *callbacks]))
+    return tuner, guard
 
 
 def _searcher(s: Settings) -> Any:
@@ -573,6 +578,9 @@ def quiet_environment() -> None:
     import logging
 
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # On Ctrl-C, SIGTERM or a failed write Tune advises `Tuner.restore(...)`, which unpickles
+    # from storage; sweep.run prints its own --resume line instead.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
