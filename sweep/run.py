@@ -293,10 +293,14 @@ def local_settings(space: Space, results_dir: str, name: str, *, max_concurrent:
 # --- files next to the Parquet results ------------------------------------------------------
 
 def _exists(uri: str) -> bool:
-    fs, path = R.filesystem(uri)
+    """uri is a file; UsageError naming it when its filesystem cannot be reached at all."""
     import pyarrow.fs as pafs
 
-    return fs.get_file_info(path).type == pafs.FileType.File
+    try:
+        fs, path = R.filesystem(uri)
+        return fs.get_file_info(path).type == pafs.FileType.File
+    except (OSError, ValueError) as err:   # pyarrow: unknown scheme, no credentials, no route
+        raise UsageError(f"{uri}: cannot reach it ({_first_line(err)})") from None
 
 
 def _read_json(uri: str) -> dict[str, Any] | None:
@@ -667,7 +671,8 @@ def _main(args: argparse.Namespace, cluster: ClusterSpec, data_sets: dict[str, A
         return 1
     print(summary(outcome, verdicts))
     if failed:
-        print(f"sweep.run: {failed}", file=sys.stderr)
+        skipped = "; so no confirm phase ran" if plan else ""
+        print(f"sweep.run: {failed}{skipped}", file=sys.stderr)
         return 1
     return 0
 

@@ -61,6 +61,10 @@ def study_trials(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     (["--resume"], "--resume needs --name"),
     (["--data", "/no/such.csv"], "--data /no/such.csv: no such file"),
     (["--space", "rigidity", "--data", str(ROOT / "pyproject.toml")], "only the synthetic faces"),
+    (["--name", "x", "--resume", "--results-dir", "bogus://b/p"],
+     "bogus://b/p/x/sweep.json: cannot reach it (Unrecognized filesystem type in URI"),
+    (["--name", "x", "--resume", "--storage", "file:///nonexistent/store"],
+     "file:///nonexistent/store/x/sweep.json not found: nothing to resume under --name x"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
