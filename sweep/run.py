@@ -21,7 +21,7 @@ experiment: trial checkpoints and state for --resume). Read them with python -m 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import signal
@@ -43,20 +43,21 @@ if TYPE_CHECKING:
     from sweep.trainable import TrainFn
 
 
-def _lazy(name: str) -> Any:
-    """A module loaded on first attribute use: `--help` should not wait seconds for torch/ray."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+class _Lazy:
+    """A module imported on first attribute use: `--help` should not wait seconds for torch/ray.
+
+    A plain import at that moment (not importlib's LazyLoader, whose half-made module in
+    sys.modules broke a later `import sweep.results` elsewhere in the same process)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
 
 
-M = _lazy("fkd_core.metrics")   # metric names (imports torch)
-R = _lazy("sweep.results")      # Parquet results (imports ray.tune)
+M = _Lazy("fkd_core.metrics")   # metric names (imports torch)
+R = _Lazy("sweep.results")      # Parquet results (imports ray.tune)
 
 SWEEP_FILE = "sweep.json"
 OPTUNA_FILE = "optuna.db"
