@@ -8,7 +8,12 @@ never relies on it. It takes the sweep's state from the records written as event
 - ``optuna.db``: every trial the sweep has proposed (not WAITING), in order, with its picks;
 - ``trials.parquet``: trials already recorded (moved aside when damaged, then rebuilt);
 - each Tune trial folder: ``params.json`` (its config and Optuna number), ``result.json`` (one
-  line per reported epoch) and its latest complete ``checkpoint_*/checkpoint.pt``.
+  line per reported epoch) and its latest complete ``checkpoint_*/checkpoint.pt``, in a local
+  folder or under a ``file://``, ``s3://`` or ``gs://`` storage alike (pyarrow filesystems).
+
+Nothing read from storage is unpickled: Tune's ``Tuner.restore`` would load ``tuner.pkl`` (and
+the searcher's and callbacks' pickled state), so it is never called; checkpoints load with
+``torch.load(weights_only=True)``.
 
 Then every proposed trial ends up recorded exactly once: a trial that had ended but was not yet
 recorded is recorded from its rows; every unfinished one runs once more, from its latest

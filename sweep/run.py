@@ -619,6 +619,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, SpaceError, ConfirmError, R.DamagedResults) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM outside Tune's fit (which handles its own)
+        print(f"sweep.run: interrupted; continue with {_resume_command(args, cluster)}",
+              file=sys.stderr)
+        return 130
     except OSError as err:   # ENOSPC, EROFS, ... at a write: what was written stays; resume later
         print(f"sweep.run: error: {_os_error(err)}; the results written so far are intact: "
               f"fix that and continue with {_resume_command(args, cluster)}", file=sys.stderr)
