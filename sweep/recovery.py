@@ -72,7 +72,7 @@ class Found:
 
 def scan(experiment: str | Path) -> dict[str, Found]:
     """Every trial folder under Tune's experiment folder (a path or a URI), by sweep trial id."""
-    tree = _Tree(str(experiment))
+    tree = StorageTree(str(experiment))
     found: dict[str, Found] = {}
     for folder in tree.trial_folders():   # oldest first: reruns after their origins
         try:
@@ -94,7 +94,7 @@ def scan(experiment: str | Path) -> dict[str, Found]:
     return found
 
 
-class _Tree:
+class StorageTree:
     """Tune's experiment folder on a pyarrow filesystem: a local path, file://, s3:// or gs://.
 
     Only text (JSON lines) and checkpoint.pt (torch.load with weights_only=True) are read from
@@ -122,6 +122,13 @@ class _Tree:
                   if i.type == pafs.FileType.File]
         params.sort(key=lambda i: (i.mtime_ns or 0, i.path))
         return [posixpath.dirname(i.path) for i in params]
+
+    def folders(self, prefix: str = "") -> list[str]:
+        """The folders right under the root whose names start with prefix, by name."""
+        import pyarrow.fs as pafs
+
+        return sorted(d.path for d in self._info(self.root) if d.type == pafs.FileType.Directory
+                      and d.base_name.startswith(prefix))
 
     def checkpoints(self, folder: str) -> list[str]:
         import pyarrow.fs as pafs
@@ -157,7 +164,7 @@ class _Tree:
             return load_checkpoint(Path(tmp) / CHECKPOINT)
 
 
-def _result_lines(tree: _Tree, path: str) -> list[dict[str, Any]]:
+def _result_lines(tree: StorageTree, path: str) -> list[dict[str, Any]]:
     """Tune's per-epoch lines; a line cut short by the kill is skipped."""
     if not tree.exists(path):
         return []
@@ -172,7 +179,7 @@ def _result_lines(tree: _Tree, path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _latest_checkpoint(tree: _Tree, folder: str) -> tuple[int, str | None]:
+def _latest_checkpoint(tree: StorageTree, folder: str) -> tuple[int, str | None]:
     """(epoch, folder) of the newest checkpoint that loads; a half-copied one is skipped."""
     for ckpt in tree.checkpoints(folder):
         try:
@@ -318,7 +325,7 @@ def _settled_record(s: Any, info: dict[str, Any], trial: Found, writer: Any) -> 
     cfg = TrialConfig(**trial.cfg)
     rows = list(writer.rows.get(trial.trial_id, {}).values())
     best = ""
-    if trial.checkpoint and _Tree(trial.checkpoint).exists("best.pt"):
+    if trial.checkpoint and StorageTree(trial.checkpoint).exists("best.pt"):
         best = f"checkpoints/{trial.trial_id}/best.pt"
         R.copy_file(*R.filesystem(f"{trial.checkpoint}/best.pt"), f"{s.results_uri}/{best}")
     return R.trial_record(
