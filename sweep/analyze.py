@@ -216,8 +216,23 @@ def read_settings(root: str) -> dict[str, Any]:
     fs, path = pafs.FileSystem.from_uri(uri) if "://" in root else (pafs.LocalFileSystem(), os.path.abspath(uri))
     if fs.get_file_info(path).type != pafs.FileType.File:
         return {}
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
+    try:
+        with fs.open_input_stream(path) as f:
+            settings = json.loads(f.read().decode())
+    except (OSError, ValueError) as exc:   # ValueError: bad JSON, or bytes that are not UTF-8
+        raise ResultsError(f"{uri}: not readable as JSON ({_first_line(exc)})") from None
+    if not isinstance(settings, dict) or not isinstance(settings.get("space", {}), dict):
+        raise ResultsError(f"{uri}: expected a JSON object with a 'space' object, as sweep.run "
+                           "writes it")
+    return settings
+
+
+class ResultsError(ValueError):
+    """A results folder analyze cannot read; the message is one line naming the file."""
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def default_out(root: str) -> Path:
@@ -237,11 +252,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         report, verdicts = analyze_with_verdicts(args.results, args.out)
-    except FileNotFoundError as exc:
-        print(f"{args.results}: {exc}", file=sys.stderr)
+    except FileNotFoundError as exc:   # an empty folder, a typo, a sweep that wrote nothing yet
+        where = exc.filename or _first_line(exc)
+        print(f"sweep.analyze: error: {where}: no such file; {args.results} is not a sweep's "
+              "results folder (python -m sweep.run writes trials.parquet and epochs.parquet "
+              "there)", file=sys.stderr)
         return 2
     except ValueError as exc:
-        if not isinstance(exc, DamagedResults):
+        if not isinstance(exc, (DamagedResults, ResultsError)):
             raise
         print(f"sweep.analyze: error: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -61,6 +61,7 @@ class ClusterSpec:
 
 
 _LOCAL_KEYS = {f.name for f in dataclasses.fields(ClusterSpec)} - {"path", "max_trials_at_once"}
+"""The keys of clusters/local.yaml; _RULES below says what each takes."""
 
 
 def load_cluster(path: str) -> ClusterSpec:
@@ -68,16 +69,33 @@ def load_cluster(path: str) -> ClusterSpec:
     file = Path(path)
     if not file.is_file():
         raise ClusterError(f"{path}: no such cluster file")
-    raw = yaml.safe_load(file.read_text()) or {}
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise ClusterError(f"{path}: expected a YAML mapping")
-    if "provider" in raw:
-        return ClusterSpec(path=path, kind="ray_up", gpus_per_trial="auto",
-                           max_trials_at_once=_ray_up_capacity(raw))
-    if str(raw.get("apiVersion", "")).startswith("ray.io/"):
-        return ClusterSpec(path=path, kind="kuberay", gpus_per_trial="auto",
-                           max_trials_at_once=_kuberay_capacity(raw))
+    try:
+        if "provider" in raw:
+            return ClusterSpec(path=path, kind="ray_up", gpus_per_trial="auto",
+                               max_trials_at_once=_ray_up_capacity(raw))
+        if str(raw.get("apiVersion", "")).startswith("ray.io/"):
+            return ClusterSpec(path=path, kind="kuberay", gpus_per_trial="auto",
+                               max_trials_at_once=_kuberay_capacity(raw))
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ClusterError(f"{path}: cannot read the worker types' sizes (max_workers, "
+                           f"resources, maxReplicas, GPU limits): {type(err).__name__} {err}") from None
     return _local(path, raw)
+
+
+def _read_yaml(path: str) -> Any:
+    """Plain YAML only: safe_load refuses tags such as !!python/object, which would run code."""
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ClusterError(f"{path}: cannot read it ({err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ClusterError(f"{path}{where}: not a plain YAML cluster file ({problem})") from None
 
 
 def _local(path: str, raw: dict[str, Any]) -> ClusterSpec:
@@ -88,10 +106,35 @@ def _local(path: str, raw: dict[str, Any]) -> ClusterSpec:
     if unknown:
         raise ClusterError(f"{path}: unknown keys {unknown}; valid: {sorted(_LOCAL_KEYS)}")
     values = {k: v for k, v in raw.items() if v is not None}
-    gpus = values.get("gpus_per_trial", "auto")
-    if gpus != "auto" and not (isinstance(gpus, (int, float)) and gpus >= 0):
-        raise ClusterError(f"{path}: gpus_per_trial must be 'auto' or a number >= 0, got {gpus!r}")
+    for key, value in values.items():
+        _check_value(path, key, value)
     return ClusterSpec(path=path, **values)
+
+
+def _number(v: Any, kinds: tuple[type, ...] = (int, float)) -> bool:
+    return isinstance(v, kinds) and not isinstance(v, bool)
+
+
+# What each local key takes (checked here so that a wrong type is one line, not an assert
+# inside ray.init), and how the message says it.
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kind": (lambda v: isinstance(v, str), "a string"),
+    "num_cpus": (lambda v: _number(v, (int,)) and v >= 1, "an integer >= 1"),
+    "num_gpus": (lambda v: _number(v, (int,)) and v >= 0, "an integer >= 0"),
+    "cpus_per_trial": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "gpus_per_trial": (lambda v: v == "auto" or (_number(v) and v >= 0), "'auto' or a number >= 0"),
+    "results_dir": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "dashboard_host": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "include_dashboard": (lambda v: isinstance(v, bool), "true or false"),
+    "object_store_mb": (lambda v: _number(v, (int,)) and v >= 1, "an integer >= 1"),
+    "loopback_only": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _check_value(path: str, key: str, value: Any) -> None:
+    ok, expected = _RULES[key]
+    if not ok(value):
+        raise ClusterError(f"{path}: {key} must be {expected}, got {value!r}")
 
 
 def _ray_up_capacity(raw: dict[str, Any]) -> int | None:

@@ -3,11 +3,14 @@
 `make` installs into .venv without activating it, so a printed `python -m sweep.analyze` fails
 in a new shell (no pandas on the system python). Printing the interpreter that runs now, as a
 path relative to the working directory when it lives below it (`.venv/bin/python`), keeps
-every printed command runnable exactly as printed.
+every printed command runnable exactly as printed. Every word is quoted for the shell
+(`shlex.join`), so that a results folder holding a space or `$(...)` pastes as one argument and
+runs nothing.
 """
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -45,5 +48,10 @@ def installed(name: str) -> bool:
 
 
 def module(name: str, *args: str) -> str:
-    """`<python> -m name args...` as typed."""
-    return " ".join([python(), "-m", name, *args])
+    """`<python> -m name args...` as typed, every word quoted."""
+    return line(python(), "-m", name, *args)
+
+
+def line(*words: str) -> str:
+    """One shell command line of these words, each quoted where the shell would split or expand it."""
+    return shlex.join(words)

@@ -487,7 +487,7 @@ def add_plan_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from sweep.lock import SweepBusy, SweepLock, lock_dir
-    from sweep.run import UsageError, _Parser, quiet_environment
+    from sweep.run import UsageError, _load_or_fail, _Parser, quiet_environment
 
     quiet_environment()
     p = _Parser(prog="python -m sweep.confirm", description=__doc__.split("\n\n")[0])
@@ -495,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, required=True, help="paired replicates (first round)")
     p.add_argument("--cluster", default="clusters/local.yaml")
     add_plan_options(p)
+    lock = None
     try:
         args = p.parse_args(argv)
         plan = Plan(args.seeds, V.DEFAULT_MARGIN if args.margin is None else args.margin,
@@ -504,7 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # sweep, would each write trials.parquet without the other's trials.
         lock = SweepLock(lock_dir(s.results_uri, s.name))
         lock.acquire()
+        data_sets = _load_or_fail(s.space)   # the data's checks before Ray starts
     except (UsageError, ConfirmError, ValueError, SweepBusy) as err:
+        if lock is not None:
+            lock.release()
         print(f"sweep.confirm: error: {err}", file=sys.stderr)
         return 2
     import ray
@@ -512,11 +516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sweep import commands
     from sweep.cluster import connect
     from sweep.report import verdict_console
-    from sweep.run import _load_or_fail
 
     try:
         connect(cluster)
-        result = confirm(s, _load_or_fail(s.space), plan)
+        result = confirm(s, data_sets, plan)
     except (UsageError, ConfirmError) as err:
         print(f"sweep.confirm: error: {err}", file=sys.stderr)
         return 2
@@ -532,19 +535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _settings(results: str, cluster_file: str) -> tuple[Any, Any]:
+    """The search's Settings from its sweep.json (a broken one: UsageError naming the file)."""
     from sweep.cluster import load_cluster
-    from sweep.run import SWEEP_FILE, Settings, _read_json
-    from sweep.spaces import from_dict
+    from sweep.run import saved_settings
 
     cluster = load_cluster(cluster_file)
-    uri = results.rstrip("/")
-    saved = _read_json(f"{uri}/{SWEEP_FILE}")
-    if saved is None:
-        raise ConfirmError(f"{uri}/{SWEEP_FILE} not found: not a sweep's results folder")
-    s = Settings(name=saved["name"], space=from_dict(saved["space"], origin=f"{uri}/{SWEEP_FILE}"),
-                 results_uri=uri, storage_path=saved["storage_path"], resources=saved["resources"],
-                 max_concurrent=saved["max_concurrent"], command=sys.argv[:])
-    return s, cluster
+    return saved_settings(results.rstrip("/"), resume=False), cluster
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ checkpoints), and:
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import posixpath
 from typing import Any, Callable
 
 from sweep import results as R
-from sweep.recovery import RESUME_CHECKPOINT, RESUME_OF, Found, _ended, _settled_record, scan
+from sweep.recovery import (RESUME_CHECKPOINT, RESUME_OF, Found, StorageTree, _ended,
+                             _settled_record, scan)
 from sweep.store import TRIALS_FILE, compact, read_results
 
 Key = tuple[str, str, int]
@@ -42,20 +43,20 @@ def recorded_keys(records: Any) -> set[Key]:
             if r.get("phase") == "confirm" and r.get("replicate") is not None}
 
 
-def round_folders(s: Any) -> list[Path]:
-    """The confirm rounds' Tune experiment folders, oldest first (names carry the start time)."""
-    if "://" in s.storage_path:   # trial folders in a bucket: not read back (as sweep.recovery)
-        return []
-    return sorted(p for p in Path(s.storage_path).glob(f"{s.name}-confirm-*") if p.is_dir())
+def round_folders(s: Any) -> list[str]:
+    """The confirm rounds' Tune experiment folders (paths or URIs), oldest first (names carry
+    the start time)."""
+    tree = StorageTree(s.storage_path)
+    return [tree.name(p) for p in tree.folders(prefix=f"{s.name}-confirm-")]
 
 
-def _labels(experiment: Path) -> dict[str, tuple[str, int]]:
+def _labels(experiment: str) -> dict[str, tuple[str, int]]:
     """Trial id -> (cell, replicate), from each trial folder's params.json."""
-    out = {}
-    for params in experiment.glob("*/params.json"):
+    tree, out = StorageTree(experiment), {}
+    for folder in tree.trial_folders():
         try:
-            p = json.loads(params.read_text())
-            out[p.get(RESUME_OF) or params.parent.name] = (str(p["cell"]), int(p["replicate"]))
+            p = json.loads(tree.read(f"{folder}/params.json"))
+            out[p.get(RESUME_OF) or posixpath.basename(folder)] = (str(p["cell"]), int(p["replicate"]))
         except (OSError, ValueError, KeyError, TypeError):
             continue   # cut short by the kill: that trial never reported anything
     return out

@@ -72,6 +72,18 @@ class SweepLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:   # until the file we lock is the one at self.path (release may unlink it)
+            fd = self._lock_or_raise()
+            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                break
+            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}).encode())
+        self._fd = fd
+
+    def _lock_or_raise(self) -> int:
         # O_CLOEXEC (Python's default): Ray's processes started from this one must not inherit
         # the descriptor, or a Ray process outliving a killed driver would keep the lock.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -82,15 +94,21 @@ class SweepLock:
             os.close(fd)
             raise SweepBusy(f"{self.path.parent} is in use by another sweep ({holder}); wait for "
                             "it to end or pick another --name") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}).encode())
-        self._fd = fd
+        return fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)    # closing drops the flock; the file stays for the next run
-            self._fd = None
+        """Drop the lock; a folder that holds nothing but the lock file (a start that failed
+        before writing anything) goes too, so that it does not look like a sweep."""
+        if self._fd is None:
+            return
+        try:
+            if [p.name for p in self.path.parent.iterdir()] == [LOCK_FILE]:
+                self.path.unlink()   # while still locked: a waiting acquire then retries
+                self.path.parent.rmdir()
+        except OSError:
+            pass   # something appeared meanwhile, or the folder is not ours to remove
+        os.close(self._fd)    # closing drops the flock; the file stays for the next run
+        self._fd = None
 
     def __enter__(self) -> "SweepLock":
         self.acquire()

@@ -9,7 +9,12 @@ never relies on it. It takes the sweep's state from the records written as event
 - ``trials.parquet`` and its parts (sweep.store): trials already recorded (a damaged file or
   part is moved aside, then rebuilt);
 - each Tune trial folder: ``params.json`` (its config and Optuna number), ``result.json`` (one
-  line per reported epoch) and its latest complete ``checkpoint_*/checkpoint.pt``.
+  line per reported epoch) and its latest complete ``checkpoint_*/checkpoint.pt``, in a local
+  folder or under a ``file://``, ``s3://`` or ``gs://`` storage alike (pyarrow filesystems).
+
+Nothing read from storage is unpickled: Tune's ``Tuner.restore`` would load ``tuner.pkl`` (and
+the searcher's and callbacks' pickled state), so it is never called; checkpoints load with
+``torch.load(weights_only=True)``.
 
 Then every proposed trial ends up recorded exactly once: a trial that had ended but was not yet
 recorded is recorded from its rows; every unfinished one runs once more, from its latest
@@ -26,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import posixpath
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +41,7 @@ from typing import Any, Callable
 
 from sweep import results as R
 from sweep import store
+from sweep.guard import WriteGuard
 from sweep.results import ResultsWriter
 from sweep.store import DamagedResults
 from sweep.trainable import ROWS_FILE
@@ -65,36 +73,106 @@ class Found:
         return bool(self.last.get("done"))
 
 
-def scan(experiment_dir: Path) -> dict[str, Found]:
-    """Every trial folder under Tune's experiment folder, by sweep trial id."""
+def scan(experiment: str | Path) -> dict[str, Found]:
+    """Every trial folder under Tune's experiment folder (a path or a URI), by sweep trial id."""
+    tree = StorageTree(str(experiment))
     found: dict[str, Found] = {}
-    folders = [d for d in experiment_dir.glob("*/") if (d / "params.json").is_file()]
-    for folder in sorted(folders, key=lambda d: d.stat().st_mtime):   # reruns after origins
+    for folder in tree.trial_folders():   # oldest first: reruns after their origins
         try:
-            params = json.loads((folder / "params.json").read_text())
+            params = json.loads(tree.read(f"{folder}/params.json"))
         except (OSError, ValueError):
             continue   # the driver died writing it: the trial never reported anything
-        key = params.get(RESUME_OF) or folder.name
+        key = params.get(RESUME_OF) or posixpath.basename(folder)
         trial = found.setdefault(key, Found(key, params["cfg"], params.get(OPTUNA_TRIAL)))
-        for row in _result_lines(folder / "result.json"):
+        for row in _result_lines(tree, f"{folder}/result.json"):
             trial.rows[int(row["epoch"])] = row
             trial.last = row
-        epoch, path = _latest_checkpoint(folder)
+        epoch, path = _latest_checkpoint(tree, folder)
         if path is not None and epoch >= trial.checkpoint_epoch:
-            trial.checkpoint, trial.checkpoint_epoch = path, epoch
+            trial.checkpoint, trial.checkpoint_epoch = tree.name(path), epoch
             # The checkpoint's own rows: result.json may not have received the last ones.
-            for row in _result_lines(Path(path) / ROWS_FILE):
+            for row in _result_lines(tree, f"{path}/{ROWS_FILE}"):
                 if int(row["epoch"]) <= epoch:
                     trial.rows.setdefault(int(row["epoch"]), row)
     return found
 
 
-def _result_lines(path: Path) -> list[dict[str, Any]]:
+class StorageTree:
+    """Tune's experiment folder on a pyarrow filesystem: a local path, file://, s3:// or gs://.
+
+    Only text (JSON lines) and checkpoint.pt (torch.load with weights_only=True) are read from
+    it; Tune's pickles there (tuner.pkl, searcher and callback state) never are.
+    """
+
+    def __init__(self, root: str):
+        import pyarrow.fs as pafs
+
+        self.uri = root.rstrip("/")
+        self.fs, self.root = R.filesystem(self.uri)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def _info(self, path: str, recursive: bool = False) -> list[Any]:
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
+        return self.fs.get_file_info(selector)
+
+    def trial_folders(self) -> list[str]:
+        import pyarrow.fs as pafs
+
+        params = [i for d in self._info(self.root) if d.type == pafs.FileType.Directory
+                  for i in self.fs.get_file_info([f"{d.path}/params.json"])
+                  if i.type == pafs.FileType.File]
+        params.sort(key=lambda i: (i.mtime_ns or 0, i.path))
+        return [posixpath.dirname(i.path) for i in params]
+
+    def folders(self, prefix: str = "") -> list[str]:
+        """The folders right under the root whose names start with prefix, by name."""
+        import pyarrow.fs as pafs
+
+        return sorted(d.path for d in self._info(self.root) if d.type == pafs.FileType.Directory
+                      and d.base_name.startswith(prefix))
+
+    def checkpoints(self, folder: str) -> list[str]:
+        import pyarrow.fs as pafs
+
+        return sorted((d.path for d in self._info(folder) if d.type == pafs.FileType.Directory
+                       and d.base_name.startswith("checkpoint_")), reverse=True)
+
+    def read(self, path: str) -> str:
+        with self.fs.open_input_stream(path) as f:
+            return f.read().decode(errors="replace")
+
+    def exists(self, path: str) -> bool:
+        """path: absolute in this filesystem, or relative to the root."""
+        import pyarrow.fs as pafs
+
+        path = path if path.startswith(self.root) else f"{self.root}/{path}"
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
+    def name(self, path: str) -> str:
+        """A path of this tree as Ray and R.filesystem take it: local path, else a URI."""
+        return path if self.local else self.uri + path[len(self.root.rstrip("/")):]
+
+    def load_checkpoint(self, folder: str) -> dict[str, Any]:
+        from fkd_core.train import CHECKPOINT, load_checkpoint
+
+        if self.local:
+            return load_checkpoint(Path(folder) / CHECKPOINT)
+        with tempfile.TemporaryDirectory(prefix="fkd-resume-") as tmp:   # torch.load wants a file
+            import pyarrow.fs as pafs
+
+            pafs.copy_files(f"{folder}/{CHECKPOINT}", f"{tmp}/{CHECKPOINT}",
+                            source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+            return load_checkpoint(Path(tmp) / CHECKPOINT)
+
+
+def _result_lines(tree: StorageTree, path: str) -> list[dict[str, Any]]:
     """Tune's per-epoch lines; a line cut short by the kill is skipped."""
-    if not path.is_file():
+    if not tree.exists(path):
         return []
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in tree.read(path).splitlines():
         try:
             row = json.loads(line)
         except ValueError:
@@ -104,13 +182,11 @@ def _result_lines(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _latest_checkpoint(folder: Path) -> tuple[int, str | None]:
+def _latest_checkpoint(tree: StorageTree, folder: str) -> tuple[int, str | None]:
     """(epoch, folder) of the newest checkpoint that loads; a half-copied one is skipped."""
-    from fkd_core.train import CHECKPOINT, load_checkpoint
-
-    for ckpt in sorted(folder.glob("checkpoint_*"), reverse=True):
+    for ckpt in tree.checkpoints(folder):
         try:
-            return int(load_checkpoint(ckpt / CHECKPOINT)["epoch"]), str(ckpt)
+            return int(tree.load_checkpoint(ckpt)["epoch"]), ckpt
         except Exception:   # noqa: BLE001 - truncated zip, missing file: any failure means unusable
             continue
     return 0, None
@@ -175,11 +251,12 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
                  log: Callable[[str], None] | None) -> tuple[Any, float]:
     """Record, rerun and continue the sweep ``s`` (see the module docstring).
 
-    ``new_tuner(settings)`` builds a normal sweep's Tuner (sweep.run); returns phase B's result
-    grid (or []) and the seconds Tune ran.
+    ``new_tuner(settings)`` builds a normal sweep's Tuner and its writer's WriteGuard
+    (sweep.run); returns phase B's result grid (or []) and the seconds Tune ran.
     """
     import optuna
 
+    _fetch_study(s)
     _set_aside_damaged(s.results_uri, log)
     writer = R.ResultsWriter(s.results_uri, s.name, info, log=None)
     writer.setup()
@@ -188,7 +265,7 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
     except KeyError:   # optuna.db lost or replaced: it is the list of trials the sweep proposed
         raise DamagedResults(f"{s.optuna_path}: no Optuna study {s.name!r}, which --resume needs "
                              "(the list of proposed trials); start a new sweep with another --name") from None
-    found = scan(Path(s.experiment_path))
+    found = scan(s.experiment_path)
     for trial in found.values():   # epochs reported after the last Parquet write
         writer.merge_rows(trial.trial_id, trial.rows.values())
     todo = plan(study, s.space, found, set(writer.recorded))
@@ -210,8 +287,24 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
     if remaining > 0:
         # Phase B: the study pops its remaining enqueued grid points first, then samples.
         space = dataclasses.replace(s.space, num_samples=remaining)
-        grid = new_tuner(dataclasses.replace(s, space=space)).fit()
+        tuner, guard = new_tuner(dataclasses.replace(s, space=space))
+        grid = tuner.fit()
+        guard.raise_if_failed()
     return grid, time.perf_counter() - start
+
+
+def _fetch_study(s: Any) -> None:
+    """A URI sweep keeps optuna.db in a local cache (sweep.run) and copies it next to its
+    results; resuming on a machine without that cache starts from the copy."""
+    if "://" not in s.results_uri or s.optuna_path.exists():
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = store.filesystem(f"{s.results_uri}/{s.optuna_path.name}")
+    if fs.get_file_info(path).type == pafs.FileType.File:
+        s.optuna_path.parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(path, str(s.optuna_path), source_filesystem=fs,
+                        destination_filesystem=pafs.LocalFileSystem())
 
 
 def _set_aside_damaged(results_uri: str, log: Callable[[str], None] | None) -> None:
@@ -229,12 +322,9 @@ def _settled_record(s: Any, info: dict[str, Any], trial: Found, writer: Any) -> 
     cfg = TrialConfig(**trial.cfg)
     rows = list(writer.rows.get(trial.trial_id, {}).values())
     best = ""
-    if trial.checkpoint and Path(trial.checkpoint, "best.pt").is_file():
-        import pyarrow.fs as pafs
-
+    if trial.checkpoint and StorageTree(trial.checkpoint).exists("best.pt"):
         best = f"checkpoints/{trial.trial_id}/best.pt"
-        R.copy_file(pafs.LocalFileSystem(), str(Path(trial.checkpoint, "best.pt")),
-                    f"{s.results_uri}/{best}")
+        R.copy_file(*R.filesystem(f"{trial.checkpoint}/best.pt"), f"{s.results_uri}/{best}")
     return R.trial_record(
         trial_id=trial.trial_id, experiment=s.name, cfg=cfg, rows=rows,
         status=R.trial_status(rows, cfg.max_epochs, error=None, stopped_by_tune=trial.stopped_by_tune),
@@ -252,7 +342,7 @@ def _rerun(s: Any, trainable: Any, info: dict[str, Any], items: list[dict[str, A
 
     from sweep import run
 
-    writer = ResumedWriter(s.results_uri, s.name, info, log=log, total=s.space.trials)
+    guard = WriteGuard(ResumedWriter(s.results_uri, s.name, info, log=log, total=s.space.trials))
     tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -263,8 +353,9 @@ def _rerun(s: Any, trainable: Any, info: dict[str, Any], items: list[dict[str, A
         run_config=tune.RunConfig(
             name=s.name, storage_path=s.storage_path, verbose=0, stop=run._diverged,
             failure_config=tune.FailureConfig(max_failures=run.MAX_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[writer]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[guard]),
     ).fit()
+    guard.raise_if_failed()
 
 
 def _fixed_configs(items: list[dict[str, Any]]) -> Any:

@@ -21,9 +21,10 @@ experiment: trial checkpoints and state for --resume). Read them with python -m 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
+import signal
 import sys
 import time
 import warnings
@@ -39,23 +40,25 @@ from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_di
 from sweep.store import DamagedResults, compact, read_results
 
 if TYPE_CHECKING:
+    from sweep.guard import WriteGuard
     from sweep.trainable import TrainFn
 
 
-def _lazy(name: str) -> Any:
-    """A module loaded on first attribute use: `--help` should not wait seconds for torch/ray."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+class _Lazy:
+    """A module imported on first attribute use: `--help` should not wait seconds for torch/ray.
+
+    A plain import at that moment (not importlib's LazyLoader, whose half-made module in
+    sys.modules broke a later `import sweep.results` elsewhere in the same process)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
 
 
-M = _lazy("fkd_core.metrics")   # metric names (imports torch)
-R = _lazy("sweep.results")      # Parquet results (imports ray.tune)
+M = _Lazy("fkd_core.metrics")   # metric names (imports torch)
+R = _Lazy("sweep.results")      # Parquet results (imports ray.tune)
 
 SWEEP_FILE = "sweep.json"
 OPTUNA_FILE = "optuna.db"
@@ -165,9 +168,7 @@ def resolve(args: argparse.Namespace, cluster: ClusterSpec, cluster_gpus: float,
         return _resumed(args, cluster)
     space = _space(args)
     name = args.name or f"{space.name}-{_data_tag(space)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    root = args.results_dir or (args.storage if args.storage and "://" in args.storage
-                                else cluster.results_dir)
-    results_uri = f"{root.rstrip('/')}/{name}"
+    results_uri = f"{_results_root(args, cluster).rstrip('/')}/{name}"
     if _exists(f"{results_uri}/{R.TRIALS_FILE}") or _exists(f"{results_uri}/{SWEEP_FILE}"):
         raise UsageError(f"{results_uri} already holds a sweep: add --resume to continue it, "
                          "or pick another --name")
@@ -270,17 +271,16 @@ def _check_resume_args(args: argparse.Namespace) -> None:
 
 def _resumed(args: argparse.Namespace, cluster: ClusterSpec) -> Settings:
     _check_resume_args(args)
-    root = args.results_dir or (args.storage if args.storage and "://" in args.storage
-                                else cluster.results_dir)
-    uri = f"{root.rstrip('/')}/{args.name}"
-    saved = _read_json(f"{uri}/{SWEEP_FILE}")
-    if saved is None:
+    uri = f"{_results_root(args, cluster).rstrip('/')}/{args.name}"
+    if not _exists(f"{uri}/{SWEEP_FILE}"):
         raise UsageError(f"{uri}/{SWEEP_FILE} not found: nothing to resume under --name {args.name}")
-    return Settings(name=args.name, space=from_dict(saved["space"], origin=f"{uri}/{SWEEP_FILE}"),
-                    results_uri=uri, storage_path=saved["storage_path"],
-                    resources=saved["resources"], max_concurrent=saved["max_concurrent"],
-                    resume=True, tpe_seed=saved["tpe_seed"], sampler=saved["sampler"],
-                    command=sys.argv[:])
+    return saved_settings(uri, resume=True)
+
+
+def _results_root(args: argparse.Namespace, cluster: ClusterSpec) -> str:
+    """--results-dir, else a URI --storage, else the cluster file's results_dir."""
+    return args.results_dir or (args.storage if args.storage and "://" in args.storage
+                                else cluster.results_dir)
 
 
 def local_settings(space: Space, results_dir: str, name: str, *, max_concurrent: int,
@@ -295,18 +295,75 @@ def local_settings(space: Space, results_dir: str, name: str, *, max_concurrent:
 # --- files next to the Parquet results ------------------------------------------------------
 
 def _exists(uri: str) -> bool:
-    fs, path = R.filesystem(uri)
+    """uri is a file; UsageError naming it when its filesystem cannot be reached at all."""
     import pyarrow.fs as pafs
 
-    return fs.get_file_info(path).type == pafs.FileType.File
+    try:
+        fs, path = R.filesystem(uri)
+        return fs.get_file_info(path).type == pafs.FileType.File
+    except (OSError, ValueError) as err:   # pyarrow: unknown scheme, no credentials, no route
+        raise UsageError(f"{uri}: cannot reach it ({_first_line(err)})") from None
 
 
 def _read_json(uri: str) -> dict[str, Any] | None:
+    """A JSON object from a file or URI; None when absent; UsageError naming it when broken."""
     if not _exists(uri):
         return None
     fs, path = R.filesystem(uri)
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
+    try:
+        with fs.open_input_stream(path) as f:
+            payload = json.loads(f.read().decode())
+    except (OSError, ValueError) as err:   # ValueError: bad JSON or bytes that are not UTF-8
+        raise UsageError(f"{uri}: not readable as JSON ({_first_line(err)})") from None
+    if not isinstance(payload, dict):
+        raise UsageError(f"{uri}: expected a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+# What a sweep.json must hold for --resume and sweep.confirm, with its JSON type; then the keys
+# it may lack (written before they existed), with their defaults.
+_SAVED_KEYS = {"name": str, "space": dict, "storage_path": str, "resources": dict,
+               "max_concurrent": (int, type(None))}
+_SAVED_OPTIONAL = {"tpe_seed": (int, 0), "sampler": (str, "tpe")}
+
+
+def read_saved(uri: str) -> dict[str, Any] | None:
+    """<uri>/sweep.json with the keys that rebuild its Settings checked; None when absent."""
+    file = f"{uri}/{SWEEP_FILE}"
+    saved = _read_json(file)
+    if saved is None:
+        return None
+    saved = {**{k: default for k, (_, default) in _SAVED_OPTIONAL.items()}, **saved}
+    kinds = {**_SAVED_KEYS, **{k: kind for k, (kind, _) in _SAVED_OPTIONAL.items()}}
+    for key, kind in kinds.items():
+        if key not in saved:
+            raise UsageError(f"{file}: key {key!r} is missing; it is not a sweep.json that "
+                             "sweep.run wrote")
+        if not isinstance(saved[key], kind) or isinstance(saved[key], bool):
+            raise UsageError(f"{file}: key {key!r} must be a JSON "
+                             f"{_json_type(kind)}, got {saved[key]!r:.60}")
+    return saved
+
+
+def _json_type(kind: Any) -> str:
+    names = {str: "string", dict: "object", int: "integer", type(None): "null"}
+    return " or ".join(names[k] for k in (kind if isinstance(kind, tuple) else (kind,)))
+
+
+def saved_settings(uri: str, *, resume: bool) -> Settings:
+    """The Settings a sweep.json records, for --resume and sweep.confirm (UsageError when bad)."""
+    saved = read_saved(uri)
+    if saved is None:
+        raise UsageError(f"{uri}/{SWEEP_FILE} not found: not a sweep's results folder")
+    return Settings(name=saved["name"], space=from_dict(saved["space"], origin=f"{uri}/{SWEEP_FILE}"),
+                    results_uri=uri, storage_path=saved["storage_path"],
+                    resources=saved["resources"], max_concurrent=saved["max_concurrent"],
+                    resume=resume, tpe_seed=saved["tpe_seed"], sampler=saved["sampler"],
+                    command=sys.argv[:])
 
 
 def _write_json(uri: str, payload: dict[str, Any]) -> None:
@@ -350,25 +407,21 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
         tune.with_parameters(train_trial, datasets={k: share(d) for k, d in data_sets.items()},
                              train_fn=train_fn),
         {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
-    if s.resume and "://" not in s.experiment_path:
-        # Rebuilt from Optuna, Parquet and the trial folders, not Tune's snapshot (sweep.recovery).
+    if s.resume:
+        # Rebuilt from Optuna, Parquet, JSON and checkpoint.pt, in a folder or a bucket alike;
+        # never Tune.restore, which unpickles tuner.pkl from storage (sweep.recovery).
         from sweep.recovery import resume_sweep
 
         grid, fit_seconds = resume_sweep(
             s, trainable, info,
             lambda st: _new_tuner(st, trainable, info, callbacks, log, total=s.space.trials), log)
-    elif s.resume:   # trial folders in a bucket: Tune's own restore (recovery reads local folders)
-        tuner = tune.Tuner.restore(s.experiment_path, trainable=trainable, resume_errored=False,
-                                   restart_errored=False)
-        start = time.perf_counter()
-        grid = tuner.fit()
-        fit_seconds = time.perf_counter() - start
     else:
         save_settings(s, info)
-        tuner = _new_tuner(s, trainable, info, callbacks, log)
+        tuner, guard = _new_tuner(s, trainable, info, callbacks, log)
         start = time.perf_counter()
         grid = tuner.fit()
         fit_seconds = time.perf_counter() - start
+        guard.raise_if_failed()
     trials = _finalize(s, info, grid)
     epochs = read_results(s.results_uri, R.EPOCHS_FILE)
     return Outcome(s, trials, fit_seconds, _paths(s), epochs.to_pandas() if epochs is not None else None)
@@ -376,21 +429,23 @@ def run_sweep(s: Settings, data_sets: dict[str, Any], *, train_fn: TrainFn | Non
 
 def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
                callbacks: Sequence[Any], log: Callable[[str], None] | None,
-               total: int | None = None) -> Any:
-    """total: the trials of the whole sweep, when this Tuner runs the rest of a resumed one."""
+               total: int | None = None) -> tuple[Any, WriteGuard]:
+    """A sweep's Tuner and the guard of its results writer (call guard.raise_if_failed() after
+    fit). total: the trials of the whole sweep, when this Tuner runs the rest of a resumed one."""
     from ray import tune
 
+    from sweep.guard import WriteGuard
     from sweep.progress import Progress
     from sweep.scheduler import scheduler_for
 
     space = s.space
     total = space.trials if total is None else total
-    writer = R.ResultsWriter(s.results_uri, s.name, info, log=log, total=total)
+    guard = WriteGuard(R.ResultsWriter(s.results_uri, s.name, info, log=log, total=total))
     for callback in callbacks:   # counts go on from the trials the resumed sweep already has
         if isinstance(callback, Progress):
             callback.total, callback.before = total, total - space.trials
     scheduler = scheduler_for(space)
-    return tune.Tuner(
+    tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=_searcher(s), scheduler=scheduler, num_samples=space.trials,
@@ -404,7 +459,8 @@ def _new_tuner(s: Settings, trainable: Any, info: dict[str, R.DataInfo],
             failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
             # One checkpoint per trial: the latest, which holds best.pt too.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[writer, *callbacks]))
+            callbacks=[guard, *callbacks]))
+    return tuner, guard
 
 
 def _searcher(s: Settings) -> Any:
@@ -474,9 +530,9 @@ def summary(outcome: Outcome, verdicts: str | None = None) -> str:
               "not evidence):", _search_table(search, list(outcome.settings.space.search))]
     lines += ["\nWrote:"] + [f"  {k:<12}{v}" for k, v in outcome.paths.items()]
     study = f"sqlite:///{outcome.settings.optuna_path.resolve()}"
-    dashboard = f"{commands.script('optuna-dashboard')} {study}"
+    dashboard = commands.line(commands.script("optuna-dashboard"), study)
     if not commands.installed("optuna-dashboard"):   # an optional extra: say how to get it
-        dashboard = f"{commands.python()} -m pip install optuna-dashboard && {dashboard}"
+        dashboard = f"{commands.module('pip', 'install', 'optuna-dashboard')} && {dashboard}"
     lines += [f"\nNext: {commands.module('sweep.analyze', outcome.settings.results_uri)}",
               f"Study in a browser: {dashboard}"]
     return "\n".join(lines)
@@ -528,35 +584,49 @@ def quiet_environment() -> None:
     import logging
 
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # On Ctrl-C, SIGTERM or a failed write Tune advises `Tuner.restore(...)`, which unpickles
+    # from storage; sweep.run prints its own --resume line instead.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    lock = None
     try:
         args = build_parser().parse_args(argv)
         quiet_environment()   # after parsing: --help and usage errors need no optuna import
         cluster = load_cluster(args.cluster)
-        # Bad options, spaces or data paths fail here, before Ray starts.
-        space = None if args.resume else _space(args)
-        if args.resume:
-            _check_resume_args(args)
+        # Bad options, spaces, sweep.json files and data fail here, before Ray starts.
+        space = _resumed(args, cluster).space if args.resume else _space(args)
         tracking.check(args.mlflow)
-        plan_of(args, space)
+        plan_of(args, None if args.resume else space)
         # The sweep owns its folder from here on: a second run of the same name stops here.
         lock = _own_folder(args, cluster, space)
+        data_sets = _load_or_fail(space)
     except (UsageError, ClusterError, SpaceError, ConfirmError, tracking.TrackingError, FolderError,
             SweepBusy) as err:
+        if lock is not None:
+            lock.release()   # and the folder with it, when the lock file is all it holds
         print(f"sweep.run: error: {err}", file=sys.stderr)
         return 2
     import ray
 
     try:
         connect(cluster)
-        return _main(args, cluster)
+        _sigterm_as_ctrl_c()   # after ray.init, which installs a handler of its own
+        return _main(args, cluster, data_sets)
     except (UsageError, SpaceError, ConfirmError, DamagedResults) as err:
         print(f"sweep.run: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM outside Tune's fit (which handles its own)
+        print(f"sweep.run: interrupted; continue with {_resume_command(args, cluster)}",
+              file=sys.stderr)
+        return 130
+    except OSError as err:   # ENOSPC, EROFS, ... at a write: what was written stays; resume later
+        print(f"sweep.run: error: {_os_error(err)}; the results written so far are intact: "
+              f"fix that and continue with {_resume_command(args, cluster)}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()
@@ -568,8 +638,7 @@ def _own_folder(args: argparse.Namespace, cluster: ClusterSpec, space: Space | N
     if args.name is None and space is not None:   # the default name, fixed now for the lock
         args.name = f"{space.name}-{_data_tag(space)}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name(args.name)
-    root = args.results_dir or (args.storage if args.storage and "://" in args.storage
-                                else cluster.results_dir)
+    root = _results_root(args, cluster)
     check_writable(root)
     folder = f"{root.rstrip('/')}/{args.name}"
     if args.resume and "://" not in folder and not Path(folder, SWEEP_FILE).is_file():
@@ -579,37 +648,79 @@ def _own_folder(args: argparse.Namespace, cluster: ClusterSpec, space: Space | N
     return lock
 
 
-def _main(args: argparse.Namespace, cluster: ClusterSpec) -> int:
+def _main(args: argparse.Namespace, cluster: ClusterSpec, data_sets: dict[str, Any]) -> int:
     import ray
 
     resources = ray.cluster_resources()
     s = resolve(args, cluster, resources.get("GPU", 0.0), resources.get("CPU", 1.0))
     s, plan = confirm_plan(args, s)
-    data_sets = _load_or_fail(s.space)
     from sweep.progress import Progress
 
     trackers = tracking.callbacks(args.mlflow, s.name)
     print(header(s, data_sets), flush=True)
     progress = Progress(s.space.trials)
     outcome = run_sweep(s, data_sets, callbacks=[progress, *trackers], log=progress.print)
+    failed = failures(outcome.trials)
     if outcome.trials is None or outcome.trials.empty:
         print("No trial finished.", file=sys.stderr)
         return 1
     missing = s.space.trials - len(outcome.trials[outcome.trials["phase"] == "search"])
-    if missing > 0:   # interrupted (Ctrl-C) or the driver lost the cluster
+    if missing > 0:   # interrupted (Ctrl-C, SIGTERM) or the driver lost the cluster
         print(summary(outcome))
-        print(f"\n{missing} trials did not finish: continue with "
-              f"{commands.module('sweep.run', '--cluster', str(cluster.path), '--name', s.name, '--resume')}")
+        print(f"\n{missing} trials did not finish: continue with {_resume_command(args, cluster)}")
         return 1
     try:
-        verdicts = confirm_after_search(s, data_sets, plan) if plan else None
+        verdicts = confirm_after_search(s, data_sets, plan) if plan and not failed else None
     except Interrupted as err:   # Ctrl-C or a lost cluster during the confirm phase
         print(summary(outcome))
-        print(f"\n{err}: continue with "
-              f"{commands.module('sweep.run', '--cluster', str(cluster.path), '--name', s.name, '--resume')}")
+        print(f"\n{err}: continue with {_resume_command(args, cluster)}")
         return 1
     print(summary(outcome, verdicts))
+    if failed:
+        skipped = "; so no confirm phase ran" if plan else ""
+        print(f"sweep.run: {failed}{skipped}", file=sys.stderr)
+        return 1
     return 0
+
+
+def failures(trials: Any) -> str | None:
+    """'N of M trials failed (...)' with the first error's line, or None when none failed."""
+    if trials is None or trials.empty:
+        return None
+    errors = trials[trials["status"] == "error"]
+    if errors.empty:
+        return None
+    first = next((e for e in errors["error"] if e), "no message recorded")
+    return (f"{len(errors)} of {len(trials)} trials failed; the first error: "
+            f"{first.splitlines()[0]}")
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (kill, a scheduler's preemption) goes where Ctrl-C goes: during Tune's fit, its
+    handler stops the trials and keeps their state, so the sweep ends resumable; elsewhere a
+    KeyboardInterrupt. ray.init's own handler calls sys.exit inside Tune's loop instead, which
+    aborts the driver (exit 134) with a stack dump."""
+    def forward(signum: int, frame: Any) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, forward)
+
+
+def _resume_command(args: argparse.Namespace, cluster: ClusterSpec) -> str:
+    extra = [o for opt, v in (("--results-dir", args.results_dir), ("--storage", args.storage))
+             if v for o in (opt, v)]
+    return commands.module("sweep.run", "--cluster", str(cluster.path), "--name", args.name,
+                           *extra, "--resume")
+
+
+def _os_error(err: OSError) -> str:
+    """'<file>: No space left on device' for a failed write, as the OS says it."""
+    where = err.filename or "a results file"
+    return f"{where}: {err.strerror or _first_line(err)}"
 
 
 def confirm_plan(args: argparse.Namespace, s: Settings) -> tuple[Settings, Any]:
@@ -638,7 +749,24 @@ def _load_or_fail(space: Space) -> dict[str, Any]:
     for d in data_sets.values():   # every trial would fail on it: say so once, before Tune starts
         if not d.keypoints.isfinite().all(dim=-1).any():
             raise UsageError(f"{d.source}: no keypoint is present in any of its {len(d)} rows")
+    _check_splits(space, data_sets)
     return data_sets
+
+
+def _check_splits(space: Space, data_sets: dict[str, Any]) -> None:
+    """Every split the space's trials would draw, drawn once here: a data set whose split cannot
+    be formed (one person only, too few rows, no keypoint on one side) is one line before Ray
+    starts, not an error in every trial. The split does not depend on the trial seed."""
+    from fkd_core.config import TrialConfig
+    from fkd_core.data import DataError
+    from fkd_core.train import split_rows
+
+    for picks in space.combos():
+        cfg = TrialConfig(**space.fields(picks, seed=0))
+        try:
+            split_rows(data_sets[data_key(cfg)], cfg)
+        except (DataError, ValueError) as err:
+            raise UsageError(_first_line(err)) from None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ order (FIFOScheduler.choose_trial_to_run), as with one ASHA.
 """
 from __future__ import annotations
 
-import pickle
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
@@ -94,14 +95,44 @@ class CellArmASHA(FIFOScheduler):
         return "ASHA per cell x arm:\n" + "\n".join(
             f"  {k}: {s.debug_string()}" for k, s in self.by_key.items())
 
-    # Tune snapshots the scheduler with the experiment, so --resume keeps every cell's rungs.
+    # Rung state as JSON, never a pickle: a state file is data from storage, and json.loads
+    # cannot run code. The AsyncHyperBandScheduler of each cell x arm is rebuilt from its args.
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        Path(checkpoint_path).write_text(json.dumps(self.state()))
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        try:
+            state = json.loads(Path(checkpoint_path).read_text())
+            self.load_state(state)
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise ValueError(f"{checkpoint_path}: not an ASHA state written by CellArmASHA.save "
+                             f"(JSON of trial_key and cells; {type(err).__name__})") from None
+
+    def state(self) -> dict[str, Any]:
+        """Per cell x arm: each bracket's rungs (milestone, {trial id: reward}), each trial's
+        bracket, the number stopped. Rewards are Tune's signed metric; NaN stays NaN."""
+        cells = {}
+        for key, asha in self.by_key.items():
+            brackets = asha._brackets
+            cells[key] = {"stopped": asha._num_stopped,
+                          "bracket_of": {t: brackets.index(b) for t, b in asha._trial_info.items()},
+                          "rungs": [[[m, dict(rec)] for m, rec in b._rungs] for b in brackets]}
+        return {"trial_key": dict(self.trial_key), "cells": cells}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        trial_key, cells = dict(state["trial_key"]), state["cells"]
+        by_key = {}
+        for key, cell in cells.items():
+            asha = AsyncHyperBandScheduler(metric=self._metric, mode=self._mode, **self.asha_args)
+            if len(cell["rungs"]) != len(asha._brackets):
+                raise ValueError("bracket count")
+            for bracket, rungs in zip(asha._brackets, cell["rungs"]):
+                bracket._rungs = [(m, {str(t): float(v) for t, v in rec.items()})
+                                  for m, rec in rungs]
+            asha._trial_info = {str(t): asha._brackets[int(i)] for t, i in cell["bracket_of"].items()}
+            asha._num_stopped = int(cell["stopped"])
+            by_key[str(key)] = asha
+        self.trial_key, self.by_key = {str(t): str(k) for t, k in trial_key.items()}, by_key
 
 
 def scheduler_for(space: Space) -> FIFOScheduler:

@@ -381,3 +381,37 @@ def test_smoke_sweep_end_to_end(tmp_path: Path) -> None:
     assert again.count("drawn by an earlier analysis") == 2
     elsewhere = analyze.analyze(str(folder), str(tmp_path / "other")).read_text()
     assert elsewhere.count("figure skipped, its best checkpoint is not available here") == 2
+
+
+# --- one line naming the file for a folder analyze cannot read (issue 21, items 8 and 9) --------
+
+def test_cli_on_an_empty_folder_says_it_is_not_a_sweep(tmp_path: Path, capsys) -> None:
+    from sweep.analyze import main
+
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err == (
+        f"sweep.analyze: error: {tmp_path / 'empty' / 'trials.parquet'}: no such file; "
+        f"{tmp_path / 'empty'} is not a sweep's results folder (python -m sweep.run writes "
+        "trials.parquet and epochs.parquet there)\n")
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"space": ', "not readable as JSON (Expecting value: line 1 column 11 (char 10))"),
+    ("\xff\xfe{", "not readable as JSON ("),
+    ('["space"]', "expected a JSON object with a 'space' object, as sweep.run writes it"),
+    ('{"space": 3}', "expected a JSON object with a 'space' object, as sweep.run writes it"),
+])
+def test_cli_on_a_broken_sweep_json_names_it(results: Path, tmp_path: Path, capsys, text,
+                                             message) -> None:
+    import shutil
+
+    from sweep.analyze import main
+
+    folder = tmp_path / "copy"
+    shutil.copytree(results, folder)
+    (folder / "sweep.json").write_bytes(text.encode("latin-1"))
+    assert main([str(folder), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sweep.analyze: error: {folder / 'sweep.json'}: {message}")
+    assert err.count("\n") == 1

@@ -97,6 +97,54 @@ def test_bad_local_file_is_one_line(tmp_path):
         load_cluster(str(tmp_path / "missing.yaml"))
 
 
+# --- one line and exit 2 for every broken cluster file (issue 21, item 8) --------------------
+
+@pytest.mark.parametrize("text,message", [
+    ("kind: local\nnum_cpus: [1,\n", ", line 3 column 1: not a plain YAML cluster file (expected the node content, but found '<stream end>')"),
+    ("kind: local\n\tnum_cpus: 2\n", ", line 2 column 1: not a plain YAML cluster file (found character"),
+    ("kind: local\nnum_cpus: four\n", ": num_cpus must be an integer >= 1, got 'four'"),
+    ("kind: local\nnum_cpus: 2.5\n", ": num_cpus must be an integer >= 1, got 2.5"),
+    ("kind: local\ncpus_per_trial: x\n", ": cpus_per_trial must be a number > 0, got 'x'"),
+    ("kind: local\ncpus_per_trial: 0\n", ": cpus_per_trial must be a number > 0, got 0"),
+    ("kind: local\ngpus_per_trial: -1\n", ": gpus_per_trial must be 'auto' or a number >= 0, got -1"),
+    ("kind: local\ninclude_dashboard: 'yes'\n", ": include_dashboard must be true or false, got 'yes'"),
+    ("kind: local\nresults_dir: 3\n", ": results_dir must be a non-empty string, got 3"),
+    ("kind: local\nobject_store_mb: true\n", ": object_store_mb must be an integer >= 1, got True"),
+    ("provider: {type: aws}\navailable_node_types: {gpu: {max_workers: many}}\n",
+     ": cannot read the worker types' sizes (max_workers, resources, maxReplicas, GPU limits): "
+     "ValueError invalid literal for int() with base 10: 'many'"),
+    ("- just\n- a list\n", ": expected a YAML mapping"),
+])
+def test_broken_cluster_file_is_one_line_and_exit_2_before_ray(tmp_path, capsys, text, message):
+    from sweep.run import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert main(["--cluster", str(path), "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sweep.run: error: {path}{message}"), err
+
+
+def test_a_python_tag_is_refused_and_runs_nothing(tmp_path, capsys):
+    from sweep.run import main
+
+    marker = tmp_path / "marker"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"kind: local\nnum_cpus: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert main(["--cluster", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"sweep.run: error: {path}, line 2 column 11: not a plain YAML cluster file "
+                   "(could not determine a constructor for the tag "
+                   "'tag:yaml.org,2002:python/object/apply:os.system')\n")
+    assert not marker.exists()
+
+
+def test_every_local_key_has_a_rule():
+    from sweep.cluster import _LOCAL_KEYS, _RULES
+
+    assert set(_RULES) == _LOCAL_KEYS
+
+
 # --- a one-machine cluster listens on loopback only (issue 13, item 9) -------------------------
 
 LISTENERS = r'''

@@ -36,3 +36,32 @@ def test_elsewhere_absolute_and_activated_plain_python(tmp_path, monkeypatch):
     assert commands.python() == str(exe)
     monkeypatch.setenv("PATH", f"{exe.parent}:/usr/bin:/bin")   # after . .venv/bin/activate
     assert commands.python() == "python"
+
+
+def test_words_the_shell_would_split_or_expand_are_quoted():
+    assert commands.line("a b", "$(touch x)", "plain") == "'a b' '$(touch x)' plain"
+
+
+def test_the_printed_next_line_runs_as_printed_and_runs_nothing_else(tmp_path, monkeypatch):
+    """issue 21, item 7: a --results-dir with a space and $(touch x), pasted into bash."""
+    import subprocess
+
+    import pandas as pd
+
+    from sweep.run import Outcome, local_settings, summary
+    from sweep.spaces import get_space
+    from tests.test_analyze import write_results
+
+    root = tmp_path / "my results $(touch x)"
+    s = local_settings(get_space("quick"), str(root), "study", max_concurrent=1)
+    folder = write_results(Path(s.results_uri))
+    outcome = Outcome(s, pd.read_parquet(folder / "trials.parquet"), 1.0, {})
+    monkeypatch.chdir(tmp_path)
+    text = summary(outcome)
+    [next_line] = [l for l in text.splitlines() if l.startswith("Next: ")]
+    [study_line] = [l for l in text.splitlines() if l.startswith("Study in a browser: ")]
+    assert "'" in study_line.split("sqlite:///")[0][-2:]      # the study URI is one quoted word
+    done = subprocess.run(["bash", "-c", next_line.removeprefix("Next: ")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (folder / "report.md").is_file() and not (tmp_path / "x").exists()

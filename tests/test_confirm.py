@@ -108,6 +108,22 @@ def test_sweep_confirm_rejects_a_folder_without_a_sweep(tmp_path, capsys):
     assert C.main([str(tmp_path), "--seeds", "0"]) == 2
 
 
+@pytest.mark.parametrize("text,message", [
+    ('{"name": "s", ', "not readable as JSON (Expecting property name enclosed in double quotes: "
+                       "line 1 column 15 (char 14))"),
+    ('{"name": "s"}', "key 'space' is missing; it is not a sweep.json that sweep.run wrote"),
+    ('{"name": "s", "space": {"seeds": "many"}, "storage_path": "/x", "resources": {}, '
+     '"max_concurrent": 1}', "seeds"),
+])
+def test_sweep_confirm_on_a_broken_sweep_json_names_the_file(tmp_path, capsys, text, message):
+    """issue 21, item 9: the line says which file and what is wrong in it."""
+    (tmp_path / "sweep.json").write_text(text)
+    assert C.main([str(tmp_path), "--seeds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"sweep.confirm: error: {tmp_path / 'sweep.json'}")
+    assert message in err and list(tmp_path.iterdir()) == [tmp_path / "sweep.json"]
+
+
 def test_space_default_and_command_line_override():
     from sweep.run import build_parser
     from sweep.spaces import get_space

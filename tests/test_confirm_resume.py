@@ -153,3 +153,21 @@ def test_a_crashed_holders_lock_does_not_block_a_confirm_which_then_holds_it(tmp
     assert held == [os.getpid()]
     with SweepLock(folder):                        # released when the confirm ended
         pass
+
+
+def test_round_folders_and_labels_are_read_under_a_uri_storage_too(tmp_path):
+    """The confirm rounds under a file:// (or s3://) --storage are read back as local ones are."""
+    from types import SimpleNamespace
+
+    from sweep.confirm_recovery import _labels, round_folders
+
+    for name in ("s-confirm-20261201-2", "s-confirm-20261201-1", "s-other", "t-confirm-1"):
+        (tmp_path / name).mkdir()
+    trial = tmp_path / "s-confirm-20261201-1" / "abc"
+    trial.mkdir()
+    (trial / "params.json").write_text(json.dumps({"cell": "augment=none", "replicate": 2,
+                                                   "cfg": {}}))
+    for storage in (str(tmp_path), f"file://{tmp_path}"):
+        folders = round_folders(SimpleNamespace(storage_path=storage, name="s"))
+        assert folders == [str(tmp_path / "s-confirm-20261201-1"), str(tmp_path / "s-confirm-20261201-2")]
+        assert _labels(f"{storage}/s-confirm-20261201-1") == {"abc": ("augment=none", 2)}

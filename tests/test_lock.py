@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.lock import FolderError, SweepBusy, SweepLock, check_name, check_writable
+from sweep.lock import LOCK_FILE, FolderError, SweepBusy, SweepLock, check_name, check_writable
 from sweep.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +100,40 @@ def test_cli_unwritable_results_dir_is_one_line_before_ray(root, capsys):
 def test_check_writable_creates_the_folder(tmp_path):
     check_writable(str(tmp_path / "new" / "results"))
     assert (tmp_path / "new" / "results").is_dir() and not list((tmp_path / "new" / "results").iterdir())
+
+
+# --- a failed start leaves nothing behind (issue 21, item 10) ---------------------------------
+
+def test_a_folder_holding_only_the_lock_goes_with_it(tmp_path):
+    folder = tmp_path / "results" / "s"
+    with SweepLock(folder):
+        assert (folder / LOCK_FILE).is_file()
+    assert not folder.exists() and (tmp_path / "results").is_dir()
+    with SweepLock(folder):                  # a folder with results keeps its lock file
+        (folder / "sweep.json").write_text("{}")
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE, "sweep.json"]
+
+
+def test_acquire_retries_when_the_file_it_locked_was_unlinked(tmp_path, monkeypatch):
+    """A run that opened the lock file just before its holder unlinked it (release above) must
+    not hold that orphan while a third run locks the new file."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / LOCK_FILE).write_text("")
+    stale = os.open(folder / LOCK_FILE, os.O_RDWR)
+    os.unlink(folder / LOCK_FILE)
+    real, first = SweepLock._lock_or_raise, [stale]
+    monkeypatch.setattr(SweepLock, "_lock_or_raise", lambda self: first.pop() if first else real(self))
+    lock = SweepLock(folder)
+    lock.acquire()
+    assert os.fstat(lock._fd).st_ino == os.stat(folder / LOCK_FILE).st_ino
+    lock.release()
+
+
+def test_cli_start_that_fails_after_the_lock_leaves_no_folder(tmp_path, capsys):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("not,a,keypoint,file\n1,2,3,4\n")
+    results = tmp_path / "r"
+    assert main(["--data", str(csv), "--name", "n", "--results-dir", str(results)]) == 2
+    assert capsys.readouterr().err.startswith("sweep.run: error: ")
+    assert list(results.iterdir()) == []

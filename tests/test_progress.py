@@ -106,10 +106,39 @@ def test_a_resumed_sweeps_count_goes_on_from_the_trials_it_already_has(tmp_path)
                        "fixed": {"backbone": "small_cnn", "synth_n": 60}, "axes": {}})
     s = run.local_settings(space, str(tmp_path), "rs", max_concurrent=1)
     p = Progress(total=6, stream=io.StringIO(), clock=lambda: 0.0)
-    tuner = run._new_tuner(s, lambda config: None, {}, [p], None, total=6)
+    tuner, guard = run._new_tuner(s, lambda config: None, {}, [p], None, total=6)
     assert (p.total, p.before) == (6, 4)
-    writer = next(c for c in tuner._local_tuner._run_config.callbacks if hasattr(c, "records"))
-    assert writer.total == 6
+    assert guard in tuner._local_tuner._run_config.callbacks and guard.writer.total == 6
     trials = [trial("a", "TERMINATED", best=3.0, epoch=4), trial("b", "RUNNING", best=3.5, epoch=2)]
     # this run: 1 + 2/4 of its 2 trials in 60 s -> 0.5 left x 40 s
     assert p.status(trials, 60.0).startswith("[5/6 finished, 1 running, 1 min 00 s elapsed, ~20 s left]")
+
+
+def test_a_write_error_stops_tune_as_ctrl_c_and_is_raised_after_fit(monkeypatch):
+    """sweep.guard (issue 21, item 8): the writer's first OSError is kept, Tune is interrupted
+    through its SIGINT handler, the writer is not called again, and the error comes back after."""
+    import errno
+    import signal
+
+    from ray.tune import Callback
+
+    from sweep.guard import WriteGuard
+
+    class Full(Callback):
+        calls = 0
+
+        def on_trial_result(self, **info):
+            Full.calls += 1
+            raise OSError(errno.ENOSPC, "No space left on device", "/r/trials.parquet.tmp-1")
+
+    interrupted = []
+    monkeypatch.setattr(signal, "getsignal", lambda sig: lambda s, f: interrupted.append(s))
+    guard = WriteGuard(Full())
+    guard.on_trial_result(iteration=1, trials=[], trial=None, result={})
+    guard.on_trial_result(iteration=2, trials=[], trial=None, result={})
+    guard.on_experiment_end(trials=[])
+    assert Full.calls == 1 and interrupted == [signal.SIGINT]
+    with pytest.raises(OSError) as err:
+        guard.raise_if_failed()
+    assert err.value.errno == errno.ENOSPC and err.value.filename == "/r/trials.parquet.tmp-1"
+    assert WriteGuard(Full()).raise_if_failed() is None

@@ -110,3 +110,15 @@ def test_folders_from_before_the_optuna_number_match_by_config(tmp_path):
     todo = plan(study, space, scan(tmp_path), recorded=set())
     assert todo.numbers["old"] == 1
     assert {item[OPTUNA_TRIAL]: item[RESUME_OF] for item in todo.rerun}[1] == "old"
+
+
+def test_scan_reads_a_file_uri_as_it_reads_the_folder(tmp_path):
+    """issue 21, item 1: a URI --storage resumes through scan too (pyarrow filesystems), not
+    through Tune's Tuner.restore."""
+    trial_folder(tmp_path, "aaa", {"cfg": CFG, OPTUNA_TRIAL: 1}, [json.dumps(row(1))],
+                 {"checkpoint_000000": 1}, rows=[row(1)])
+    (tmp_path / "tuner.pkl").write_bytes(b"\x80\x04 never read")
+    local, uri = scan(tmp_path), scan(f"file://{tmp_path}")
+    assert list(uri) == list(local) == ["aaa"]
+    assert uri["aaa"].rows == local["aaa"].rows and uri["aaa"].checkpoint_epoch == 1
+    assert uri["aaa"].checkpoint == str(tmp_path / "aaa" / "checkpoint_000000")

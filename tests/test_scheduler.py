@@ -91,11 +91,41 @@ def test_bundle_axes_set_the_cell_and_the_arm():
 
 def test_state_survives_save_and_restore(tmp_path):
     sched = CellArmASHA(CellArmKey(get_space("quick")), **asha_args())
-    feed(sched, constructed_case()[:4])
-    sched.save(str(tmp_path / "s.pkl"))
+    case = constructed_case()
+    feed(sched, case[:4])
+    sched.save(str(tmp_path / "s.json"))
     again = CellArmASHA(CellArmKey(get_space("quick")), **asha_args())
-    again.restore(str(tmp_path / "s.pkl"))
+    again.set_search_properties(M.OBJECTIVE, "min")
+    again.restore(str(tmp_path / "s.json"))
     assert set(again.by_key) == set(sched.by_key) and again.trial_key == sched.trial_key
+    assert again.state() == sched.state()
+    # The rest of the case gets the same decisions from the restored rungs as from the live ones.
+    restored, live = feed(again, case[4:]), feed(sched, case[4:])
+    assert restored == live and STOP in restored.values()
+
+
+class _Planted:
+    """A pickle payload that, once unpickled, leaves a marker file (issue 21, item 1)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_restore_never_unpickles_a_planted_state(tmp_path):
+    import pickle
+
+    marker = tmp_path / "marker"
+    (tmp_path / "s.pkl").write_bytes(pickle.dumps({"by_key": _Planted(marker)}))
+    sched = CellArmASHA(CellArmKey(get_space("quick")), **asha_args())
+    with pytest.raises(ValueError) as err:
+        sched.restore(str(tmp_path / "s.pkl"))
+    assert not marker.exists()
+    assert str(err.value) == (f"{tmp_path / 's.pkl'}: not an ASHA state written by CellArmASHA.save "
+                              "(JSON of trial_key and cells; UnicodeDecodeError)")
+    assert sched.by_key == {}
 
 
 def test_spaces_without_asha_get_fifo():

@@ -3,6 +3,7 @@ the data set shared through the object store. Real Ray, real fkd_core.train on t
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -60,6 +61,10 @@ def study_trials(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
     (["--resume"], "--resume needs --name"),
     (["--data", "/no/such.csv"], "--data /no/such.csv: no such file"),
     (["--space", "rigidity", "--data", str(ROOT / "pyproject.toml")], "only the synthetic faces"),
+    (["--name", "x", "--resume", "--results-dir", "bogus://b/p"],
+     "bogus://b/p/x/sweep.json: cannot reach it (Unrecognized filesystem type in URI"),
+    (["--name", "x", "--resume", "--storage", "file:///nonexistent/store"],
+     "file:///nonexistent/store/x/sweep.json not found: nothing to resume under --name x"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
@@ -239,3 +244,181 @@ def test_data_without_any_keypoint_is_one_line_before_trials_start(tmp_path):
     lines = [l for l in proc.stderr.splitlines() if "WARNING" not in l]
     assert lines == [f"sweep.run: error: {tmp_path / 'empty.csv'}: no keypoint is present in any "
                      "of its 40 rows"]
+
+
+# --- no code from storage (issue 21, item 1) ---------------------------------------------------
+
+PLANT = ("import os, pickle, sys\n"
+         "class P:\n"
+         "    def __reduce__(self):\n"
+         "        return (os.system, ('touch ' + sys.argv[2],))\n"
+         "open(sys.argv[1], 'wb').write(pickle.dumps(P()))\n")
+
+
+@pytest.mark.slow
+def test_resume_from_a_uri_storage_never_unpickles_a_planted_tuner_pkl(tmp_path):
+    store = f"file://{tmp_path / 'store'}"
+    env = {**ENV, "HOME": str(tmp_path)}       # the URI sweep's optuna.db cache goes here
+    cmd = [sys.executable, "-m", "sweep.run", "--cluster", local_cluster(tmp_path, 1),
+           "--space", tiny_space(tmp_path, seeds=3, max_epochs=3), "--name", "uri",
+           "--storage", store]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("[  1/3]"):
+            proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 1
+    folder, marker = tmp_path / "store" / "uri", tmp_path / "marker"
+    for planted in ("tuner.pkl", "searcher-state-planted.pkl"):
+        subprocess.run([sys.executable, "-c", PLANT, str(folder / planted), str(marker)], check=True)
+    done = subprocess.run([*cmd[:5], "--name", "uri", "--storage", store, "--resume"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert not marker.exists()
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    final = pd.read_parquet(folder / "trials.parquet")
+    assert len(final) == 3 and sorted(final.seed) == [0, 1, 2]
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert sorted(epochs.groupby("trial_id").epoch.count()) == [3, 3, 3]
+
+
+# --- data checks before Ray, failed trials, broken sweep.json (issue 21, items 5 and 8) ----------
+
+def one_person_csv(tmp_path: Path) -> Path:
+    """40 synthetic faces in the Kaggle layout whose groups sidecar names one person for all."""
+    from fkd_core.synth import main as synth_main
+
+    csv = tmp_path / "one.csv"
+    synth_main(["--n", "40", "--seed", "1", "--out", str(csv)])
+    pd.DataFrame({"row": range(40), "group": "Same_Person"}).to_csv(tmp_path / "one.groups.csv",
+                                                                    index=False)
+    return csv
+
+
+def test_data_whose_split_cannot_be_formed_is_one_line_before_ray(tmp_path, capsys):
+    csv = one_person_csv(tmp_path)
+    capsys.readouterr()                                           # synth's own progress lines
+    start = time.perf_counter()
+    assert main(["--smoke-test", "--data", str(csv), "--name", "one",
+                 "--results-dir", str(tmp_path / "r")]) == 2
+    assert time.perf_counter() - start < 30                       # no Ray, no trial
+    assert capsys.readouterr().err == (
+        f"sweep.run: error: {csv}: 1 groups: test_fraction=0.15 takes 1 and val_fraction=0.15 "
+        "takes 1 groups, leaving 0 for training; expected at least one group in each split\n")
+    assert list((tmp_path / "r").iterdir()) == []                 # and no folder of only .lock
+
+
+def saved_sweep_json(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "r" / "s"
+    folder.mkdir(parents=True)
+    (folder / "sweep.json").write_text(text)
+    return folder / "sweep.json"
+
+
+GOOD_SAVED = {"name": "s", "space": {"fixed": {}}, "storage_path": "/x", "resources": {"cpu": 1.0},
+              "max_concurrent": 1}
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"name": "s", "space": {', "not readable as JSON (Expecting property name enclosed in double "
+                                "quotes: line 1 column 25 (char 24))"),
+    ("", "not readable as JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    ('{"name": "s"}', "key 'space' is missing; it is not a sweep.json that sweep.run wrote"),
+    (json.dumps({**GOOD_SAVED, "resources": 4}), "key 'resources' must be a JSON object, got 4"),
+    (json.dumps({**GOOD_SAVED, "max_concurrent": "2"}),
+     "key 'max_concurrent' must be a JSON integer or null, got '2'"),
+    (json.dumps({**GOOD_SAVED, "tpe_seed": True}), "key 'tpe_seed' must be a JSON integer, got True"),
+])
+def test_broken_sweep_json_under_resume_is_one_line_naming_it(tmp_path, capsys, text, message):
+    path = saved_sweep_json(tmp_path, text)
+    assert main(["--name", "s", "--resume", "--results-dir", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == f"sweep.run: error: {path}: {message}\n"
+
+
+def test_failures_say_how_many_and_the_first_error():
+    from sweep.run import failures
+
+    trials = pd.DataFrame({"status": ["completed", "error", "error"],
+                           "error": ["", "RuntimeError: boom\nmore", "ValueError: x"]})
+    assert failures(trials) == "2 of 3 trials failed; the first error: RuntimeError: boom"
+    assert failures(trials[trials.status != "error"]) is None and failures(None) is None
+
+
+def always_failing_train(cfg, data, report, *, checkpoint_dir=None, resume_from=None):
+    raise RuntimeError(f"no luck for seed {cfg.seed}")
+
+
+WITH_TRAIN_FN = ("import sys\nfrom sweep import run\nfrom tests.test_sweep_run import always_failing_train\n"
+                 "real = run.run_sweep\n"
+                 "run.run_sweep = lambda s, d, **kw: real(s, d, train_fn=always_failing_train, **kw)\n"
+                 "sys.exit(run.main(sys.argv[1:]))\n")
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_failed_exits_1_saying_how_many_and_why(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", WITH_TRAIN_FN, "--cluster",
+                           local_cluster(tmp_path, 2), "--space", tiny_space(tmp_path, 2, 2),
+                           "--name", "fails"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "sweep.run: 2 of 2 trials failed; the first error: RuntimeError: no luck for seed " \
+        in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# --- SIGTERM and a full or read-only disk (issue 21, item 8) ------------------------------------
+
+@pytest.mark.slow
+def test_sigterm_ends_a_sweep_as_ctrl_c_does_and_it_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "sweep.run", "--cluster", local_cluster(tmp_path, 1),
+           "--space", tiny_space(tmp_path, seeds=3, max_epochs=2), "--name", "term"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("[  1/3]"):
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 1
+    text = "".join(out)
+    assert "Traceback" not in text and "trials did not finish: continue with " in text, text[-3000:]
+    done = subprocess.run([*cmd[:5], "--name", "term", "--resume"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    epochs = pd.read_parquet(tmp_path / "results" / "term" / "epochs.parquet")
+    assert sorted(epochs.groupby("trial_id").epoch.count()) == [2, 2, 2]
+
+
+FULL_DISK = ("import errno, os, sys\nimport pyarrow.parquet as pq\n"
+             "real, calls, code = pq.write_table, [], getattr(errno, sys.argv[1])\n"
+             "def write(table, where, *a, **k):\n"
+             "    calls.append(where)\n"
+             "    if len(calls) > 2:   # the first trials/epochs write lands; later ones fail\n"
+             "        raise OSError(code, os.strerror(code), str(where))\n"
+             "    return real(table, where, *a, **k)\n"
+             "pq.write_table = write\n"
+             "from sweep.run import main\nsys.exit(main(sys.argv[2:]))\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("code,says", [("ENOSPC", "No space left on device"),
+                                       ("EROFS", "Read-only file system")])
+def test_a_full_or_read_only_disk_is_one_line_and_the_records_stay_intact(tmp_path, code, says):
+    cluster, space = local_cluster(tmp_path, 1), tiny_space(tmp_path, seeds=2, max_epochs=2)
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, code, "--cluster", cluster,
+                           "--space", space, "--name", "disk"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=240)
+    lines = [l for l in proc.stderr.splitlines() if "WARNING" not in l and l.strip()]
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    folder = tmp_path / "results" / "disk"
+    assert len(lines) == 1 and lines[0].startswith(f"sweep.run: error: {folder}/"), lines
+    assert f".parquet.tmp-" in lines[0] and f": {says}; the results written so far are intact" in lines[0]
+    assert "--resume" in lines[0] and "Traceback" not in proc.stdout
+    first = pd.read_parquet(folder / "trials.parquet")            # the last good write, readable
+    done = subprocess.run([sys.executable, "-m", "sweep.run", "--cluster", cluster, "--name", "disk",
+                           "--resume"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    final = pd.read_parquet(folder / "trials.parquet")
+    assert len(final) == 2 and set(first.trial_id) <= set(final.trial_id)
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    assert sorted(epochs.groupby("trial_id").epoch.count()) == [2, 2]
