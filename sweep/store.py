@@ -38,6 +38,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sweep import commands
 from sweep.lock import SweepBusy, SweepLock, lock_dir
 
 TRIALS_FILE = "trials.parquet"
@@ -133,10 +134,11 @@ def read_part(fs: pafs.FileSystem, path: str) -> pa.Table:
 
 def damaged(uri: str, err: Exception) -> DamagedResults:
     folder = uri.split(f"/{PARTS_DIR}/")[0] if f"/{PARTS_DIR}/" in uri else posixpath.dirname(uri)
-    name = posixpath.basename(folder.rstrip("/"))
+    parent, name = posixpath.split(folder.rstrip("/"))
+    resume = commands.module("sweep.run", "--name", name, "--results-dir", parent or ".", "--resume")
     return DamagedResults(f"{uri}: damaged Parquet file ({' '.join(str(err).split())[:120]}); "
-                          f"python -m sweep.run --name {name} --resume rebuilds it from the "
-                          "sweep's other records (optuna.db, ray/ trial folders)")
+                          f"{resume} rebuilds it from the sweep's other records (optuna.db, "
+                          "ray/ trial folders)")
 
 
 def read_checked(read: Callable[[], pa.Table], uri: str) -> pa.Table:

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import torch
 
-from fkd_core.train import CHECKPOINT
+from fkd_core.train import CHECKPOINT, MODEL_KEYS
 from sweep.recovery import OPTUNA_TRIAL, RESUME_CHECKPOINT, RESUME_OF, plan, scan
 from sweep.spaces import from_dict
 from sweep.trainable import ROWS_FILE
@@ -32,7 +32,9 @@ def trial_folder(root: Path, name: str, params: dict, results: list[str],
         if epoch is None:   # cut short by the kill
             (folder / ckpt / CHECKPOINT).write_bytes(b"PK\x03\x04 truncated")
         else:
-            torch.save({"epoch": epoch}, folder / ckpt / CHECKPOINT)
+            # every key fkd_core.train.load_checkpoint asks for, so it loads as a real one does
+            torch.save({**dict.fromkeys(MODEL_KEYS, 0), "format": 1, "epoch": epoch},
+                       folder / ckpt / CHECKPOINT)
             (folder / ckpt / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
