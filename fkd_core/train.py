@@ -128,14 +128,15 @@ def split_rows(data: KeypointData, cfg: TrialConfig) -> tuple[Tensor, Tensor, Te
 
     The test rows (fkd_core.data.three_way_split) are in neither, in every run.
 
-    The missing policy touches the training keypoints only. "ffill" fills over the whole file
-    before the split, in file order, as the study did, so a training face can inherit a
-    validation face's points; validation keeps its true labels. Images stay in the one shared
+    The missing policy touches the training keypoints only. "ffill" fills over the non-test rows
+    in file order, as the study did over its file, so a training face can inherit a validation
+    face's points (the study's defect) but never a test face's; validation keeps its true labels. Images stay in the one shared
     tensor (Ray's object store in a sweep): a trial holds indices, not a copy of the data set.
     """
     splits = three_way_split(data, cfg)
     train_idx, val_idx = (torch.as_tensor(i, dtype=torch.long) for i in (splits.train, splits.val))
-    source = apply_missing(data, "ffill").keypoints if cfg.missing == "ffill" else data.keypoints
+    # "drop" is applied below, to the training rows only; ffill skips the test rows.
+    source = apply_missing(data, "ffill", splits.test).keypoints if cfg.missing == "ffill" else data.keypoints
     train_kps = source[train_idx]
     if cfg.missing == "drop":
         complete = torch.isfinite(train_kps).all(dim=2).all(dim=1)

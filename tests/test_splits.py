@@ -3,7 +3,9 @@ train() scoring it every epoch when asked."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,9 @@ import torch
 
 from fkd_core import metrics, train as train_module
 from fkd_core.config import TrialConfig
-from fkd_core.data import DataError, draw_splits, held_out_rows, load_dataset, three_way_split
+from fkd_core.data import (DataError, draw_splits, forward_fill, held_out_rows, load_dataset, load_for_config,
+                           three_way_split)
+from fkd_core.data.splits import forward_fill_outside
 from fkd_core.train import split_rows, train
 
 FAST = dict(synth_n=224, batch_size=24, device="cpu", patience=50)
@@ -175,3 +179,60 @@ def test_cli_score_test_writes_test_columns(tmp_path, capsys):
         header = next(csv.reader(f))
     assert set(metrics.TEST_METRICS) <= set(header)
     assert "  test_rmse " in capsys.readouterr().err
+
+
+# --- ffill never reads the test rows ---------------------------------------------------------------
+
+YT15 = Path(__file__).resolve().parents[1] / "../shared/data/fkd-yt15/training.csv.gz"
+
+
+def _source_rows(values: torch.Tensor) -> torch.Tensor:
+    """[N, C] row each forward-filled value came from (-1: nothing above it)."""
+    flat = values.reshape(len(values), -1)
+    rows = torch.arange(len(values)).unsqueeze(1).expand_as(flat)
+    return torch.where(torch.isfinite(flat), rows, -1).cummax(dim=0).values
+
+
+def test_ffill_skips_held_out_rows_by_hand():
+    nan = float("nan")
+    values = torch.tensor([[1.0, 2.0], [nan, nan], [7.0, 8.0], [nan, 3.0], [nan, nan]])
+    # Row 2 is held out: row 3 fills from row 0 (not 7), row 4 from row 3; row 2 is unchanged.
+    filled = forward_fill_outside(values, np.array([2]))
+    assert torch.equal(filled, torch.tensor([[1.0, 2.0], [1.0, 2.0], [7.0, 8.0], [1.0, 3.0], [1.0, 3.0]]))
+    held = forward_fill_outside(torch.tensor([[nan], [5.0], [nan]]), np.array([1]))
+    assert torch.isnan(held[[0, 2]]).all() and held[1].item() == 5.0   # nothing else to fill from
+    assert torch.equal(forward_fill_outside(values, None), forward_fill(values))
+
+
+def test_split_rows_ffill_takes_nothing_from_a_test_face(faces):
+    cfg = TrialConfig(**FAST, missing="ffill")
+    kps = faces.keypoints.clone()
+    kps[1::2, :4] = float("nan")                              # every other face loses 4 points
+    data = dataclasses.replace(faces, keypoints=kps)
+    test = three_way_split(data, cfg).test
+    train_idx, train_kps, _ = split_rows(data, cfg)
+    expected = forward_fill_outside(kps, test)[train_idx]
+    assert torch.equal(train_kps.nan_to_num(-1), expected.nan_to_num(-1))
+    src = _source_rows(kps)[train_idx]
+    leaked = torch.as_tensor(np.isin(src.numpy(), test)) & ~torch.isfinite(kps[train_idx].reshape(len(train_idx), -1))
+    assert leaked.any()   # the whole-file fill would have leaked here: the case is not vacuous
+
+
+@pytest.mark.skipif(not YT15.is_file(), reason="../shared/data not present")
+def test_ffill_on_fkd_yt15_no_longer_spreads_test_row_1107():
+    cfg = TrialConfig(data=str(YT15), missing="ffill", split="tail")   # the reproduce defects cell
+    data = load_for_config(cfg)
+    s = three_way_split(data, cfg)
+    assert 1107 in s.test
+    missing = ~torch.isfinite(data.keypoints[s.train].reshape(len(s.train), -1))
+    src = _source_rows(data.keypoints)[s.train]
+    assert int((missing & (src >= 0)).sum()) == 33032          # what the whole-file fill filled
+    assert int((missing & (src == 1107)).sum()) == 32978       # ... from the test face 1107
+    _, train_kps, _ = split_rows(data, cfg)
+    rows = np.setdiff1d(np.arange(len(data)), s.test)          # the rows the fixed fill reads
+    src_rest = torch.as_tensor(rows)[_source_rows(data.keypoints[rows]).clamp(min=0)]
+    src_rest[_source_rows(data.keypoints[rows]) < 0] = -1
+    src = src_rest[np.searchsorted(rows, s.train)]
+    assert not np.isin(src[missing].numpy(), s.test).any() and (src[missing] >= 0).all()
+    assert torch.equal(train_kps, forward_fill_outside(data.keypoints, s.test)[s.train])
+    assert torch.isfinite(train_kps).all()                     # still filled, from training faces
