@@ -124,13 +124,61 @@ def test_score_test_adds_test_metrics_to_every_epoch_row(faces):
     rows: list[dict] = []
     summary = train(TrialConfig(**FAST, max_epochs=3, score_test=True), faces, rows.append)
     assert all(tuple(r) == metrics.EPOCH_ROW_KEYS[:6] + metrics.TEST_METRICS + metrics.EPOCH_ROW_KEYS[6:]
-               for r in rows)
+               + metrics.TEST_GROUP_KEYS for r in rows)
     assert all(math.isfinite(r[k]) and r[k] > 0 for r in rows for k in metrics.TEST_METRICS)
     assert rows[-1][metrics.TEST_RMSE] != rows[-1][metrics.VAL_RMSE]      # other faces, other error
     best = rows[summary.best_epoch - 1]              # the best epoch is chosen on validation
     assert best[metrics.VAL_RMSE] == min(r[metrics.VAL_RMSE] for r in rows)
     assert (summary.best_test_rmse_px, summary.best_test_nme, summary.best_test_shape_err_px) == \
         (best[metrics.TEST_RMSE], best[metrics.TEST_NME], best[metrics.TEST_SHAPE])
+
+
+def test_per_group_test_sums_add_up_to_the_test_rmse(faces):
+    rows: list[dict] = []
+    cfg = TrialConfig(**FAST, max_epochs=2, score_test=True)
+    train(cfg, faces, rows.append)
+    test = held_out_rows(faces, cfg)
+    ids = sorted(set(np.asarray(faces.groups)[test]))
+    present = int(2 * torch.isfinite(faces.keypoints[test]).all(dim=-1).sum())
+    for r in rows:
+        assert r[metrics.TEST_GROUP_IDS] == ids                         # sorted, one per test person
+        assert sum(r[metrics.TEST_GROUP_COUNT]) == present
+        total = math.sqrt(sum(r[metrics.TEST_GROUP_SSE]) / sum(r[metrics.TEST_GROUP_COUNT]))
+        assert total == pytest.approx(r[metrics.TEST_RMSE], rel=1e-5)
+
+
+def test_scored_final_is_the_last_epoch_and_best_val_the_best_epoch(faces):
+    rows: list[dict] = []
+    final = train(TrialConfig(**FAST, max_epochs=3, score_test=True), faces, rows.append)
+    assert final.scored == "final" and final.scored_test_rmse_px == rows[-1][metrics.TEST_RMSE]
+    rows = []
+    best = train(TrialConfig(**FAST, max_epochs=3, score_test=True, scored="best_val"), faces, rows.append)
+    assert best.scored_test_rmse_px == rows[best.best_epoch - 1][metrics.TEST_RMSE] == best.best_test_rmse_px
+    with pytest.raises(ValueError, match="scored"):
+        TrialConfig(scored="best_test")
+
+
+def test_shape_share_is_alpha_shape_over_base_and_zero_for_the_base_arm(faces):
+    rows: list[dict] = []
+    train(TrialConfig(**FAST, max_epochs=1), faces, rows.append)
+    assert rows[0][metrics.SHAPE_SHARE] == 0.0
+    one_batch = dict(FAST, batch_size=400, synth_n=224)        # one batch: the mean is that batch's ratio
+    cfg = TrialConfig(**one_batch, max_epochs=1, shape="cgd", alpha=0.5, dropout=0.0, lr=1e-12)
+    rows = []
+    train(cfg, faces, rows.append)
+    # With lr ~0 the weights do not move: recompute the ratio on the same batch by hand.
+    from fkd_core.losses import cgd, mse
+    from fkd_core.train import _Trial, resolve_device
+    train_idx, train_kps, _ = split_rows(faces, cfg)
+    trial = _Trial.create(cfg, train_kps, faces.images.shape[-1], resolve_device("cpu"))
+    trial.model.train()
+    order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed))
+    x = faces.images[train_idx[order]].float().div(255.0).contiguous(memory_format=torch.channels_last)
+    y = train_kps[order]
+    with torch.no_grad():
+        pred = trial.model(x)
+    expected = 0.5 * cgd(pred, y).item() / mse(pred, y).item()
+    assert rows[0][metrics.SHAPE_SHARE] == pytest.approx(expected, rel=1e-4)   # dropout 0: same pred
 
 
 def test_without_score_test_no_test_metrics_and_none_in_the_summary(faces):
