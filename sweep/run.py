@@ -35,7 +35,7 @@ from sweep import commands, tracking
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
 from sweep.confirm import ConfirmError, Interrupted, add_plan_options, plan_of
 from sweep.lock import FolderError, SweepBusy, SweepLock, check_name, check_writable, lock_dir
-from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
+from sweep.spaces import ARM_KEYS, Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
 
 if TYPE_CHECKING:
     from sweep.trainable import TrainFn
@@ -624,6 +624,8 @@ def confirm_plan(args: argparse.Namespace, s: Settings) -> tuple[Settings, Any]:
     plan = plan_of(args, s.space)
     keep = {k: v for k, v in plan.to_dict().items()
             if k in ("replicates", "margin", "until_decided", "max_seeds")} if plan else None
+    if keep is not None:   # the arms' settings (sweep.spaces.ARM_KEYS) go on with the plan
+        keep |= {k: v for k, v in (s.space.confirm or {}).items() if k in ARM_KEYS}
     return dataclasses.replace(s, space=dataclasses.replace(s.space, confirm=keep)), plan
 
 

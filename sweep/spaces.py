@@ -20,7 +20,9 @@ A space is a small designed experiment plus an optional search:
   to ``max_epochs`` (designed comparisons need equal budgets, so the grids use null). ASHA keeps
   separate rungs per cell x arm (sweep.scheduler).
 - ``confirm``: the confirm phase run after the search unless the command line says otherwise
-  (sweep.confirm): ``{replicates: N, until_decided: bool, max_seeds: M, margin: px}``, or absent.
+  (sweep.confirm): ``{replicates: N, until_decided: bool, max_seeds: M, margin: px}``, or absent;
+  ``scored: final | best_val`` (what a confirm trial's test score is read from, default final)
+  and ``fixed_alphas: [0.01]`` (an extra arm per shape term at each α, beside the tuned one).
 
 Why grids go through Optuna rather than ``tune.grid_search``: one code path for every space, one
 Optuna study per sweep (optuna-dashboard shows all of them), and a grid may still search alpha.
@@ -36,13 +38,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, get_args
 
 import yaml
 
-from fkd_core.config import TrialConfig, config_fields
+from fkd_core.config import Scored, TrialConfig, config_fields
 from fkd_core.recipes import load_recipe
 
 _SHAPE_ON = ["cgd", "seed_cgd"]
@@ -142,7 +145,10 @@ SPACES: dict[str, dict[str, Any]] = {
 
 _KEYS = ("name", "description", "grid", "seeds", "num_samples", "max_epochs", "asha", "fixed",
          "axes", "search", "confirm", "recipe")
-_CONFIRM_KEYS = {"replicates": int, "until_decided": bool, "max_seeds": int, "margin": float}
+_CONFIRM_KEYS = {"replicates": int, "until_decided": bool, "max_seeds": int, "margin": float,
+                 "scored": str, "fixed_alphas": list}
+# Confirm keys that shape the arms and trials (sweep.confirm), not the decision plan.
+ARM_KEYS = ("scored", "fixed_alphas")
 _DATA_FIELDS = ("data", "synth_n", "synth_seed", "synth_pose")
 
 
@@ -306,6 +312,12 @@ def _confirm(raw: Any, origin: str) -> dict[str, Any] | None:
             raise SpaceError(f"{origin}: confirm.{key}: unknown key; valid: {sorted(_CONFIRM_KEYS)}")
         if value is not None and not isinstance(value, (int, float) if kind is float else kind):
             raise SpaceError(f"{origin}: confirm.{key}: expected {kind.__name__}, got {value!r}")
+    scored = raw.get("scored")
+    if scored is not None and scored not in get_args(Scored):
+        raise SpaceError(f"{origin}: confirm.scored: expected one of {list(get_args(Scored))}, got {scored!r}")
+    for alpha in raw.get("fixed_alphas") or []:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+            raise SpaceError(f"{origin}: confirm.fixed_alphas: expected a list of alphas > 0, got {alpha!r}")
     return dict(raw)
 
 

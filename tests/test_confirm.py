@@ -70,6 +70,47 @@ def test_missing_configs_skips_replicates_already_run():
     assert all(not (c["cell"] == "none" and c["replicate"] == 0) for c in todo)
 
 
+def test_confirm_trials_run_a_fixed_budget_and_score_what_was_fixed_before():
+    arms = C.choose_arms(search_table())
+    for c in C.missing_configs(arms, pd.DataFrame(), upto=1):
+        cfg = TrialConfig(**c["cfg"])
+        assert cfg.patience == cfg.max_epochs == 8                  # early stopping can never fire
+        assert cfg.schedule == C.FIXED_SCHEDULE == "cosine"         # the search's plateau, replaced
+        assert cfg.scored == "final"
+    onecycle = C.fixed_budget({"schedule": "onecycle", "max_epochs": 30, "patience": 5}, "best_val")
+    assert onecycle == {"schedule": "onecycle", "max_epochs": 30, "patience": 30, "scored": "best_val"}
+    [noisier] = C.missing_configs(arms[:1], pd.DataFrame(), upto=1, scored="best_val")
+    assert noisier["cfg"]["scored"] == "best_val"
+
+
+def test_fixed_alphas_add_an_arm_at_the_studys_alpha_beside_the_tuned_one():
+    assert (C.arm_label("none"), C.arm_label("cgd"), C.arm_label("cgd", 0.01)) == ("base", "cgd", "cgd@0.01")
+    arms = {(a.cell, a.arm): a for a in C.choose_arms(search_table(), fixed_alphas=[0.01])}
+    assert len(arms) == 6 and arms[("none", "cgd@0.01")].fields["alpha"] == 0.01
+    assert arms[("none", "cgd")].fields["alpha"] == 0.3
+    configs = C.missing_configs(list(arms.values()), pd.DataFrame(), upto=2)
+    assert len(configs) == 6 * 2 and {c["arm"] for c in configs} == {"base", "cgd", "cgd@0.01"}
+    fixed, base = (next(c["cfg"] for c in configs if c["arm"] == a and c["cell"] == "none"
+                        and c["replicate"] == 0) for a in ("cgd@0.01", "base"))
+    assert {k for k in config_fields() if fixed[k] != base[k]} == ARM_FIELDS
+    done = pd.DataFrame({"cell": ["none"], "arm": ["cgd@0.01"], "replicate": [0]})
+    left = C.missing_configs(list(arms.values()), done, upto=1)
+    assert ("none", "cgd@0.01") not in {(c["cell"], c["arm"]) for c in left} and len(left) == 5
+
+
+def test_a_recorded_arm_label_is_the_arm_of_a_confirm_trial():
+    from sweep.confirm_recovery import key_of, recorded_keys
+
+    rows = pd.DataFrame([{**search_row(0, "none", "cgd", 0.01, 1e-3, 2.0), "phase": "confirm",
+                          "replicate": 0, "cell": "none", "arm": "cgd@0.01"},
+                         {**search_row(1, "none", "cgd", 0.3, 1e-3, 2.0), "arm": ""}])
+    assert list(prepare(rows, ["lr", "alpha"])["arm"]) == ["cgd@0.01", "cgd"]
+    config = {"cell": "none", "replicate": 1, "arm": "cgd@0.01", "cfg": {"shape": "cgd", "alpha": 0.01}}
+    assert key_of(config) == ("none", "cgd@0.01", 1)
+    assert key_of({**config, "arm": None}) == ("none", "cgd", 1)    # configs written before labels
+    assert recorded_keys(rows.to_dict("records")) == {("none", "cgd@0.01", 0)}
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,message", [

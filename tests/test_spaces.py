@@ -174,10 +174,20 @@ def test_default_space_trains_cpu_backbones_only_and_confirms():
     ({"replicate": 3}, "expected a mapping with replicates"),
     ({"replicates": 3, "seeds": 2}, "confirm.seeds: unknown key"),
     ({"replicates": "3"}, "confirm.replicates: expected int"),
+    ({"replicates": 3, "scored": "best_test"}, r"confirm.scored: expected one of \['final', 'best_val'\], got 'best_test'"),
+    ({"replicates": 3, "fixed_alphas": 0.01}, "confirm.fixed_alphas: expected list, got 0.01"),
+    ({"replicates": 3, "fixed_alphas": [0.01, -1]}, "confirm.fixed_alphas: expected a list of alphas > 0, got -1"),
+    ({"replicates": 3, "fixed_alphas": ["x"]}, "confirm.fixed_alphas: expected a list of alphas > 0, got 'x'"),
 ])
 def test_bad_confirm_settings_name_the_key(confirm, message):
     with pytest.raises(SpaceError, match=message):
         from_dict({"axes": {}, "confirm": confirm}, origin="mine.yaml")
+
+
+def test_fkd_yt15_confirms_the_studys_alpha_and_scores_the_final_weights():
+    space = get_space(str(Path(__file__).resolve().parents[1] / "sweep/spaces/fkd-yt15.yaml"))
+    assert space.confirm["fixed_alphas"] == [0.01] and space.confirm["scored"] == "final"
+    assert from_dict(space.to_dict()).confirm == space.confirm
 
 
 # --- every value checked before Ray starts (issue 13, items 6 and 7) ---------------------------
