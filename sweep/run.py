@@ -419,9 +419,10 @@ def _searcher(s: Settings) -> Any:
     return OptunaSearch(
         Sampler(s.space), metric=M.OBJECTIVE, mode="min", sampler=sampler, study_name=s.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{s.optuna_path.resolve()}"),
-        # Only the grid points this sweep will run, so none waits forever in the study; a resumed
-        # study still holds the ones not yet run (enqueued at its start).
-        points_to_evaluate=None if s.resume else s.space.cells()[:s.space.trials] or None)
+        # Every trial of a grid enqueued with its axes (Space.points: the combinations in turn), so
+        # TPE samples only the search parameters and every arm of a cell gets the same number of
+        # trials; a resumed study still holds the ones not yet run (enqueued at its start).
+        points_to_evaluate=None if s.resume else s.space.points() or None)
 
 
 def _trial_name(trial: Any) -> str:
