@@ -420,8 +420,8 @@ def _epoch_row(epoch: int, train_loss: float, val: dict[str, Any], lr: float, se
     if diverged:  # inf, not NaN: ASHA and Optuna cannot handle NaN (DESIGN.md)
         values = {k: math.inf for k in values}
     row = {metrics.EPOCH: epoch, **values, metrics.LR: lr, metrics.EPOCH_SECONDS: seconds,
-           metrics.IMAGES_PER_S: images_per_s, metrics.DIVERGED: diverged,
-           metrics.SHAPE_SHARE: math.inf if diverged else shape_share}
+           metrics.IMAGES_PER_S: images_per_s, metrics.SHAPE_SHARE: math.inf if diverged else shape_share,
+           metrics.DIVERGED: diverged}
     if test_groups is not None and "group_sse" in test:   # a diverged epoch scored no test group
         row |= {metrics.TEST_GROUP_IDS: list(test_groups.ids), metrics.TEST_GROUP_SSE: test["group_sse"],
                 metrics.TEST_GROUP_COUNT: test["group_count"]}
