@@ -262,6 +262,47 @@ def test_analyze_prints_a_verdict_per_cell(two_phases, tmp_path, capsys):
     assert (tmp_path / "fig1_confirm_verdicts.png").stat().st_size > 10_000
 
 
+def fake_train_with_groups(cfg: TrialConfig, data, report, **kwargs) -> None:
+    """fake_train, plus the per-group test sums and the shape share train() reports."""
+    def with_groups(row: dict) -> None:
+        row[M.SHAPE_SHARE] = 0.2 * cfg.alpha if cfg.uses_shape else 0.0
+        if M.TEST_RMSE in row:   # two groups whose sums give the row's test RMSE
+            sse = row[M.TEST_RMSE] ** 2 * 10
+            row.update({M.TEST_GROUP_IDS: ["a", "b"], M.TEST_GROUP_SSE: [0.4 * sse, 0.6 * sse],
+                        M.TEST_GROUP_COUNT: [4, 6]})
+        report(row)
+    fake_train(cfg, data, with_groups, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_fixed_alpha_arm_is_confirmed_on_a_fixed_budget_end_to_end(ray_local, tmp_path):
+    from sweep.run import load_data, local_settings, run_sweep
+    from sweep.spaces import from_dict
+
+    space = from_dict({
+        "grid": True, "seeds": 1, "num_samples": 4, "max_epochs": 3, "asha": None,
+        "fixed": {"backbone": "small_cnn", "synth_n": 60, "patience": 1},
+        "axes": {"augment": ["none", "study"], "shape": ["none", "cgd"]},
+        "search": {"alpha": {"log_uniform": [1e-3, 1.0], "when": {"shape": ["cgd"]}}},
+        "confirm": {"replicates": 2, "fixed_alphas": [0.01]}})
+    s = local_settings(space, str(tmp_path), "fixed", max_concurrent=2)
+    data = load_data(space)
+    run_sweep(s, data, train_fn=fake_train_with_groups, log=None)
+    result = C.confirm(s, data, C.Plan(2), train_fn=fake_train_with_groups, log=None)
+    trials = pd.read_parquet(tmp_path / "fixed" / "trials.parquet")
+    conf = trials[trials.phase == "confirm"]
+    assert len(conf) == 2 * 3 * 2 and sorted(set(conf.arm)) == ["base", "cgd", "cgd@0.01"]
+    assert (conf[conf.arm == "cgd@0.01"].alpha == 0.01).all()
+    assert (conf.patience == conf.max_epochs).all() and (conf.schedule == "cosine").all()
+    assert (conf.scored == "final").all() and (conf.epochs == 3).all()
+    assert (conf[conf.arm == "base"].shape_share == 0.0).all()
+    assert conf[conf.arm == "cgd@0.01"].shape_share.to_numpy() == pytest.approx(0.002)
+    for _, t in conf.iterrows():
+        assert math.sqrt(sum(t.test_group_sse) / sum(t.test_group_count)) == \
+            pytest.approx(t.scored_test_rmse_px, rel=1e-9)
+    assert {("none", "cgd@0.01"), ("study", "cgd@0.01")} <= set(zip(result.table.cell, result.table["shape"]))
+
+
 @pytest.mark.parametrize("plan,message", [
     (C.Plan(3, margin=0.1, until_decided=True, max_seeds=12), "cannot change now"),
     (C.Plan(9, margin=0.05), "ran --until-decided; continue it with --until-decided"),
