@@ -3,6 +3,7 @@
     nice -n 10 python -m bench.confirm_variance                       # 3 x 3, 20 epochs (~20-40 min)
     python -m bench.confirm_variance --seeds 4 --splits 4 --epochs 30 # larger
     python -m bench.confirm_variance --tiny                           # 2 x 2 x 2 epochs, a smoke check
+    python -m bench.confirm_variance --part 0/2 & python -m bench.confirm_variance --part 1/2  # two cores
 
 Every (training seed i, split seed j) pair trains both arms (MSE, MSE + alpha*CGD) under the
 confirm phase's fixed budget: the schedule runs to its end (cosine, no early stopping), and the
@@ -103,7 +104,7 @@ def summarise(runs: list[dict[str, Any]], seeds: list[int], splits: list[int]) -
 
 def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"# Variance components of d (fkd-yt15, small_cnn, {args.epochs} epochs cosine, no early stop)",
-             "", f"`{' '.join(sys.argv)}`; {args.seeds} training seeds x {args.splits} split seeds x 2 arms.",
+             "", f"`python -m bench.confirm_variance {' '.join(sys.argv[1:])}`; {args.seeds} training seeds x {args.splits} split seeds x 2 arms.",
              "", "| scored | mean d | sd(seed) | sd(split) | sd(resid) | sd(d) fresh split | sd(d) fixed split | n |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for scored, label in (("final_test_rmse_px", "final weights"), ("best_val_test_rmse_px", "best val epoch")):
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--tiny", action="store_true", help="2 x 2 pairs of 2 epochs (a smoke check)")
     p.add_argument("--out", default="bench/results")
+    p.add_argument("--part", default="0/1", metavar="K/N",
+                   help="run only every N-th run from the K-th (parallel processes share the log); "
+                        "the summary is written once every run is in the log")
     args = p.parse_args(argv)
     if args.tiny:
         args.seeds, args.splits, args.epochs = 2, 2, 2
@@ -134,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     done = {r["key"]: r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
     todo = configs(args.data, args.seeds, args.splits, args.epochs)
     data = load_for_config(todo[0])
+    part, parts = (int(x) for x in args.part.split("/"))
     for n, cfg in enumerate(todo, 1):
-        if key(cfg) in done:
+        if key(cfg) in done or (n - 1) % parts != part:
             continue
         run = one_run(cfg, data)
         done[run["key"]] = run
@@ -143,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
             f.write(json.dumps(run) + "\n")
         print(f"[{n}/{len(todo)}] {run['key']}: final {run['final_test_rmse_px']:.3f} px, "
               f"{run['seconds']:.0f} s", file=sys.stderr, flush=True)
+    done |= {r["key"]: r for r in map(json.loads, log.read_text().splitlines())}   # other parts' runs
+    if any(key(c) not in done for c in todo):
+        print(f"{sum(key(c) in done for c in todo)} of {len(todo)} runs in {log}; the summary waits "
+              "for the rest (run again once the other parts end)", file=sys.stderr)
+        return 0
     runs = [done[key(c)] for c in todo]
     summary = summarise(runs, [SEED0 + i for i in range(args.seeds)], [SPLIT0 + j for j in range(args.splits)])
     stem = out / ("confirm-variance-tiny" if args.tiny else "confirm-variance")

@@ -13,6 +13,9 @@ space's ``confirm: {fixed_alphas: [0.01]}`` adds an arm per shape term at each s
 ``cgd@0.01`` (arm_label): the study's own α beside the tuned one.
 Replicate r trains both arms with seed = split_seed = CONFIRM_SEED0 + r: a fresh train/validation
 split per replicate, the same one for both arms; the test rows never change (test_seed is fixed).
+The fresh split costs no measurable variance of d (bench/confirm_variance.py on fkd-yt15: split
+component 0, training seed sd 0.003 px, residual sd 0.036 px; bench/results/confirm-variance.md)
+and keeps the best_val option and the replicate's split variation.
 
 Every confirm trial runs on a fixed budget (fixed_budget): the recipe's schedule to max_epochs,
 no ASHA, no early stopping (patience = max_epochs), and no learning-rate rule driven by the arm's
