@@ -137,8 +137,9 @@ def split_rows(data: KeypointData, cfg: TrialConfig) -> tuple[Tensor, Tensor, Te
 
     The missing policy touches the training keypoints only. "ffill" fills over the non-test rows
     in file order, as the study did over its file, so a training face can inherit a validation
-    face's points (the study's defect) but never a test face's; validation keeps its true labels. Images stay in the one shared
-    tensor (Ray's object store in a sweep): a trial holds indices, not a copy of the data set.
+    face's points (the study's defect) but never a test face's; validation keeps its true labels.
+    Images stay in the one shared tensor (Ray's object store in a sweep): a trial holds indices,
+    not a copy of the data set.
     """
     splits = three_way_split(data, cfg)
     train_idx, val_idx = (torch.as_tensor(i, dtype=torch.long) for i in (splits.train, splits.val))
@@ -298,7 +299,8 @@ def evaluate(model: nn.Module, objective: Objective, data: Batches, steps: StepS
     model.eval()
     device = data.images.device
     acc = metrics.MetricAccumulator(norm_pair, device)
-    per_group = None if groups is None else torch.zeros(2, len(groups.ids), dtype=torch.float64, device=device)
+    sums_dtype = torch.float32 if device.type == "mps" else torch.float64   # MPS has no float64
+    per_group = None if groups is None else torch.zeros(2, len(groups.ids), dtype=sums_dtype, device=device)
     for start in range(0, len(data), steps.batch_size):
         idx = torch.arange(start, min(start + steps.batch_size, len(data)), device=device)
         x, y = data.slice(idx, steps.channels_last)
@@ -308,7 +310,8 @@ def evaluate(model: nn.Module, objective: Objective, data: Batches, steps: StepS
         acc.update(pred, y, mask, objective(pred, y, mask))
         if per_group is not None:
             err = torch.where(mask.unsqueeze(-1), pred - y.nan_to_num(), 0.0).square().sum(dim=(1, 2))
-            per_group.index_add_(1, groups.codes[idx], torch.stack([err.double(), 2.0 * mask.sum(dim=1).double()]))
+            counts = 2.0 * mask.sum(dim=1)
+            per_group.index_add_(1, groups.codes[idx], torch.stack([err, counts]).to(sums_dtype))
     out = acc.compute()
     if per_group is not None:
         sse, count = per_group.tolist()
