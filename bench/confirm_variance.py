@@ -74,16 +74,25 @@ def one_run(cfg: TrialConfig, data: Any) -> dict[str, Any]:
             "best_epoch": best[M.EPOCH], "seconds": time.perf_counter() - start}
 
 
+def _mean_square(ss: float, dof: int) -> float:
+    return ss / dof if dof > 0 else math.nan   # a factor at one level has no mean square
+
+
+def _component(value: float) -> float:
+    """A method-of-moments variance, negative estimates truncated at 0 (NaN stays NaN)."""
+    return max(0.0, value) if math.isfinite(value) else math.nan
+
+
 def components(d: np.ndarray) -> dict[str, float]:
     """Two-way random-effects ANOVA without replication on d [seeds, splits] (method of moments,
-    negative estimates truncated at 0)."""
+    negative estimates truncated at 0; NaN where a factor has one level)."""
     r, c = d.shape
     grand = d.mean()
-    ms_seed = c * ((d.mean(axis=1) - grand) ** 2).sum() / (r - 1)
-    ms_split = r * ((d.mean(axis=0) - grand) ** 2).sum() / (c - 1)
+    ms_seed = _mean_square(c * ((d.mean(axis=1) - grand) ** 2).sum(), r - 1)
+    ms_split = _mean_square(r * ((d.mean(axis=0) - grand) ** 2).sum(), c - 1)
     resid = d - d.mean(axis=1, keepdims=True) - d.mean(axis=0, keepdims=True) + grand
-    ms_e = (resid ** 2).sum() / ((r - 1) * (c - 1))
-    var_seed, var_split = max(0.0, (ms_seed - ms_e) / c), max(0.0, (ms_split - ms_e) / r)
+    ms_e = _mean_square((resid ** 2).sum(), (r - 1) * (c - 1))
+    var_seed, var_split = _component((ms_seed - ms_e) / c), _component((ms_split - ms_e) / r)
     return {"mean_d": float(grand), "var_seed": float(var_seed), "var_split": float(var_split),
             "var_resid": float(ms_e), "sd_d_fresh_split": math.sqrt(var_seed + var_split + ms_e),
             "sd_d_fixed_split": math.sqrt(var_seed + ms_e), "sd_d_observed": float(d.std(ddof=1)),
@@ -105,13 +114,14 @@ def summarise(runs: list[dict[str, Any]], seeds: list[int], splits: list[int]) -
 def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"# Variance components of d (fkd-yt15, small_cnn, {args.epochs} epochs cosine, no early stop)",
              "", f"`python -m bench.confirm_variance {' '.join(sys.argv[1:])}`; {args.seeds} training seeds x {args.splits} split seeds x 2 arms.",
-             "", "| scored | mean d | sd(seed) | sd(split) | sd(resid) | sd(d) fresh split | sd(d) fixed split | n |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "", "| scored | mean d | sd(seed) | sd(split) | sd(resid) | sd(d) fresh split | sd(d) fixed split | "
+             "sd(d) observed | n |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for scored, label in (("final_test_rmse_px", "final weights"), ("best_val_test_rmse_px", "best val epoch")):
         c = summary[scored]
         lines.append(f"| {label} | {c['mean_d']:+.4f} | {math.sqrt(c['var_seed']):.4f} | "
                      f"{math.sqrt(c['var_split']):.4f} | {math.sqrt(c['var_resid']):.4f} | "
-                     f"{c['sd_d_fresh_split']:.4f} | {c['sd_d_fixed_split']:.4f} | {c['n']} |")
+                     f"{c['sd_d_fresh_split']:.4f} | {c['sd_d_fixed_split']:.4f} | "
+                     f"{c['sd_d_observed']:.4f} | {c['n']} |")
     rm = summary["mean_rmse_px"]
     lines += ["", f"Mean final test RMSE: base {rm['none']:.3f} px, cgd {rm['cgd']:.3f} px."]
     return "\n".join(lines) + "\n"
