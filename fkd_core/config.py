@@ -25,6 +25,7 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"
 Head = Literal["regression", "heatmap", "unet"]
 SKIP_BACKBONES = ("small_cnn", "res_cnn")   # trunks that expose earlier maps to the "unet" head
 Schedule = Literal["plateau", "cosine", "onecycle"]
+Scored = Literal["final", "best_val"]
 
 # The network input side of every layout (fkd_core.data resizes image folders to it); a heatmap
 # size must divide it.
@@ -63,6 +64,11 @@ class TrialConfig:
     """Seed of the test split; fixed per data set, never varied by a sweep."""
     score_test: bool = False
     """Score the test split each epoch (confirm phase only; search never reads it)."""
+    scored: Scored = "final"
+    """Which weights a confirm trial's test score (scored_test_rmse_px) is read from, fixed before
+    the run: "final", the last epoch's (the EMA average when ema_decay > 0); or "best_val", the
+    best-validation epoch's, the noisier option (which epoch wins is partly validation noise:
+    corr(d, difference of the arms' best epochs) was -0.96 on fkd-yt15)."""
 
     # --- model ----------------------------------------------------------------------------
     backbone: str = "small_cnn"
@@ -223,6 +229,7 @@ _LITERALS: dict[str, tuple[str, ...]] = {
     "compile_mode": get_args(CompileMode),
     "head": get_args(Head),
     "schedule": get_args(Schedule),
+    "scored": get_args(Scored),
 }
 
 

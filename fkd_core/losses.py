@@ -148,14 +148,23 @@ def parse_loss_spec(spec: str) -> tuple[str, str]:
     return base, shape
 
 
-def build_objective(cfg: TrialConfig) -> Loss:
+class Objective:
+    """The trial's loss, cfg.loss + cfg.alpha * cfg.shape, callable like any Loss; ``parts`` gives
+    the two terms apart, so that training can record the shape term's share of the loss."""
+
+    def __init__(self, base: Loss, shape: Loss | None, alpha: float) -> None:
+        self.base, self.shape, self.alpha = base, shape, alpha
+
+    def parts(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """(base loss, alpha * shape term); the second is None without a shape term."""
+        base = self.base(pred, target, mask)
+        return base, None if self.shape is None else self.alpha * self.shape(pred, target, mask)
+
+    def __call__(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        base, shaped = self.parts(pred, target, mask)
+        return base if shaped is None else base + shaped
+
+
+def build_objective(cfg: TrialConfig) -> Objective:
     """The trial's loss: cfg.loss + cfg.alpha * cfg.shape (no shape term when alpha == 0)."""
-    base = BASE_LOSSES[cfg.loss]
-    if not cfg.uses_shape:
-        return base
-    shape, alpha = SHAPE_LOSSES[cfg.shape], cfg.alpha
-
-    def objective(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        return base(pred, target, mask) + alpha * shape(pred, target, mask)
-
-    return objective
+    return Objective(BASE_LOSSES[cfg.loss], SHAPE_LOSSES[cfg.shape] if cfg.uses_shape else None, cfg.alpha)

@@ -23,6 +23,14 @@ VAL_SHAPE = "val_shape_err_px"
 TEST_RMSE = "test_rmse_px"
 TEST_NME = "test_nme"
 TEST_SHAPE = "test_shape_err_px"
+# The shape term's share of the training loss, alpha * shape / base, mean over the epoch's batches
+# (0 without a shape term): a tiny share makes "equivalent" trivial (issue 19, item 7).
+SHAPE_SHARE = "shape_share"
+# Per test group (person), with score_test: group ids sorted, the sum of squared coordinate errors
+# and the number of present coordinates; sqrt(sum(sse) / sum(count)) is the epoch's test RMSE.
+TEST_GROUP_IDS = "test_group_ids"
+TEST_GROUP_SSE = "test_group_sse"
+TEST_GROUP_COUNT = "test_group_count"
 LR = "lr"
 EPOCH_SECONDS = "epoch_seconds"
 IMAGES_PER_S = "images_per_s"
@@ -32,8 +40,9 @@ DIVERGED = "diverged"
 OBJECTIVE = VAL_RMSE
 VAL_METRICS = (VAL_RMSE, VAL_NME, VAL_SHAPE)
 TEST_METRICS = (TEST_RMSE, TEST_NME, TEST_SHAPE)
+TEST_GROUP_KEYS = (TEST_GROUP_IDS, TEST_GROUP_SSE, TEST_GROUP_COUNT)
 EPOCH_ROW_KEYS = (EPOCH, TRAIN_LOSS, VAL_LOSS, VAL_RMSE, VAL_NME, VAL_SHAPE, LR, EPOCH_SECONDS,
-                  IMAGES_PER_S, DIVERGED)
+                  IMAGES_PER_S, SHAPE_SHARE, DIVERGED)
 
 
 # --- masked metric functions (DESIGN.md), in pixels ------------------------------------------

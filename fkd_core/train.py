@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
@@ -40,7 +41,7 @@ from fkd_core import augment, metrics
 from fkd_core import averaging, precision, recipes, schedules, tta
 from fkd_core.config import TrialConfig
 from fkd_core.data import KeypointData, apply_missing, held_out_rows, load_for_config, three_way_split
-from fkd_core.losses import Loss, build_objective, parse_loss_spec
+from fkd_core.losses import Objective, build_objective, parse_loss_spec
 from fkd_core.models import BACKBONES, WeightsUnavailable, build_model
 from fkd_core.rundir import (BEST, CHECKPOINT, EXIT_CODES, Interrupted, Interrupts, RunDir, atomic_write,
                              check_start, strict_json, summary_from_rows)
@@ -70,6 +71,12 @@ class TrainSummary:
     best_test_shape_err_px: float | None = None
     precision_used: str = "fp32"
     """"fp32" or "bf16": what the epochs ran in (fkd_core.precision resolves "auto")."""
+    scored: str = "final"
+    """cfg.scored: which epoch's weights scored_test_rmse_px is read from."""
+    scored_test_rmse_px: float | None = None
+    """Test RMSE of the scored weights (the last epoch's, or the best-validation epoch's)."""
+    shape_share: float = 0.0
+    """alpha * shape term / base loss over the last epoch's training batches (0: no shape term)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,14 +150,16 @@ def split_rows(data: KeypointData, cfg: TrialConfig) -> tuple[Tensor, Tensor, Te
 
     The test rows (fkd_core.data.three_way_split) are in neither, in every run.
 
-    The missing policy touches the training keypoints only. "ffill" fills over the whole file
-    before the split, in file order, as the study did, so a training face can inherit a
-    validation face's points; validation keeps its true labels. Images stay in the one shared
-    tensor (Ray's object store in a sweep): a trial holds indices, not a copy of the data set.
+    The missing policy touches the training keypoints only. "ffill" fills over the non-test rows
+    in file order, as the study did over its file, so a training face can inherit a validation
+    face's points (the study's defect) but never a test face's; validation keeps its true labels.
+    Images stay in the one shared tensor (Ray's object store in a sweep): a trial holds indices,
+    not a copy of the data set.
     """
     splits = three_way_split(data, cfg)
     train_idx, val_idx = (torch.as_tensor(i, dtype=torch.long) for i in (splits.train, splits.val))
-    source = apply_missing(data, "ffill").keypoints if cfg.missing == "ffill" else data.keypoints
+    # "drop" is applied below, to the training rows only; ffill skips the test rows.
+    source = apply_missing(data, "ffill", splits.test).keypoints if cfg.missing == "ffill" else data.keypoints
     train_kps = source[train_idx]
     if cfg.missing == "drop":
         complete = torch.isfinite(train_kps).all(dim=2).all(dim=1)
@@ -239,10 +248,11 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Loss,
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective,
                     data: Batches, steps: StepSettings, batch_gen: torch.Generator,
                     aug_gen: torch.Generator, ema: AveragedModel | None = None) -> Tensor:
-    """One pass over data in a random order; returns the mean batch loss as a device scalar.
+    """One pass over data in a random order; returns [2] on the device: the mean batch loss and
+    the mean over batches of alpha * shape / base (0 without a shape term; metrics.SHAPE_SHARE).
     ema: a weight average of model, updated after every step (on the device, no host read)."""
     model.train()
     device = data.images.device
@@ -252,7 +262,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objectiv
         plan = augment.plan(steps.augment, data.keypoints.index_select(0, order), steps.flip_perm,
                             data.images.shape[-1], steps.batch_size, aug_gen)
         order = order.index_select(0, plan.order)
-    loss_sum = torch.zeros((), device=device)
+    sums = torch.zeros(2, device=device)   # loss, shape share: read once, after the epoch
+    no_share = torch.zeros((), device=device)
     n_batches = 0
     total = -(-len(data) // steps.batch_size)
     for start in range(0, len(data), steps.batch_size):
@@ -262,27 +273,49 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objectiv
             x = augment.apply_(x, plan, n_batches, aug_gen)
         with _autocast(device, steps.amp_dtype):
             pred = model(x)
-        loss = objective(pred.float(), y, torch.isfinite(y).all(dim=-1))
+        base, shaped = objective.parts(pred.float(), y, torch.isfinite(y).all(dim=-1))
+        loss = base if shaped is None else base + shaped
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if ema is not None:
             ema.update_parameters(model)
-        loss_sum += loss.detach()
+        share = no_share if shaped is None else shaped.detach() / base.detach().clamp(min=1e-12)
+        sums += torch.stack([loss.detach(), share])
         n_batches += 1
         if steps.on_step is not None:
             steps.on_step(n_batches, total)
-    return loss_sum / max(n_batches, 1)
+    return sums / max(n_batches, 1)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The groups (people) of a split's rows: ids sorted, and each row's index into them [M]."""
+
+    ids: tuple[str, ...]
+    codes: Tensor
+
+    @classmethod
+    def of(cls, data: KeypointData, rows: np.ndarray, device: torch.device) -> "Groups":
+        """Row-level data (no groups) makes each row a group of its own, named by its index."""
+        names = np.asarray(data.groups, dtype=object)[rows].astype(str) if data.groups is not None \
+            else np.char.mod("row %d", rows)
+        ids, codes = np.unique(names, return_inverse=True)
+        return cls(tuple(str(i) for i in ids), torch.as_tensor(codes.reshape(-1), device=device))
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, objective: Loss, data: Batches, steps: StepSettings,
-             norm_pair: tuple[int, int] | None) -> dict[str, Any]:
+def evaluate(model: nn.Module, objective: Objective, data: Batches, steps: StepSettings,
+             norm_pair: tuple[int, int] | None, groups: Groups | None = None) -> dict[str, Any]:
     """Validation loss and metrics over data in batches of the training size (seed_cgd's value
-    depends on the batch size, so val_loss stays comparable with train_loss)."""
+    depends on the batch size, so val_loss stays comparable with train_loss). With groups, also
+    "group_sse" and "group_count": per group, the sum of squared coordinate errors and the number
+    of present coordinates (lists in groups.ids order)."""
     model.eval()
     device = data.images.device
     acc = metrics.MetricAccumulator(norm_pair, device)
+    sums_dtype = torch.float32 if device.type == "mps" else torch.float64   # MPS has no float64
+    per_group = None if groups is None else torch.zeros(2, len(groups.ids), dtype=sums_dtype, device=device)
     for start in range(0, len(data), steps.batch_size):
         idx = torch.arange(start, min(start + steps.batch_size, len(data)), device=device)
         x, y = data.slice(idx, steps.channels_last)
@@ -290,7 +323,15 @@ def evaluate(model: nn.Module, objective: Loss, data: Batches, steps: StepSettin
             pred = model(x).float()
         mask = torch.isfinite(y).all(dim=-1)
         acc.update(pred, y, mask, objective(pred, y, mask))
-    return acc.compute()
+        if per_group is not None:
+            err = torch.where(mask.unsqueeze(-1), pred - y.nan_to_num(), 0.0).square().sum(dim=(1, 2))
+            counts = 2.0 * mask.sum(dim=1)
+            per_group.index_add_(1, groups.codes[idx], torch.stack([err, counts]).to(sums_dtype))
+    out = acc.compute()
+    if per_group is not None:
+        sse, count = per_group.tolist()
+        out |= {"group_sse": sse, "group_count": [int(c) for c in count]}
+    return out
 
 
 # --- checkpoints -------------------------------------------------------------------------------
@@ -376,11 +417,15 @@ class Progress:
     since_best: int = 0
     wall_seconds: float = 0.0
     best_test: dict[str, float] | None = None   # test metrics of the best epoch (score_test)
+    last_test: dict[str, float] | None = None   # ... of the last epoch
+    shape_share: float = 0.0                    # metrics.SHAPE_SHARE of the last epoch
 
     def update(self, row: dict[str, Any]) -> bool:
         """Record an epoch's row; True when it is the best so far."""
         self.epoch = row[metrics.EPOCH]
         self.last = {k: row[k] for k in metrics.VAL_METRICS}
+        self.last_test = {k: row[k] for k in metrics.TEST_METRICS} if metrics.TEST_RMSE in row else None
+        self.shape_share = row[metrics.SHAPE_SHARE]
         if row[metrics.VAL_RMSE] < self.best[metrics.VAL_RMSE]:
             self.best, self.best_epoch, self.since_best = dict(self.last), self.epoch, 0
             self.best_test = {k: row[k] for k in metrics.TEST_METRICS} if metrics.TEST_RMSE in row else None
@@ -392,20 +437,25 @@ class Progress:
         """Keras semantics: stop after `patience` epochs without a better val RMSE (0: the first)."""
         return self.since_best > 0 and self.since_best >= patience
 
-    def summary(self, stopped: str, device: torch.device, amp_dtype: torch.dtype | None) -> TrainSummary:
+    def summary(self, stopped: str, device: torch.device, amp_dtype: torch.dtype | None,
+                scored: str = "final") -> TrainSummary:
+        scored_test = self.last_test if scored == "final" else self.best_test
         return TrainSummary(
             best_val_rmse_px=self.best[metrics.VAL_RMSE], best_val_nme=self.best[metrics.VAL_NME],
             best_val_shape_err_px=self.best[metrics.VAL_SHAPE], best_epoch=self.best_epoch,
             final_val_rmse_px=self.last[metrics.VAL_RMSE], final_val_nme=self.last[metrics.VAL_NME],
             final_val_shape_err_px=self.last[metrics.VAL_SHAPE], epochs=self.epoch, stopped=stopped,
             wall_seconds=self.wall_seconds, device=str(device), precision_used=precision.name_of(amp_dtype),
-            **{f"best_{k}": v for k, v in (self.best_test or {}).items()})
+            **{f"best_{k}": v for k, v in (self.best_test or {}).items()},
+            scored=scored, scored_test_rmse_px=None if scored_test is None else scored_test[metrics.TEST_RMSE],
+            shape_share=self.shape_share)
 
 
 def _epoch_row(epoch: int, train_loss: float, val: dict[str, Any], lr: float, seconds: float,
-               images_per_s: float, test: dict[str, Any] | None = None) -> dict[str, Any]:
+               images_per_s: float, test: dict[str, Any] | None = None, shape_share: float = 0.0,
+               test_groups: Groups | None = None) -> dict[str, Any]:
     """The reported row; a non-finite loss or metric becomes inf with diverged=True. Test
-    metrics (when scored) follow the validation ones."""
+    metrics (when scored) follow the validation ones, the per-group test sums come last."""
     values = {metrics.TRAIN_LOSS: train_loss, metrics.VAL_LOSS: val["loss"],
               metrics.VAL_RMSE: val["rmse_px"], metrics.VAL_NME: val["nme"],
               metrics.VAL_SHAPE: val["shape_err_px"]}
@@ -416,8 +466,13 @@ def _epoch_row(epoch: int, train_loss: float, val: dict[str, Any], lr: float, se
                                                           metrics.VAL_RMSE))
     if diverged:  # inf, not NaN: ASHA and Optuna cannot handle NaN (DESIGN.md)
         values = {k: math.inf for k in values}
-    return {metrics.EPOCH: epoch, **values, metrics.LR: lr, metrics.EPOCH_SECONDS: seconds,
-            metrics.IMAGES_PER_S: images_per_s, metrics.DIVERGED: diverged}
+    row = {metrics.EPOCH: epoch, **values, metrics.LR: lr, metrics.EPOCH_SECONDS: seconds,
+           metrics.IMAGES_PER_S: images_per_s, metrics.SHAPE_SHARE: math.inf if diverged else shape_share,
+           metrics.DIVERGED: diverged}
+    if test_groups is not None and "group_sse" in test:   # a diverged epoch scored no test group
+        row |= {metrics.TEST_GROUP_IDS: list(test_groups.ids), metrics.TEST_GROUP_SSE: test["group_sse"],
+                metrics.TEST_GROUP_COUNT: test["group_count"]}
+    return row
 
 
 def _check_resumable(state: dict[str, Any], cfg: TrialConfig, data: KeypointData) -> None:
@@ -505,31 +560,33 @@ class _Trial:
         return Progress(**state["progress"])
 
 
-def _run_epoch(trial: _Trial, net: nn.Module, eval_net: nn.Module, epoch: int, objective: Loss,
+def _run_epoch(trial: _Trial, net: nn.Module, eval_net: nn.Module, epoch: int, objective: Objective,
                steps: StepSettings, train_data: Batches, val_data: Batches,
-               norm_pair: tuple[int, int] | None, test_data: Batches | None = None) -> dict[str, Any]:
+               norm_pair: tuple[int, int] | None, test_data: Batches | None = None,
+               test_groups: Groups | None = None) -> dict[str, Any]:
     """Train one epoch, validate (and test, when test_data is given: the same evaluate(), so
     whatever scores validation scores test) and return the reported row (the only host reads)."""
     t0 = time.perf_counter()
     lr = trial.optimizer.param_groups[0]["lr"]
     try:
-        train_loss = train_one_epoch(net, trial.optimizer, objective, train_data, steps,
-                                     trial.batch_gen, trial.aug_gen, trial.ema).item()
+        train_loss, shape_share = train_one_epoch(net, trial.optimizer, objective, train_data, steps,
+                                                  trial.batch_gen, trial.aug_gen, trial.ema).tolist()
     except RuntimeError as err:
         # Adam with lr ~1e38 overflows float32 inside its own update ("value cannot be converted
         # to type float without overflow"): the same outcome as a NaN loss, so record a divergence.
         if "overflow" not in str(err):
             raise
-        train_loss = math.inf
+        train_loss, shape_share = math.inf, math.inf
     train_seconds = time.perf_counter() - t0
     lost = {"loss": math.inf, "rmse_px": math.inf, "nme": math.inf, "shape_err_px": math.inf}
     if math.isfinite(train_loss):
         val = evaluate(eval_net, objective, val_data, steps, norm_pair)
-        test = None if test_data is None else evaluate(eval_net, objective, test_data, steps, norm_pair)
+        test = None if test_data is None else evaluate(eval_net, objective, test_data, steps, norm_pair,
+                                                       test_groups)
     else:  # NaN weights: validating them costs time and says nothing
         val, test = lost, None if test_data is None else lost
     return _epoch_row(epoch, train_loss, val, lr, time.perf_counter() - t0,
-                      len(train_data) / max(train_seconds, 1e-9), test)
+                      len(train_data) / max(train_seconds, 1e-9), test, shape_share, test_groups)
 
 
 def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
@@ -573,21 +630,23 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
     images = data.images.to(device, torch.uint8)   # once: both splits index into it
     train_data = Batches.of(images, train_idx, train_kps, device)
     val_data = Batches.of(images, val_idx, data.keypoints[val_idx], device)
-    test_idx = torch.as_tensor(held_out_rows(data, cfg), dtype=torch.long) if cfg.score_test else None
-    test_data = None if test_idx is None else Batches.of(images, test_idx, data.keypoints[test_idx], device)
+    test_rows = held_out_rows(data, cfg) if cfg.score_test else None
+    test_data = None if test_rows is None else Batches.of(
+        images, torch.as_tensor(test_rows, dtype=torch.long), data.keypoints[test_rows], device)
+    test_groups = None if test_rows is None else Groups.of(data, test_rows, device)
     wall_before = progress.wall_seconds   # time of the epochs before a resume
     stopped = "early_stop" if progress.patience_spent(cfg.patience) else "max_epochs"
     for epoch in range(progress.epoch + 1, cfg.max_epochs + 1):
         if stopped == "early_stop":   # also when a resumed trial had already run out of patience
             break
         row = _run_epoch(trial, net, eval_net, epoch, objective, steps, train_data, val_data,
-                         data.schema.norm_pair, test_data)
+                         data.schema.norm_pair, test_data, test_groups)
         if row[metrics.DIVERGED]:
             # Stop at once and keep the last good checkpoint: resuming NaN weights is useless.
             progress.epoch, progress.last = epoch, {k: math.inf for k in metrics.VAL_METRICS}
             progress.wall_seconds = wall_before + time.perf_counter() - start
             report(row)
-            return progress.summary("diverged", device, steps.amp_dtype)
+            return progress.summary("diverged", device, steps.amp_dtype, cfg.scored)
         improved = progress.update(row)
         trial.scheduler.step(row[metrics.VAL_LOSS])
         progress.wall_seconds = wall_before + time.perf_counter() - start
@@ -599,7 +658,7 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         if progress.patience_spent(cfg.patience):
             stopped = "early_stop"
     progress.wall_seconds = wall_before + time.perf_counter() - start
-    return progress.summary(stopped, device, steps.amp_dtype)
+    return progress.summary(stopped, device, steps.amp_dtype, cfg.scored)
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -152,6 +152,9 @@ def prepare(trials: pd.DataFrame, searched: Sequence[str] = ()) -> pd.DataFrame:
         t["replicate"] = pd.NA
     t["outcome"] = classify(t)
     t["arm"] = arm_of(t)
+    if "arm" in trials:   # a confirm trial's recorded label ("cgd@0.01": a fixed-α arm)
+        stored = trials["arm"].fillna("").astype(str)
+        t["arm"] = t["arm"].where(stored == "", stored)
     t["alpha_level"] = alpha_levels(t)
     search = t["phase"] == "search"
     cols = cell_columns(t[search], searched)

@@ -9,11 +9,25 @@ For every cell, the search's best base-arm config (lowest validation RMSE among 
 let run to the full budget) is the recipe; each shape arm is that same recipe plus the shape term
 and α of the shape arm's best search trial. A pair therefore differs only in the arm (shape,
 alpha), so d = test RMSE(shape) − test RMSE(base) is the effect of adding the shape term at its
-tuned α, not of a different lr or augmentation the search happened to pick for one arm.
+tuned α, not of a different lr or augmentation the search happened to pick for one arm. The
+space's ``confirm: {fixed_alphas: [0.01]}`` adds an arm per shape term at each such α, labelled
+``cgd@0.01`` (arm_label): the study's own α beside the tuned one.
 Replicate r trains both arms with seed = split_seed = CONFIRM_SEED0 + r: a fresh train/validation
 split per replicate, the same one for both arms; the test rows never change (test_seed is fixed).
-Every confirm trial runs the full budget (no ASHA), with score_test=True; its best epoch is chosen
-on validation and the test metrics at that epoch are the ones compared (sweep.verdicts).
+The fresh split costs no measurable variance of d (bench/confirm_variance.py on fkd-yt15: split
+component 0, training seed sd 0.003 px, residual sd 0.036 px; bench/results/confirm-variance.md)
+and keeps the best_val option and the replicate's split variation.
+
+Every confirm trial runs on a fixed budget (fixed_budget): the recipe's schedule to max_epochs,
+no ASHA, no early stopping (patience = max_epochs), and no learning-rate rule driven by the arm's
+own validation loss: a ``plateau`` recipe is trained with ``cosine`` over the same max_epochs
+instead (its ``schedule`` column says so). Early stopping on validation noise was measured to
+dominate d on fkd-yt15 (corr(d, difference of the best epochs) = −0.96). What is scored is fixed
+before the run by the space's ``confirm: {scored: final | best_val}`` (TrialConfig.scored):
+by default the final weights (the EMA average when the recipe has one); best_val, the
+best-validation epoch's, is the noisier option. The scored weights' test RMSE and per-test-group
+sums are recorded (scored_test_rmse_px, test_group_*), and the shape term's share of the last
+epoch's training loss (shape_share).
 Confirm trials go into the same trials.parquet / epochs.parquet with phase="confirm".
 The plan (rounds, maximum, margin, design, α; sweep.verdicts) is frozen in sweep.json at the
 first round and every look is recorded there; a later run that asks for another plan is refused
@@ -157,8 +171,16 @@ def best_search_trial(rows: pd.DataFrame) -> pd.Series:
     return pool.loc[pool[f"best_{OBJECTIVE}"].astype(float).idxmin()]
 
 
-def choose_arms(search: pd.DataFrame) -> list[Arm]:
-    """Base recipe + one shape arm per shape term, per cell (module docstring).
+def arm_label(shape: str, fixed_alpha: float | None = None) -> str:
+    """The arm column of a confirm trial: "base", a shape term at its tuned α ("cgd"), or at a
+    fixed α of the space's confirm block ("cgd@0.01")."""
+    if shape == "none":
+        return "base"
+    return shape if fixed_alpha is None else f"{shape}@{fixed_alpha:g}"
+
+
+def choose_arms(search: pd.DataFrame, fixed_alphas: Sequence[float] = ()) -> list[Arm]:
+    """Base recipe + one shape arm per shape term (+ one per fixed α), per cell (module docstring).
 
     search: prepared search-phase trials (sweep.analyze.prepare): columns cell, arm, outcome.
     Cells without a finished base-arm trial or without a shape arm cannot be paired: skipped.
@@ -175,8 +197,10 @@ def choose_arms(search: pd.DataFrame) -> list[Arm]:
         arms.append(Arm(cell, "base", {**recipe, "shape": "none", "alpha": 0.0}, base["trial_id"]))
         for shape in shapes:
             top = best_search_trial(c[c["arm"] == shape])
-            arms.append(Arm(cell, shape, {**recipe, "shape": top["shape"],
-                                          "alpha": float(top["alpha"])}, top["trial_id"]))
+            arms.append(Arm(cell, arm_label(shape), {**recipe, "shape": top["shape"],
+                                                     "alpha": float(top["alpha"])}, top["trial_id"]))
+            arms += [Arm(cell, arm_label(shape, a), {**recipe, "shape": top["shape"], "alpha": float(a)},
+                         top["trial_id"]) for a in fixed_alphas]
     return arms
 
 
@@ -188,18 +212,33 @@ def _fields(trial: pd.Series) -> dict[str, Any]:
     return fields
 
 
-def tune_config(arm: Arm, replicate: int) -> dict[str, Any]:
+# What replaces a learning-rate rule driven by the arm's own validation loss (module docstring).
+FIXED_SCHEDULE = "cosine"
+
+
+def fixed_budget(fields: dict[str, Any], scored: str = "final") -> dict[str, Any]:
+    """A confirm trial's fields on a fixed budget: no early stopping (patience = max_epochs can
+    never be spent), ``plateau`` replaced by FIXED_SCHEDULE over the same epochs, `scored` set."""
+    schedule = FIXED_SCHEDULE if fields.get("schedule", "plateau") == "plateau" else fields["schedule"]
+    return {**fields, "patience": int(fields.get("max_epochs", TrialConfig().max_epochs)),
+            "schedule": schedule, "scored": scored}
+
+
+def tune_config(arm: Arm, replicate: int, scored: str = "final") -> dict[str, Any]:
     """The Tune config of one confirm trial: TrialConfig fields under "cfg", plus its labels."""
     seed = CONFIRM_SEED0 + replicate
-    cfg = TrialConfig(**{**arm.fields, "seed": seed, "split_seed": seed, "score_test": True})
-    return {"cfg": cfg.to_dict(), "phase": "confirm", "replicate": replicate, "cell": arm.cell}
+    cfg = TrialConfig(**{**fixed_budget(arm.fields, scored), "seed": seed, "split_seed": seed,
+                         "score_test": True})
+    return {"cfg": cfg.to_dict(), "phase": "confirm", "replicate": replicate, "cell": arm.cell,
+            "arm": arm.arm}
 
 
-def missing_configs(arms: Sequence[Arm], done: pd.DataFrame, upto: int) -> list[dict[str, Any]]:
+def missing_configs(arms: Sequence[Arm], done: pd.DataFrame, upto: int,
+                    scored: str = "final") -> list[dict[str, Any]]:
     """Tune configs of replicates 0..upto-1 not yet in the confirm trials `done` (so an
     interrupted or extended confirm only runs what is missing)."""
     have = set(zip(done["cell"], done["arm"], done["replicate"])) if len(done) else set()
-    return [tune_config(a, r) for r in range(upto) for a in arms
+    return [tune_config(a, r, scored) for r in range(upto) for a in arms
             if (a.cell, a.arm, r) not in have]
 
 
@@ -277,7 +316,9 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
 
     searched = list(s.space.search)
     trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
-    arms = choose_arms(trials[trials["phase"] == "search"])
+    settings = dict(getattr(s.space, "confirm", None) or {})
+    scored = str(settings.get("scored") or "final")
+    arms = choose_arms(trials[trials["phase"] == "search"], settings.get("fixed_alphas") or ())
     if not arms:
         raise ConfirmError(f"{s.results_uri}: no cell has a finished trial in both the base arm "
                            "and a shape arm, so there is nothing to confirm")
@@ -286,10 +327,10 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
     while True:
         resumes = CR.recover(s, data_info(data_sets), log)
         trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
-        todo = CR.continued(missing_configs(arms, _confirmed(trials), target), resumes)
+        todo = CR.continued(missing_configs(arms, _confirmed(trials), target, scored), resumes)
         if log:
             log(f"\nConfirm round up to {target} replicates: {len(todo)} trials ({len(arms)} "
-                f"cell x arm recipes, full budget, test scored)")
+                f"cell x arm recipes, fixed budget, {scored} weights scored on test)")
         if todo:
             run_round(s, data_sets, todo, round_no=target, recorded=len(trials),
                       train_fn=train_fn, log=log)

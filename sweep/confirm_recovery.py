@@ -33,13 +33,14 @@ def arm_of_cfg(cfg: dict[str, Any]) -> str:
 
 
 def key_of(config: dict[str, Any]) -> Key:
-    """The (cell, arm, replicate) of a confirm trial's Tune config."""
-    return str(config["cell"]), arm_of_cfg(config["cfg"]), int(config["replicate"])
+    """The (cell, arm, replicate) of a confirm trial's Tune config (its arm label when it has one:
+    "cgd@0.01" and "cgd" share a shape term; older configs had none)."""
+    return str(config["cell"]), config.get("arm") or arm_of_cfg(config["cfg"]), int(config["replicate"])
 
 
 def recorded_keys(records: Any) -> set[Key]:
     """Keys of the confirm trials in trials.parquet's records (dicts)."""
-    return {(str(r["cell"]), arm_of_cfg(r), int(r["replicate"])) for r in records
+    return {(str(r["cell"]), r.get("arm") or arm_of_cfg(r), int(r["replicate"])) for r in records
             if r.get("phase") == "confirm" and r.get("replicate") is not None}
 
 
@@ -50,13 +51,14 @@ def round_folders(s: Any) -> list[str]:
     return [tree.name(p) for p in tree.folders(prefix=f"{s.name}-confirm-")]
 
 
-def _labels(experiment: str) -> dict[str, tuple[str, int]]:
-    """Trial id -> (cell, replicate), from each trial folder's params.json."""
+def _labels(experiment: str) -> dict[str, tuple[str, int, str]]:
+    """Trial id -> (cell, replicate, arm label or ""), from each trial folder's params.json."""
     tree, out = StorageTree(experiment), {}
     for folder in tree.trial_folders():
         try:
             p = json.loads(tree.read(f"{folder}/params.json"))
-            out[p.get(RESUME_OF) or posixpath.basename(folder)] = (str(p["cell"]), int(p["replicate"]))
+            out[p.get(RESUME_OF) or posixpath.basename(folder)] = (str(p["cell"]), int(p["replicate"]),
+                                                                    str(p.get("arm") or ""))
         except (OSError, ValueError, KeyError, TypeError):
             continue   # cut short by the kill: that trial never reported anything
     return out
@@ -71,9 +73,9 @@ def _gather(s: Any) -> dict[str, tuple[Key, Found]]:
         for trial_id, trial in scan(experiment).items():
             if trial_id not in labels:
                 continue
-            cell, replicate = labels[trial_id]
+            cell, replicate, arm = labels[trial_id]
             if trial_id not in found:
-                found[trial_id] = ((cell, arm_of_cfg(trial.cfg), replicate), trial)
+                found[trial_id] = ((cell, arm or arm_of_cfg(trial.cfg), replicate), trial)
                 continue
             old = found[trial_id][1]
             old.rows.update(trial.rows)
@@ -100,7 +102,7 @@ def recover(s: Any, info: dict[str, Any], log: Callable[[str], None] | None = No
         writer.merge_rows(trial_id, trial.rows.values())
         if _ended(trial):
             rec = _settled_record(s, info, trial, writer)
-            rec.update(phase="confirm", cell=key[0], replicate=key[2])
+            rec.update(phase="confirm", cell=key[0], arm=key[1], replicate=key[2])
             writer.save(rec)
             have.add(key)
             settled += 1

@@ -42,10 +42,13 @@ STATUSES = ("completed", "asha_stopped", "early_stopped", "diverged", "error")
 KEEP_CHECKPOINTS = 3
 
 _ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
-_METRIC_TYPES = {M.EPOCH: pa.int64(), M.DIVERGED: pa.bool_()}
+# Per-test-group columns (fkd_core.metrics.TEST_GROUP_KEYS): lists, one entry per test person.
+GROUP_TYPES = {M.TEST_GROUP_IDS: pa.list_(pa.string()), M.TEST_GROUP_SSE: pa.list_(pa.float64()),
+               M.TEST_GROUP_COUNT: pa.list_(pa.int64())}
+_METRIC_TYPES = {M.EPOCH: pa.int64(), M.DIVERGED: pa.bool_(), **GROUP_TYPES}
 # Test metrics of an epoch: present only in confirm trials (TrialConfig.score_test), null elsewhere.
 TEST_METRICS = (M.TEST_RMSE, M.TEST_NME, M.TEST_SHAPE)
-EPOCH_KEYS = tuple(dict.fromkeys((*M.EPOCH_ROW_KEYS, *TEST_METRICS)))
+EPOCH_KEYS = tuple(dict.fromkeys((*M.EPOCH_ROW_KEYS, *TEST_METRICS, *M.TEST_GROUP_KEYS)))
 PHASES = ("search", "confirm")
 
 
@@ -58,9 +61,14 @@ def trial_schema() -> pa.Schema:
     # phase: search (ASHA + TPE, validation only) or confirm (full budget, paired replicates,
     # test scored); replicate and cell (the search's cell label) are set for confirm trials only.
     cols += [("phase", pa.string()), ("replicate", pa.int64()), ("cell", pa.string())]
+    # arm: the confirm arm's label (sweep.confirm.arm_label: "base", "cgd", "cgd@0.01"); "" in search.
+    cols += [("arm", pa.string())]
     cols += [(f"best_{m}", pa.float64()) for m in M.VAL_METRICS] + [("best_epoch", pa.int64())]
     cols += [(f"final_{m}", pa.float64()) for m in M.VAL_METRICS]
     cols += [(f"best_{m}", pa.float64()) for m in TEST_METRICS]
+    # The scored weights' test RMSE and per-group sums (TrialConfig.scored: final or best_val) and
+    # the shape term's share of the last epoch's training loss; confirm trials (test scored) only.
+    cols += [("scored_test_rmse_px", pa.float64()), *GROUP_TYPES.items(), (M.SHAPE_SHARE, pa.float64())]
     cols += [("epochs", pa.int64()), ("wall_seconds", pa.float64()), ("node", pa.string()),
              (DEVICE_NAME, pa.string()), ("data_source", pa.string()), ("data_hash", pa.string()),
              ("data_synthetic", pa.bool_()), ("best_checkpoint", pa.string()),
@@ -94,11 +102,14 @@ def trial_status(rows: list[dict[str, Any]], max_epochs: int, *, error: str | No
     return "asha_stopped" if stopped_by_tune else "early_stopped"
 
 
-def metric_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best (at the epoch of the lowest finite val RMSE, the epoch best.pt holds) and final metrics."""
+def metric_summary(rows: list[dict[str, Any]], scored: str = "final") -> dict[str, Any]:
+    """Best (at the epoch of the lowest finite val RMSE, the epoch best.pt holds) and final
+    metrics; the scored epoch's test RMSE and per-group sums (scored: TrialConfig.scored, "final"
+    the last epoch, "best_val" the best one) and the last epoch's shape share."""
     out: dict[str, Any] = {f"{p}_{m}": math.nan for p in ("best", "final") for m in M.VAL_METRICS}
     out.update({f"best_{m}": math.nan for m in TEST_METRICS})
-    out.update(best_epoch=None, epochs=len(rows))
+    out.update(best_epoch=None, epochs=len(rows), scored_test_rmse_px=math.nan, **dict.fromkeys(GROUP_TYPES),
+               **{M.SHAPE_SHARE: math.nan})
     if not rows:
         return out
     ordered = sorted(rows, key=lambda r: r[M.EPOCH])
@@ -111,6 +122,12 @@ def metric_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         value = best.get(m) if best else None
         out[f"best_{m}"] = float(value) if value is not None else math.nan
     out.update(best_epoch=int(best[M.EPOCH]) if best else None, epochs=int(ordered[-1][M.EPOCH]))
+    share = ordered[-1].get(M.SHAPE_SHARE)
+    out[M.SHAPE_SHARE] = math.nan if share is None else float(share)
+    chosen = ordered[-1] if scored == "final" else best
+    if chosen is not None and chosen.get(M.TEST_RMSE) is not None:
+        out["scored_test_rmse_px"] = float(chosen[M.TEST_RMSE])
+        out.update({k: chosen.get(k) for k in GROUP_TYPES})
     return out
 
 
@@ -125,12 +142,13 @@ def trial_record(*, trial_id: str, experiment: str, cfg: TrialConfig, rows: list
                  status: str, error: str | None, wall_seconds: float, node: str, device: str,
                  device_name: str, data: DataInfo, best_checkpoint: str, versions: str,
                  git_commit: str, phase: str = "search", replicate: int | None = None,
-                 cell: str = "", precision_used: str = "") -> dict[str, Any]:
-    """One row of trials.parquet; precision_used: "fp32" / "bf16" as the trial ran ("" unknown)."""
+                 cell: str = "", arm: str = "", precision_used: str = "") -> dict[str, Any]:
+    """One row of trials.parquet (arm: the confirm arm's label, "" for search trials;
+    precision_used: "fp32" / "bf16" as the trial ran, "" unknown)."""
     fields = {**cfg.to_dict(), "device": device or cfg.device}
     return {"trial_id": trial_id, "experiment": experiment, "status": status, "error": error or "",
             **fields, "loss_label": cfg.loss_label, "phase": phase, "replicate": replicate,
-            "cell": cell, **metric_summary(rows),
+            "cell": cell, "arm": arm, **metric_summary(rows, cfg.scored),
             "wall_seconds": wall_seconds, "node": node, DEVICE_NAME: device_name,
             "data_source": data.source, "data_hash": data.content_hash,
             "data_synthetic": data.synthetic, "best_checkpoint": best_checkpoint,
@@ -148,6 +166,8 @@ def to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
 def _cell(value: Any, kind: pa.DataType) -> Any:
     if value is None:
         return None
+    if pa.types.is_list(kind):
+        return [_cell(v, kind.value_type) for v in value]
     if pa.types.is_floating(kind):
         return float(value)
     if pa.types.is_integer(kind):
@@ -288,7 +308,8 @@ class ResultsWriter(Callback):
             data=self.data[data_key(cfg)], best_checkpoint=self._keep_best(trial),
             versions=self.versions, git_commit=self.git_commit,
             phase=trial.config.get("phase", "search"), replicate=trial.config.get("replicate"),
-            cell=trial.config.get("cell", ""), precision_used=str(last.get(PRECISION_USED, "")))
+            cell=trial.config.get("cell", ""), arm=trial.config.get("arm", ""),
+            precision_used=str(last.get(PRECISION_USED, "")))
         self.save(rec)
         if self.log:
             self.log(progress_line(rec, len(self.recorded), self.total))
@@ -370,7 +391,7 @@ class ResultsWriter(Callback):
         for row in rows:
             known.setdefault(int(row[M.EPOCH]), {k: row.get(k) for k in EPOCH_KEYS})
         rec = read_results(self.results_uri, TRIALS_FILE, trial_ids=[trial_id]).to_pylist()[0]
-        rec.update(metric_summary(list(known.values())))
+        rec.update(metric_summary(list(known.values()), rec.get("scored") or "final"))
         self.rows[trial_id] = known
         self.save(rec)
 

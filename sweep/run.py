@@ -36,7 +36,7 @@ from sweep import commands, tracking
 from sweep.cluster import ClusterError, ClusterSpec, connect, load_cluster, per_trial_resources
 from sweep.confirm import ConfirmError, Interrupted, add_plan_options, plan_of
 from sweep.lock import FolderError, SweepBusy, SweepLock, check_name, check_writable, lock_dir
-from sweep.spaces import Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
+from sweep.spaces import ARM_KEYS, Sampler, Space, SpaceError, data_key, describe, from_dict, get_space
 from sweep.store import DamagedResults, compact, read_results
 
 if TYPE_CHECKING:
@@ -476,9 +476,10 @@ def _searcher(s: Settings) -> Any:
     return OptunaSearch(
         Sampler(s.space), metric=M.OBJECTIVE, mode="min", sampler=sampler, study_name=s.name,
         storage=optuna.storages.RDBStorage(f"sqlite:///{s.optuna_path.resolve()}"),
-        # Only the grid points this sweep will run, so none waits forever in the study; a resumed
-        # study still holds the ones not yet run (enqueued at its start).
-        points_to_evaluate=None if s.resume else s.space.cells()[:s.space.trials] or None)
+        # Every trial of a grid enqueued with its axes (Space.points: the combinations in turn), so
+        # TPE samples only the search parameters and every arm of a cell gets the same number of
+        # trials; a resumed study still holds the ones not yet run (enqueued at its start).
+        points_to_evaluate=None if s.resume else s.space.points() or None)
 
 
 def _trial_name(trial: Any) -> str:
@@ -736,6 +737,8 @@ def confirm_plan(args: argparse.Namespace, s: Settings) -> tuple[Settings, Any]:
     plan = plan_of(args, s.space)
     keep = {k: v for k, v in plan.to_dict().items()
             if k in ("replicates", "margin", "until_decided", "max_seeds")} if plan else None
+    if keep is not None:   # the arms' settings (sweep.spaces.ARM_KEYS) go on with the plan
+        keep |= {k: v for k, v in (s.space.confirm or {}).items() if k in ARM_KEYS}
     return dataclasses.replace(s, space=dataclasses.replace(s.space, confirm=keep)), plan
 
 

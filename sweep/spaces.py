@@ -11,38 +11,47 @@ A space is a small designed experiment plus an optional search:
   trials of the same cell and seed differ only in the factor being compared (paired comparisons).
 - ``search``: continuous parameters that Optuna's seeded TPE samples, optionally only ``when``
   other fields take given values (alpha exists only when a shape term is on).
-- ``grid``: true enqueues every cell x seed as a fixed Optuna point (``points_to_evaluate``), so a
-  designed experiment is reproduced exactly and its trials still live in the Optuna study;
-  ``search`` parameters of those cells are still sampled by TPE. False lets TPE pick the axes too.
+- ``grid``: true fixes the axes of every trial as an enqueued Optuna point (``points_to_evaluate``,
+  Space.points): the axis combinations (cell x arm) in turn, so every arm of a cell gets the same
+  number of trials and the same seeds, and a designed experiment is reproduced exactly while its
+  trials still live in the Optuna study; ``search`` parameters are still sampled by TPE. A grid
+  whose trials cannot give every combination x seed a trial, or every combination the same
+  number, is refused (Space.check_balance). False lets TPE pick the axes too.
 - ``recipe``: a training recipe (fkd_core/recipes/NAME.yaml or a file) whose fields are fixed
   under the space's own ``fixed`` (``tuned.yaml`` searches around ``best-cpu``).
 - ``asha``: grace period and reduction factor of ASHA on val_rmse_px, or null to run every trial
   to ``max_epochs`` (designed comparisons need equal budgets, so the grids use null). ASHA keeps
   separate rungs per cell x arm (sweep.scheduler).
 - ``confirm``: the confirm phase run after the search unless the command line says otherwise
-  (sweep.confirm): ``{replicates: N, until_decided: bool, max_seeds: M, margin: px}``, or absent.
+  (sweep.confirm): ``{replicates: N, until_decided: bool, max_seeds: M, margin: px}``, or absent;
+  ``scored: final | best_val`` (what a confirm trial's test score is read from, default final)
+  and ``fixed_alphas: [0.01]`` (an extra arm per shape term at each α, beside the tuned one).
 
 Why grids go through Optuna rather than ``tune.grid_search``: one code path for every space, one
 Optuna study per sweep (optuna-dashboard shows all of them), and a grid may still search alpha.
 
-The trial seed is ``trial.number % seeds``: grid points are enqueued seed-minor so that the
-enqueue order gives every cell its seeds in turn, and TPE never "optimises" a seed.
+The trial seed comes from the trial number (Space.seed_of), never from TPE: on a grid, trial n
+runs combination n % C with seed (n // C) % seeds (C combinations), so the arms of a cell are
+paired seed by seed; without a grid, n % seeds.
 
     >>> space = get_space("quick")
     >>> len(space.cells())            # 2 augmentations x 2 losses x 1 seed (small_cnn only)
     4
+    >>> len(space.points())           # its 16 trials: each combination 4 times
+    16
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, get_args
 
 import yaml
 
-from fkd_core.config import TrialConfig, config_fields
+from fkd_core.config import Scored, TrialConfig, config_fields
 from fkd_core.recipes import load_recipe
 
 _SHAPE_ON = ["cgd", "seed_cgd"]
@@ -142,7 +151,10 @@ SPACES: dict[str, dict[str, Any]] = {
 
 _KEYS = ("name", "description", "grid", "seeds", "num_samples", "max_epochs", "asha", "fixed",
          "axes", "search", "confirm", "recipe")
-_CONFIRM_KEYS = {"replicates": int, "until_decided": bool, "max_seeds": int, "margin": float}
+_CONFIRM_KEYS = {"replicates": int, "until_decided": bool, "max_seeds": int, "margin": float,
+                 "scored": str, "fixed_alphas": list}
+# Confirm keys that shape the arms and trials (sweep.confirm), not the decision plan.
+ARM_KEYS = ("scored", "fixed_alphas")
 _DATA_FIELDS = ("data", "synth_n", "synth_seed", "synth_pose")
 
 
@@ -198,8 +210,35 @@ class Space:
         return [dict(zip(names, c)) for c in itertools.product(*(list(self.axes[n]) for n in names))]
 
     def cells(self) -> list[dict[str, Any]]:
-        """Grid points in enqueue order: axis labels, each repeated `seeds` times (seed-minor)."""
-        return [c for c in self.combos() for _ in range(self.seeds)] if self.grid else []
+        """One grid point per combination x seed (seed-major: every combination for seed 0, then
+        seed 1, ...); [] without a grid."""
+        return [c for _ in range(self.seeds) for c in self.combos()] if self.grid else []
+
+    def points(self) -> list[dict[str, Any]]:
+        """The axis labels of each of the sweep's trials in trial order (grid only): the
+        combinations in turn, so trial n is combos()[n % C], as seed_of(n) assumes."""
+        combos = self.combos()
+        return [combos[n % len(combos)] for n in range(self.trials)] if self.grid else []
+
+    def seed_of(self, number: int) -> int:
+        """The training seed of trial `number` (module docstring)."""
+        return (number // len(self.combos())) % self.seeds if self.grid else number % self.seeds
+
+    def check_balance(self, origin: str) -> None:
+        """Refuse a grid whose trials cannot give every combination (cell x arm) x seed a trial,
+        or every combination the same number of trials; one line with the numbers."""
+        if not self.grid:
+            return
+        combos, trials = len(self.combos()), self.trials
+        need = combos * self.seeds
+        if trials < need:
+            raise SpaceError(f"{origin}: {trials} trials cannot give each of the {combos} cell x arm "
+                             f"combinations x {self.seeds} seeds a trial: that needs {need} "
+                             f"(--num-samples {need}, or fewer --seeds)")
+        if trials % combos:
+            low, high = trials - trials % combos, trials - trials % combos + combos
+            raise SpaceError(f"{origin}: {trials} trials cannot be shared equally by the {combos} cell "
+                             f"x arm combinations: use --num-samples {low} or {high}")
 
     def fields(self, picks: Mapping[str, Any], seed: int) -> dict[str, Any]:
         """TrialConfig fields of one trial from its axis labels and search values."""
@@ -228,6 +267,7 @@ class Space:
             seeds=seeds or self.seeds, max_epochs=max_epochs or self.max_epochs,
             num_samples=num_samples if num_samples is not None else self.num_samples)
         _check_cells(space, f"space {self.name}")
+        space.check_balance(f"space {self.name}")
         return space
 
     def to_dict(self) -> dict[str, Any]:
@@ -306,6 +346,12 @@ def _confirm(raw: Any, origin: str) -> dict[str, Any] | None:
             raise SpaceError(f"{origin}: confirm.{key}: unknown key; valid: {sorted(_CONFIRM_KEYS)}")
         if value is not None and not isinstance(value, (int, float) if kind is float else kind):
             raise SpaceError(f"{origin}: confirm.{key}: expected {kind.__name__}, got {value!r}")
+    scored = raw.get("scored")
+    if scored is not None and scored not in get_args(Scored):
+        raise SpaceError(f"{origin}: confirm.scored: expected one of {list(get_args(Scored))}, got {scored!r}")
+    for alpha in raw.get("fixed_alphas") or []:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+            raise SpaceError(f"{origin}: confirm.fixed_alphas: expected a list of alphas > 0, got {alpha!r}")
     return dict(raw)
 
 
@@ -326,7 +372,7 @@ class Sampler:
         for name, param in self.space.search.items():
             if param.applies(chosen):
                 picks[name] = trial.suggest_float(name, param.low, param.high, log=param.log)
-        seed = trial.number % self.space.seeds
+        seed = self.space.seed_of(trial.number)
         trial.set_user_attr("seed", seed)
         # The Tune config: Optuna's picks (what was searched) plus the complete TrialConfig
         # fields under "cfg", which the trainable turns into TrialConfig(**config["cfg"]).

@@ -71,6 +71,47 @@ def test_missing_configs_skips_replicates_already_run():
     assert all(not (c["cell"] == "none" and c["replicate"] == 0) for c in todo)
 
 
+def test_confirm_trials_run_a_fixed_budget_and_score_what_was_fixed_before():
+    arms = C.choose_arms(search_table())
+    for c in C.missing_configs(arms, pd.DataFrame(), upto=1):
+        cfg = TrialConfig(**c["cfg"])
+        assert cfg.patience == cfg.max_epochs == 8                  # early stopping can never fire
+        assert cfg.schedule == C.FIXED_SCHEDULE == "cosine"         # the search's plateau, replaced
+        assert cfg.scored == "final"
+    onecycle = C.fixed_budget({"schedule": "onecycle", "max_epochs": 30, "patience": 5}, "best_val")
+    assert onecycle == {"schedule": "onecycle", "max_epochs": 30, "patience": 30, "scored": "best_val"}
+    [noisier] = C.missing_configs(arms[:1], pd.DataFrame(), upto=1, scored="best_val")
+    assert noisier["cfg"]["scored"] == "best_val"
+
+
+def test_fixed_alphas_add_an_arm_at_the_studys_alpha_beside_the_tuned_one():
+    assert (C.arm_label("none"), C.arm_label("cgd"), C.arm_label("cgd", 0.01)) == ("base", "cgd", "cgd@0.01")
+    arms = {(a.cell, a.arm): a for a in C.choose_arms(search_table(), fixed_alphas=[0.01])}
+    assert len(arms) == 6 and arms[("none", "cgd@0.01")].fields["alpha"] == 0.01
+    assert arms[("none", "cgd")].fields["alpha"] == 0.3
+    configs = C.missing_configs(list(arms.values()), pd.DataFrame(), upto=2)
+    assert len(configs) == 6 * 2 and {c["arm"] for c in configs} == {"base", "cgd", "cgd@0.01"}
+    fixed, base = (next(c["cfg"] for c in configs if c["arm"] == a and c["cell"] == "none"
+                        and c["replicate"] == 0) for a in ("cgd@0.01", "base"))
+    assert {k for k in config_fields() if fixed[k] != base[k]} == ARM_FIELDS
+    done = pd.DataFrame({"cell": ["none"], "arm": ["cgd@0.01"], "replicate": [0]})
+    left = C.missing_configs(list(arms.values()), done, upto=1)
+    assert ("none", "cgd@0.01") not in {(c["cell"], c["arm"]) for c in left} and len(left) == 5
+
+
+def test_a_recorded_arm_label_is_the_arm_of_a_confirm_trial():
+    from sweep.confirm_recovery import key_of, recorded_keys
+
+    rows = pd.DataFrame([{**search_row(0, "none", "cgd", 0.01, 1e-3, 2.0), "phase": "confirm",
+                          "replicate": 0, "cell": "none", "arm": "cgd@0.01"},
+                         {**search_row(1, "none", "cgd", 0.3, 1e-3, 2.0), "arm": ""}])
+    assert list(prepare(rows, ["lr", "alpha"])["arm"]) == ["cgd@0.01", "cgd"]
+    config = {"cell": "none", "replicate": 1, "arm": "cgd@0.01", "cfg": {"shape": "cgd", "alpha": 0.01}}
+    assert key_of(config) == ("none", "cgd@0.01", 1)
+    assert key_of({**config, "arm": None}) == ("none", "cgd", 1)    # configs written before labels
+    assert recorded_keys(rows.to_dict("records")) == {("none", "cgd@0.01", 0)}
+
+
 # --- the plan ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -241,6 +282,45 @@ def test_analyze_prints_a_verdict_per_cell(two_phases, tmp_path, capsys):
     assert (tmp_path / "fig1_confirm_verdicts.png").stat().st_size > 10_000
 
 
+def fake_train_with_groups(cfg: TrialConfig, data, report, **kwargs) -> None:
+    """fake_train, plus the per-group test sums and the shape share train() reports."""
+    def with_groups(row: dict) -> None:
+        row[M.SHAPE_SHARE] = 0.2 * cfg.alpha if cfg.uses_shape else 0.0
+        if M.TEST_RMSE in row:   # two groups whose sums give the row's test RMSE
+            sse = row[M.TEST_RMSE] ** 2 * 10
+            row.update({M.TEST_GROUP_IDS: ["a", "b"], M.TEST_GROUP_SSE: [0.4 * sse, 0.6 * sse],
+                        M.TEST_GROUP_COUNT: [4, 6]})
+        report(row)
+    fake_train(cfg, data, with_groups, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_fixed_alpha_arm_is_confirmed_on_a_fixed_budget_end_to_end(ray_local, tmp_path):
+    from sweep.run import load_data, local_settings, run_sweep
+    from sweep.spaces import from_dict
+
+    space = from_dict({
+        "grid": True, "seeds": 1, "num_samples": 4, "max_epochs": 3, "asha": None,
+        "fixed": {"backbone": "small_cnn", "synth_n": 60, "patience": 1},
+        "axes": {"augment": ["none", "study"], "shape": ["none", "cgd"]},
+        "search": {"alpha": {"log_uniform": [1e-3, 1.0], "when": {"shape": ["cgd"]}}},
+        "confirm": {"replicates": 2, "fixed_alphas": [0.01]}})
+    s = local_settings(space, str(tmp_path), "fixed", max_concurrent=2)
+    data = load_data(space)
+    run_sweep(s, data, train_fn=fake_train_with_groups, log=None)
+    result = C.confirm(s, data, C.Plan(2), train_fn=fake_train_with_groups, log=None)
+    trials = pd.read_parquet(tmp_path / "fixed" / "trials.parquet")
+    conf = trials[trials.phase == "confirm"]
+    assert len(conf) == 2 * 3 * 2 and sorted(set(conf.arm)) == ["base", "cgd", "cgd@0.01"]
+    assert (conf[conf.arm == "cgd@0.01"].alpha == 0.01).all()
+    assert (conf.patience == conf.max_epochs).all() and (conf.schedule == "cosine").all()
+    assert (conf.scored == "final").all() and (conf.epochs == 3).all()
+    assert (conf[conf.arm == "base"].shape_share == 0.0).all()
+    assert conf[conf.arm == "cgd@0.01"].shape_share.to_numpy() == pytest.approx(0.002)
+    for _, t in conf.iterrows():
+        assert math.sqrt(sum(t.test_group_sse) / sum(t.test_group_count)) == \
+            pytest.approx(t.scored_test_rmse_px, rel=1e-9)
+    assert {("none", "cgd@0.01"), ("study", "cgd@0.01")} <= set(zip(result.table.cell, result.table["shape"]))
 def _frozen(tmp_path, plan: "C.Plan", replicates: int, looks: int) -> None:
     saved = {"confirm": {"plan": plan.to_dict(), "replicates": replicates, "looks": looks}}
     (tmp_path / "sweep.json").write_text(json.dumps(saved))

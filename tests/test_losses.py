@@ -123,7 +123,11 @@ def test_objective_is_base_plus_alpha_shape():
     pred, target = TRIANGLE * 1.5, TRIANGLE
     objective = losses.build_objective(TrialConfig(loss="wing", shape="cgd", alpha=0.5))
     assert objective(pred, target).item() == pytest.approx(wing(pred, target).item() + 0.5 * 2.0)
-    assert losses.build_objective(TrialConfig(shape="cgd", alpha=0.0)) is mse
+    base, shaped = objective.parts(pred, target)
+    assert base.item() == pytest.approx(wing(pred, target).item()) and shaped.item() == pytest.approx(1.0)
+    plain = losses.build_objective(TrialConfig(shape="cgd", alpha=0.0))
+    assert plain.base is mse and plain.parts(pred, target)[1] is None
+    assert plain(pred, target).item() == mse(pred, target).item()
 
 
 def test_unknown_loss_lists_valid_names():

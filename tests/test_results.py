@@ -71,6 +71,37 @@ def test_confirm_trials_carry_phase_replicate_and_cell(tmp_path):
     assert epochs[M.TEST_RMSE].iloc[0] == 1.5 and pd.isna(epochs[M.TEST_RMSE].iloc[1])
 
 
+def _scored_rows() -> list[dict]:
+    """Three test-scored epochs; validation is best at epoch 2, the last epoch is 3."""
+    rows = [row(1, 5.0), row(2, 2.0), row(3, 4.0)]
+    groups = (([9.0, 16.0], [2, 4]), ([4.0, 8.0], [2, 4]), ([1.0, 2.0], [2, 4]))
+    for r, (sse, count) in zip(rows, groups):
+        rmse = math.sqrt(sum(sse) / sum(count))
+        r.update({M.TEST_RMSE: rmse, M.TEST_NME: rmse / 40, M.TEST_SHAPE: rmse / 2, M.SHAPE_SHARE: 0.25,
+                  M.TEST_GROUP_IDS: ["p1", "p2"], M.TEST_GROUP_SSE: sse, M.TEST_GROUP_COUNT: count})
+    return rows
+
+
+@pytest.mark.parametrize("scored,epoch", [("final", 3), ("best_val", 2)])
+def test_scored_columns_come_from_the_scored_epoch_and_their_groups_add_up(scored, epoch, tmp_path):
+    rows = _scored_rows()
+    cfg = TrialConfig(shape="cgd", alpha=0.01, max_epochs=3, score_test=True, scored=scored)
+    rec = record(cfg=cfg, rows=rows, phase="confirm", replicate=0, cell="all", arm="cgd@0.01")
+    assert rec["scored_test_rmse_px"] == rows[epoch - 1][M.TEST_RMSE]
+    assert rec[f"best_{M.TEST_RMSE}"] == rows[1][M.TEST_RMSE]          # best_* stays the val-chosen epoch
+    assert rec[M.SHAPE_SHARE] == 0.25 and rec["arm"] == "cgd@0.01" and rec["scored"] == scored
+    R.write_atomic(R.to_table([rec, record("t2")], R.trial_schema()), str(tmp_path / "t.parquet"))
+    back = pd.read_parquet(tmp_path / "t.parquet")
+    got = back.iloc[0]
+    assert list(got[M.TEST_GROUP_IDS]) == ["p1", "p2"]
+    assert math.sqrt(sum(got[M.TEST_GROUP_SSE]) / sum(got[M.TEST_GROUP_COUNT])) == \
+        pytest.approx(got["scored_test_rmse_px"], rel=1e-12)
+    assert back[M.TEST_GROUP_SSE].iloc[1] is None and math.isnan(back["scored_test_rmse_px"].iloc[1])
+    epochs = [{"trial_id": "t1", **r} for r in rows]
+    R.write_atomic(R.to_table(epochs, R.epoch_schema()), str(tmp_path / "e.parquet"))
+    assert list(pd.read_parquet(tmp_path / "e.parquet")[M.TEST_GROUP_COUNT].iloc[2]) == [2, 4]
+
+
 def test_metric_summary_of_a_trial_that_only_diverged():
     s = R.metric_summary([row(1, math.inf, True)])
     assert s["best_val_rmse_px"] == math.inf and s["best_epoch"] is None

@@ -114,13 +114,49 @@ def test_enqueued_cells_are_run_as_given_and_tpe_is_seeded():
         [c["alpha"] for c in draw(1) if "alpha" in c]           # the seed matters
     for cell, cfg in zip(space.cells(), first):
         assert {k: cfg[k] for k in cell} == cell
-    assert [c["seed"] for c in first] == [0, 1] * len(space.combos())   # seeds paired per cell
+    assert [c["seed"] for c in first] == [0] * len(space.combos()) + [1] * len(space.combos())
+
+
+def _search_configs(space, seed=0):
+    """The cfg of every trial of a sweep: its points enqueued as _searcher does, then asked."""
+    study = _study(space, seed)
+    for point in space.points():
+        study.enqueue_trial(point)
+    out = []
+    for _ in range(space.trials):
+        trial = study.ask()
+        out.append(Sampler(space)(trial)["cfg"])
+        study.tell(trial, 1.0)
+    return out
+
+
+def test_every_arm_of_a_cell_gets_the_same_trials_and_seeds():
+    yt15 = get_space(str(Path(__file__).resolve().parents[1] / "sweep/spaces/fkd-yt15.yaml"))
+    shapes = [c["shape"] for c in _search_configs(yt15)]
+    assert (shapes.count("none"), shapes.count("cgd")) == (4, 4)    # was 5 and 3 (TPE picked)
+    quick = get_space("quick").with_overrides(seeds=2)
+    by_combo: dict = {}
+    for cfg in _search_configs(quick):
+        by_combo.setdefault((cfg["augment"], cfg["shape"]), []).append(cfg["seed"])
+    assert len(by_combo) == 4 and all(sorted(v) == [0, 0, 1, 1] for v in by_combo.values())
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"seeds": 5}, "space quick: 16 trials cannot give each of the 4 cell x arm combinations x 5 seeds "
+                   "a trial: that needs 20 (--num-samples 20, or fewer --seeds)"),
+    ({"num_samples": 6}, "space quick: 6 trials cannot be shared equally by the 4 cell x arm "
+                         "combinations: use --num-samples 4 or 8"),
+])
+def test_a_plan_that_starves_a_cell_or_an_arm_is_refused_in_one_line(overrides, message):
+    with pytest.raises(SpaceError) as err:
+        get_space("quick").with_overrides(**overrides)
+    assert str(err.value) == message
 
 
 def test_overrides_fix_a_field_and_drop_its_axis():
     space = get_space("quick").with_overrides(fixed={"backbone": "small_cnn", "data": "x.csv"},
-                                              max_epochs=3, seeds=2, num_samples=5)
-    assert "backbone" not in space.axes and space.trials == 5
+                                              max_epochs=3, seeds=2, num_samples=8)
+    assert "backbone" not in space.axes and space.trials == 8
     cfgs = _configs(space)
     assert {c.backbone for c in cfgs} == {"small_cnn"} and {c.max_epochs for c in cfgs} == {3}
     assert {c.data for c in cfgs} == {"x.csv"}
@@ -174,10 +210,20 @@ def test_default_space_trains_cpu_backbones_only_and_confirms():
     ({"replicate": 3}, "expected a mapping with replicates"),
     ({"replicates": 3, "seeds": 2}, "confirm.seeds: unknown key"),
     ({"replicates": "3"}, "confirm.replicates: expected int"),
+    ({"replicates": 3, "scored": "best_test"}, r"confirm.scored: expected one of \['final', 'best_val'\], got 'best_test'"),
+    ({"replicates": 3, "fixed_alphas": 0.01}, "confirm.fixed_alphas: expected list, got 0.01"),
+    ({"replicates": 3, "fixed_alphas": [0.01, -1]}, "confirm.fixed_alphas: expected a list of alphas > 0, got -1"),
+    ({"replicates": 3, "fixed_alphas": ["x"]}, "confirm.fixed_alphas: expected a list of alphas > 0, got 'x'"),
 ])
 def test_bad_confirm_settings_name_the_key(confirm, message):
     with pytest.raises(SpaceError, match=message):
         from_dict({"axes": {}, "confirm": confirm}, origin="mine.yaml")
+
+
+def test_fkd_yt15_confirms_the_studys_alpha_and_scores_the_final_weights():
+    space = get_space(str(Path(__file__).resolve().parents[1] / "sweep/spaces/fkd-yt15.yaml"))
+    assert space.confirm["fixed_alphas"] == [0.01] and space.confirm["scored"] == "final"
+    assert from_dict(space.to_dict()).confirm == space.confirm
 
 
 # --- every value checked before Ray starts (issue 13, items 6 and 7) ---------------------------

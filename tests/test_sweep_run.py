@@ -65,6 +65,9 @@ def study_trials(folder: Path, name: str) -> list[optuna.trial.FrozenTrial]:
      "bogus://b/p/x/sweep.json: cannot reach it (Unrecognized filesystem type in URI"),
     (["--name", "x", "--resume", "--storage", "file:///nonexistent/store"],
      "file:///nonexistent/store/x/sweep.json not found: nothing to resume under --name x"),
+    # a plan that starves a cell x arm is refused before the search (issue 21, item 6)
+    (["--seeds", "5"], "16 trials cannot give each of the 4 cell x arm combinations x 5 seeds a trial: "
+                       "that needs 20"),
 ])
 def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
@@ -210,8 +213,8 @@ def test_data_reaches_trials_from_shared_memory_without_a_copy(ray_local):
 def test_smoke_test_keeps_explicit_values_and_fills_in_the_rest():
     from sweep.run import _space, build_parser
 
-    space = _space(build_parser().parse_args(["--smoke-test", "--seeds", "2", "--num-samples", "1"]))
-    assert (space.seeds, space.trials, space.max_epochs) == (2, 1, SMOKE["max_epochs"])
+    space = _space(build_parser().parse_args(["--smoke-test", "--seeds", "2", "--num-samples", "8"]))
+    assert (space.seeds, space.trials, space.max_epochs) == (2, 8, SMOKE["max_epochs"])
 
 
 @pytest.mark.parametrize("text,message", [
