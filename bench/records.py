@@ -51,6 +51,7 @@ def epoch_rows(i: int) -> dict[int, dict[str, Any]]:
         rmse = 2.0 + 8.0 / e + (i % 97) * 1e-3
         rows[e] = {k: float(rmse * (j + 1)) for j, k in enumerate(R.EPOCH_KEYS)}
         rows[e].update({M.EPOCH: e, M.DIVERGED: False})
+        rows[e].update(dict.fromkeys(M.TEST_GROUP_KEYS))   # per-group lists: confirm trials only
     return rows
 
 

@@ -30,6 +30,7 @@ How trials are grouped (see ``cell_columns``):
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -72,7 +73,8 @@ def read_parquet(root: str, name: str) -> pd.DataFrame:
     (sweep.store.read_results); root is a folder or an s3:// / gs:// URI."""
     table = read_results(root, name)
     if table is None:
-        raise FileNotFoundError(f"{root.rstrip('/')}/{name}: no such file, nor parts of it")
+        # filename set: the CLI names the file (sweep.analyze.main)
+        raise FileNotFoundError(errno.ENOENT, "no such file, nor parts of it", f"{root.rstrip('/')}/{name}")
     return table.to_pandas()
 
 

@@ -170,4 +170,4 @@ def test_round_folders_and_labels_are_read_under_a_uri_storage_too(tmp_path):
     for storage in (str(tmp_path), f"file://{tmp_path}"):
         folders = round_folders(SimpleNamespace(storage_path=storage, name="s"))
         assert folders == [str(tmp_path / "s-confirm-20261201-1"), str(tmp_path / "s-confirm-20261201-2")]
-        assert _labels(f"{storage}/s-confirm-20261201-1") == {"abc": ("augment=none", 2)}
+        assert _labels(f"{storage}/s-confirm-20261201-1") == {"abc": ("augment=none", 2, "")}

@@ -248,7 +248,7 @@ def test_damaged_parquet_is_one_line_naming_the_file_and_the_fix(tmp_path):
         S.read_results(str(folder), S.TRIALS_FILE)
     message = str(err.value)
     assert message.startswith(f"{folder / R.TRIALS_FILE}: damaged Parquet file (")
-    assert "python -m sweep.run --name my-sweep --resume rebuilds it" in message and "\n" not in message
+    assert f"-m sweep.run --name my-sweep --results-dir {folder.parent} --resume rebuilds it" in message and "\n" not in message
     assert S.read_results(str(folder), "absent.parquet") is None
 
 

@@ -130,7 +130,7 @@ def test_a_damaged_part_is_one_line_and_set_aside(tmp_path):
     with pytest.raises(S.DamagedResults) as err:
         S.read_results(str(tmp_path), S.TRIALS_FILE)
     assert str(err.value).startswith(f"{part}: damaged Parquet file (") and "\n" not in str(err.value)
-    assert f"--name {tmp_path.name} --resume" in str(err.value)
+    assert f"--name {tmp_path.name} --results-dir {tmp_path.parent} --resume" in str(err.value)
     errors = S.set_aside_damaged(str(tmp_path))
     assert [str(e).split(":")[0] for e in errors] == [part]
     assert list(read(tmp_path, S.TRIALS_FILE).trial_id) == ["a"]
