@@ -17,6 +17,7 @@ Validation is always scored against the original labels with missing keypoints m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -135,11 +136,16 @@ def mean_face(keypoints: Tensor, image_size: int) -> Tensor:
     return torch.where(count > 0, total / count.clamp(min=1), image_size / 2.0)
 
 
+# The optimisers of config.Optimizer by name (tests/test_names.py pins the two together).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": functools.partial(torch.optim.SGD, momentum=0.9),   # the usual momentum; the study itself used Adam
+}
+
+
 def _optimizer(cfg: TrialConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 # --- the trial ---------------------------------------------------------------------------------

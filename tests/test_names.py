@@ -9,7 +9,7 @@ from typing import get_args
 
 import pytest
 
-from fkd_core import augment, config, heads, losses, models, precision, schedules
+from fkd_core import augment, config, heads, losses, models, precision, schedules, trainer
 from fkd_core.config import TrialConfig, augment_knobs, uses_shape
 from fkd_core.data import MISSING_POLICIES, SPLIT_MODES
 
@@ -22,10 +22,11 @@ from fkd_core.data import MISSING_POLICIES, SPLIT_MODES
     (augment.POLICIES, config.Augment, ()),
     (schedules.FACTORS, config.Schedule, ("plateau",)),            # plateau is torch's own scheduler
     (precision.DTYPES, config.Precision, ("auto",)),               # auto resolves to fp32 or bf16
+    (trainer.OPTIMIZERS, config.Optimizer, ()),
     (MISSING_POLICIES, config.Missing, ()),
     (SPLIT_MODES, config.Split, ()),
 ], ids=["backbones", "heads", "base_losses", "shape_losses", "augment", "schedules", "precision",
-        "missing", "split"])
+        "optimizers", "missing", "split"])
 def test_registry_names_are_its_literals_values(registry, literal, extra):
     assert sorted([*registry, *extra]) == sorted(get_args(literal))
 
