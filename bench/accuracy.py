@@ -38,7 +38,8 @@ from fkd_core import metrics, recipes
 from fkd_core.config import TrialConfig
 from fkd_core.data import KeypointData, held_out_rows, load_for_config, split_kind, three_way_split
 from fkd_core.predict import load_model, predict
-from fkd_core.train import BEST, train
+from fkd_core.rundir import BEST
+from fkd_core.trainer import train
 from sweep.results import git_commit
 
 DATA = "../shared/data/fkd-yt15/training.csv.gz"

@@ -38,7 +38,7 @@ import torch
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig
 from fkd_core.data import load_for_config
-from fkd_core.train import train
+from fkd_core.trainer import train
 
 DATA = "../shared/data/fkd-yt15/training.csv.gz"
 # The committed fkd-yt15 study's confirm recipe (results/fkd-yt15/trials.parquet, phase confirm).

@@ -45,7 +45,7 @@ from fkd_core.config import TrialConfig
 from fkd_core.data import load_dataset
 from fkd_core.metrics import IMAGES_PER_S
 from fkd_core.models import build_model
-from fkd_core.train import train
+from fkd_core.trainer import train
 
 # Targets of issue 6 on one H100 (aggregate over packed trials).
 PACKED_TARGETS = {"resnet50": 10_000, "densenet121": 6_000}

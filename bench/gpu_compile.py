@@ -25,7 +25,7 @@ import torch
 from fkd_core.config import TrialConfig
 from fkd_core.data import load_dataset
 from fkd_core.metrics import IMAGES_PER_S
-from fkd_core.train import train
+from fkd_core.trainer import train
 
 # Training and validation batches of a compile measurement: whole batches only (no tail graph).
 TRAIN_BATCHES, VAL_BATCHES = 24, 4

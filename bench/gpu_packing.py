@@ -29,10 +29,11 @@ import torch
 
 from fkd_core.config import TrialConfig
 from fkd_core.metrics import IMAGES_PER_S
-from fkd_core.train import limit_gpu_memory, split_rows, train
+from fkd_core.device import limit_gpu_memory
+from fkd_core.trainer import split_rows, train
 
 # Share of the card left free besides the parent's baseline: the CUDA context estimate
-# (fkd_core.train.CUDA_CONTEXT_BYTES) is a guess, and a card filled to 100% fails at random.
+# (fkd_core.device.CUDA_CONTEXT_BYTES) is a guess, and a card filled to 100% fails at random.
 HEADROOM = 0.05
 # A worker's timed window ends this long before the run's deadline, so that its row arrives.
 WORKER_MARGIN_S = 2.0

@@ -47,7 +47,8 @@ from fkd_core.config import TrialConfig
 from fkd_core.data import KeypointData, load_dataset, split_indices
 from fkd_core.models import build_model
 from fkd_core.synth import one_thread
-from fkd_core.train import mean_face, resolve_device, train
+from fkd_core.device import resolve_device
+from fkd_core.trainer import mean_face, train
 
 OVERHEAD_TARGET = 1.10
 AUGMENT_SHARE_TARGET = 0.10

@@ -48,6 +48,7 @@ rotation centre is c = (S - 1) / 2, the centre of the image.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -56,27 +57,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fkd_core.config import TrialConfig
+from fkd_core.config import TrialConfig, augment_knobs
 
 
 @dataclass(frozen=True)
-class AugmentParams:
-    """Knobs and switches of one augmentation policy (see the module docstring)."""
+class _Switches:
+    """Which transforms a policy turns on (see the module docstring and _POLICY_SWITCHES)."""
 
-    rotation_deg: float = 20.0
-    """Rotation range +-deg (the study: 20)."""
-    noise_var: float = 0.1
-    """Variance of the additive Gaussian noise on [0, 1] images (the study: 0.1, sigma ~0.32)."""
-    brightness_low: float = 0.5
-    """Lowest brightness factor (the study: x0.5)."""
-    brightness_high: float = 1.5
-    """Highest brightness factor (the study: x1.5)."""
-    flip_p: float = 0.5
-    """Probability of a horizontal flip."""
-    scale_range: float = 0.1
-    """Zoom factor drawn in [1 - scale_range, 1 + scale_range]."""
-    shift_px: float = 4.0
-    """Shift drawn in [-shift_px, shift_px] px on each axis."""
     rotate: bool = False
     noise: bool = False
     brightness: bool = False
@@ -86,14 +73,6 @@ class AugmentParams:
     """False = the study's defect: keypoint y computed from the already-rotated x."""
     photometric: bool = False
     """Contrast/gamma, blur and occlusion on top of the one-of transform ("robust")."""
-    blur_sigma: float = 1.5
-    """Largest Gaussian blur sigma in pixels."""
-    contrast_range: float = 0.4
-    """Contrast factor drawn in [1 - contrast_range, 1 + contrast_range] about the image mean."""
-    gamma_range: float = 0.5
-    """Gamma drawn log-uniformly in [1 / (1 + gamma_range), 1 + gamma_range]."""
-    occlusion_size: float = 0.35
-    """Largest side of an occlusion patch, as a fraction of the image side."""
 
     @property
     def geometric(self) -> bool:
@@ -102,6 +81,16 @@ class AugmentParams:
     @property
     def active(self) -> bool:
         return self.geometric or self.noise or self.brightness or self.photometric
+
+
+# The knobs (rotation_deg, noise_var, ..., occlusion_size) are TrialConfig's augmentation fields,
+# taken with their names, types and defaults, so that one list of them exists (fkd_core.config).
+AugmentParams = dataclasses.make_dataclass(
+    "AugmentParams", [(f.name, f.type, dataclasses.field(default=f.default)) for f in augment_knobs()],
+    bases=(_Switches,), frozen=True)
+AugmentParams.__module__ = __name__   # make_dataclass of Python 3.11 has no module= yet
+AugmentParams.__doc__ = ("Switches and knobs of one augmentation policy: the switches of _Switches, "
+                         "the knobs of TrialConfig's augmentation fields (fkd_core.config.augment_knobs).")
 
 
 _POLICY_SWITCHES: dict[str, dict[str, bool]] = {
@@ -127,11 +116,7 @@ def policy(name: str, **knobs: float) -> AugmentParams:
 
 def params_for(cfg: TrialConfig) -> AugmentParams:
     """The trial's policy (cfg.augment) with its knobs."""
-    return policy(cfg.augment, rotation_deg=cfg.rotation_deg, noise_var=cfg.noise_var,
-                  brightness_low=cfg.brightness_low, brightness_high=cfg.brightness_high,
-                  flip_p=cfg.flip_p, scale_range=cfg.scale_range, shift_px=cfg.shift_px,
-                  blur_sigma=cfg.blur_sigma, contrast_range=cfg.contrast_range,
-                  gamma_range=cfg.gamma_range, occlusion_size=cfg.occlusion_size)
+    return policy(cfg.augment, **{f.name: getattr(cfg, f.name) for f in augment_knobs()})
 
 
 # --- deterministic building blocks ------------------------------------------------------------

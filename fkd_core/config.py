@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
-from typing import Any, Literal, get_args
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
 
 Split = Literal["shuffle", "tail"]
 Missing = Literal["mask", "ffill", "drop"]
@@ -23,13 +24,28 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Precision = Literal["auto", "fp32", "bf16"]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
 Head = Literal["regression", "heatmap", "unet"]
-SKIP_BACKBONES = ("small_cnn", "res_cnn")   # trunks that expose earlier maps to the "unet" head
+# The one list of backbone names (fkd_core.models.BACKBONES builds them; tests/test_names.py
+# pins the two together). Here, without torch, so that a sweep space can name them cheaply.
+Backbone = Literal["resnet50", "densenet121", "resnet18", "mobilenet_v3_small", "small_cnn", "res_cnn"]
+BACKBONE_NAMES: tuple[str, ...] = get_args(Backbone)
+# The project's own CPU trunks: the only ones with width and depth knobs (fkd_core.models.KNOBBED)
+# and the only ones that expose earlier maps to the "unet" head.
+SKIP_BACKBONES = ("small_cnn", "res_cnn")
 Schedule = Literal["plateau", "cosine", "onecycle"]
 Scored = Literal["final", "best_val"]
 
 # The network input side of every layout (fkd_core.data resizes image folders to it); a heatmap
 # size must divide it.
 INPUT_SIZE = 96
+# Metadata key of the TrialConfig fields that are augmentation knobs (fkd_core.augment.AugmentParams
+# takes its knob fields, names and defaults, from them).
+AUGMENT_KNOB = "augment_knob"
+_KNOB = {AUGMENT_KNOB: True}
+
+
+def uses_shape(shape: str, alpha: float) -> bool:
+    """The one rule for "is this a shape arm": a shape term with a positive weight."""
+    return shape != "none" and float(alpha) > 0.0
 
 
 @dataclass(frozen=True)
@@ -71,8 +87,8 @@ class TrialConfig:
     corr(d, difference of the arms' best epochs) was -0.96 on fkd-yt15)."""
 
     # --- model ----------------------------------------------------------------------------
-    backbone: str = "small_cnn"
-    """Name in fkd_core.models.BACKBONES (resnet50, densenet121, resnet18, mobilenet_v3_small, small_cnn, res_cnn)."""
+    backbone: Backbone = "small_cnn"
+    """A name of Backbone (resnet50, densenet121, resnet18, mobilenet_v3_small, small_cnn, res_cnn)."""
     pretrained: bool = False
     """Load ImageNet weights through torchvision (must be in the torch cache when offline)."""
     dropout: float = 0.1
@@ -98,27 +114,27 @@ class TrialConfig:
     # --- augmentation ---------------------------------------------------------------------
     augment: Augment = "none"
     """"none", "study" (rotation, noise, brightness), "study_exact" (study + its rotation bug), "full"."""
-    rotation_deg: float = 20.0
+    rotation_deg: float = field(default=20.0, metadata=_KNOB)
     """Rotation range +-deg (the study: 20)."""
-    noise_var: float = 0.1
+    noise_var: float = field(default=0.1, metadata=_KNOB)
     """Variance of additive Gaussian noise on [0, 1] images (the study: 0.1)."""
-    brightness_low: float = 0.5
+    brightness_low: float = field(default=0.5, metadata=_KNOB)
     """Lower brightness factor (the study: x0.5)."""
-    brightness_high: float = 1.5
+    brightness_high: float = field(default=1.5, metadata=_KNOB)
     """Upper brightness factor (the study: x1.5)."""
-    flip_p: float = 0.5
+    flip_p: float = field(default=0.5, metadata=_KNOB)
     """Probability of a horizontal flip ("full" only)."""
-    scale_range: float = 0.1
+    scale_range: float = field(default=0.1, metadata=_KNOB)
     """Random zoom of +-scale_range ("full" only)."""
-    shift_px: float = 4.0
+    shift_px: float = field(default=4.0, metadata=_KNOB)
     """Random shift of +-shift_px pixels ("full" only)."""
-    blur_sigma: float = 1.5
+    blur_sigma: float = field(default=1.5, metadata=_KNOB)
     """Largest Gaussian blur sigma in pixels ("robust" only)."""
-    contrast_range: float = 0.4
+    contrast_range: float = field(default=0.4, metadata=_KNOB)
     """Contrast factor in [1 - r, 1 + r] about the image mean ("robust" only)."""
-    gamma_range: float = 0.5
+    gamma_range: float = field(default=0.5, metadata=_KNOB)
     """Gamma log-uniform in [1 / (1 + r), 1 + r] ("robust" only)."""
-    occlusion_size: float = 0.35
+    occlusion_size: float = field(default=0.35, metadata=_KNOB)
     """Largest occlusion patch side as a fraction of the image ("robust" only)."""
 
     # --- optimisation ---------------------------------------------------------------------
@@ -203,8 +219,8 @@ class TrialConfig:
 
     @property
     def uses_shape(self) -> bool:
-        """True when the objective has a shape term with a non-zero weight."""
-        return self.shape != "none" and self.alpha > 0.0
+        """True when the objective has a shape term with a positive weight (uses_shape)."""
+        return uses_shape(self.shape, self.alpha)
 
     @property
     def loss_label(self) -> str:
@@ -218,19 +234,19 @@ class TrialConfig:
         return dataclasses.replace(self, **changes)
 
 
-_LITERALS: dict[str, tuple[str, ...]] = {
-    "split": get_args(Split),
-    "missing": get_args(Missing),
-    "loss": get_args(BaseLoss),
-    "shape": get_args(ShapeTerm),
-    "augment": get_args(Augment),
-    "optimizer": get_args(Optimizer),
-    "precision": get_args(Precision),
-    "compile_mode": get_args(CompileMode),
-    "head": get_args(Head),
-    "schedule": get_args(Schedule),
-    "scored": get_args(Scored),
-}
+def _literal_fields() -> dict[str, tuple[str, ...]]:
+    """Field name -> allowed values, for every field annotated with a Literal (the one home)."""
+    hints = typing.get_type_hints(TrialConfig)
+    return {f.name: get_args(hints[f.name]) for f in dataclasses.fields(TrialConfig)
+            if get_origin(hints[f.name]) is Literal}
+
+
+_LITERALS: dict[str, tuple[str, ...]] = _literal_fields()
+
+
+def augment_knobs() -> tuple[dataclasses.Field, ...]:
+    """The TrialConfig fields that are augmentation knobs, in field order."""
+    return tuple(f for f in dataclasses.fields(TrialConfig) if f.metadata.get(AUGMENT_KNOB))
 
 
 def _check(ok: bool, name: str, expected: str) -> None:

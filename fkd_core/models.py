@@ -1,5 +1,7 @@
 """Keypoint models: a backbone chosen by name from BACKBONES plus a head from fkd_core.heads.
 
+BACKBONES builds the names of fkd_core.config.Backbone (the one list; tests/test_names.py pins them).
+
     >>> from fkd_core.models import build_model
     >>> model = build_model("resnet50", num_keypoints=15, mean_face=mean_xy)   # [15, 2] px
     >>> model = build_model("res_cnn", 15, width=1.5, depth=2, head="heatmap", heatmap_size=24)
@@ -34,6 +36,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from fkd_core.config import SKIP_BACKBONES
 from fkd_core.heads import build_head
 
 
@@ -203,7 +206,9 @@ BACKBONES: dict[str, Callable[..., Trunk]] = {
     "small_cnn": _small_cnn,
     "res_cnn": _res_cnn,
 }
-KNOBBED = ("small_cnn", "res_cnn")   # the backbones with a width multiplier and a depth knob
+# The backbones with a width multiplier and a depth knob: the project's own CPU trunks, the same
+# ones that feed the "unet" head its skip maps, so one list (fkd_core.config) names both.
+KNOBBED = SKIP_BACKBONES
 
 
 class KeypointNet(nn.Module):

@@ -27,7 +27,8 @@ from torch import Tensor
 from fkd_core.data import load_test_images
 from fkd_core.models import KeypointNet, build_model, upgrade_state_dict
 from fkd_core.schema import Schema, get_schema
-from fkd_core.train import load_checkpoint, resolve_device
+from fkd_core.checkpoint import load_checkpoint
+from fkd_core.device import resolve_device
 from fkd_core.tta import flip_average
 
 LOOKUP_COLUMNS = ("RowId", "ImageId", "FeatureName")

@@ -7,10 +7,12 @@ import shutil
 
 import pytest
 
-from fkd_core import metrics, train as train_module
+from fkd_core import metrics, trainer
 from fkd_core.config import TrialConfig
 from fkd_core.data import load_dataset
-from fkd_core.train import BEST, CHECKPOINT, checkpoint_due, load_checkpoint, train
+from fkd_core.checkpoint import checkpoint_due, load_checkpoint
+from fkd_core.rundir import BEST, CHECKPOINT
+from fkd_core.trainer import train
 from sweep import trainable
 from sweep.spaces import data_key
 from tests.test_train import _timeless
@@ -46,7 +48,7 @@ def _scripted(monkeypatch, rmses):
         rmse = next(script)
         return {"loss": rmse ** 2, "rmse_px": rmse, "nme": 0.1, "shape_err_px": 1.0}
 
-    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    monkeypatch.setattr(trainer, "evaluate", evaluate)
 
 
 def test_every_n_epochs_and_no_best(faces, tmp_path, monkeypatch):

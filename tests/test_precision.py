@@ -15,7 +15,9 @@ from fkd_core.config import TrialConfig
 from fkd_core.data import load_dataset
 from fkd_core.losses import build_objective
 from fkd_core.models import build_model
-from fkd_core.train import CHECKPOINT, autocast_dtype, train
+from fkd_core.device import autocast_dtype
+from fkd_core.rundir import CHECKPOINT
+from fkd_core.trainer import train
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 ROOT = Path(__file__).resolve().parents[1]

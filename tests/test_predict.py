@@ -12,7 +12,8 @@ from fkd_core import predict as predict_module
 from fkd_core.config import TrialConfig
 from fkd_core.data import load_dataset
 from fkd_core.schema import KAGGLE15
-from fkd_core.train import BEST, train
+from fkd_core.rundir import BEST
+from fkd_core.trainer import train
 
 N_TEST = 5
 

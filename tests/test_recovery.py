@@ -9,7 +9,8 @@ import optuna
 import pytest
 import torch
 
-from fkd_core.train import CHECKPOINT, MODEL_KEYS
+from fkd_core.checkpoint import MODEL_KEYS
+from fkd_core.rundir import CHECKPOINT
 from sweep.recovery import OPTUNA_TRIAL, RESUME_CHECKPOINT, RESUME_OF, plan, scan
 from sweep.spaces import from_dict
 from sweep.trainable import ROWS_FILE

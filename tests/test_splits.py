@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from fkd_core import metrics, train as train_module
+from fkd_core import loop, metrics, train as train_module, trainer
 from fkd_core.config import TrialConfig
 from fkd_core.data import (DataError, draw_splits, forward_fill, held_out_rows, load_dataset, load_for_config,
                            three_way_split)
 from fkd_core.data.splits import forward_fill_outside
-from fkd_core.train import split_rows, train
+from fkd_core.trainer import split_rows, train
 
 FAST = dict(synth_n=224, batch_size=24, device="cpu", patience=50)
 
@@ -168,9 +168,10 @@ def test_shape_share_is_alpha_shape_over_base_and_zero_for_the_base_arm(faces):
     train(cfg, faces, rows.append)
     # With lr ~0 the weights do not move: recompute the ratio on the same batch by hand.
     from fkd_core.losses import cgd, mse
-    from fkd_core.train import _Trial, resolve_device
+    from fkd_core.device import resolve_device
+    from fkd_core.trainer import Trial
     train_idx, train_kps, _ = split_rows(faces, cfg)
-    trial = _Trial.create(cfg, train_kps, faces.images.shape[-1], resolve_device("cpu"))
+    trial = Trial.create(cfg, train_kps, faces.images.shape[-1], resolve_device("cpu"))
     trial.model.train()
     order = torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(cfg.seed))
     x = faces.images[train_idx[order]].float().div(255.0).contiguous(memory_format=torch.channels_last)
@@ -193,10 +194,10 @@ def test_test_split_is_scored_by_evaluate_on_the_shared_images(faces, monkeypatc
     """The test rows go through the same evaluate() as validation, gathered from the one shared
     image tensor: three index sets, no copy of the data set."""
     made, scored = [], []
-    original_of, original_evaluate = train_module.Batches.of, train_module.evaluate
-    monkeypatch.setattr(train_module.Batches, "of",
+    original_of, original_evaluate = loop.Batches.of, trainer.evaluate
+    monkeypatch.setattr(loop.Batches, "of",
                         classmethod(lambda cls, *a: made.append(original_of(*a)) or made[-1]))
-    monkeypatch.setattr(train_module, "evaluate",
+    monkeypatch.setattr(trainer, "evaluate",
                         lambda model, obj, data, *a: scored.append(data) or original_evaluate(model, obj, data, *a))
     cfg = TrialConfig(**FAST, max_epochs=2, score_test=True)
     train(cfg, faces, lambda row: None)

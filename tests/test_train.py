@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fkd_core import metrics, train as train_module
+from fkd_core import device, loop, metrics, train as train_module, trainer
 from fkd_core.config import TrialConfig
 from fkd_core.data import held_out_rows, load_dataset
 from fkd_core.rundir import RunLock
-from fkd_core.train import BEST, CHECKPOINT, load_checkpoint, train, training_split
+from fkd_core.checkpoint import load_checkpoint
+from fkd_core.rundir import BEST, CHECKPOINT
+from fkd_core.trainer import train, training_split
 
 # Small and fast: 8 training steps of 24 faces per epoch on the CPU.
 FAST = dict(synth_n=224, batch_size=24, device="cpu", patience=50)
@@ -70,7 +72,7 @@ def test_early_stopping_on_validation_rmse(faces, monkeypatch):
         rmse = next(script)
         return {"loss": rmse ** 2, "rmse_px": rmse, "nme": 0.1, "shape_err_px": 1.0}
 
-    monkeypatch.setattr(train_module, "evaluate", scripted_evaluate)
+    monkeypatch.setattr(trainer, "evaluate", scripted_evaluate)
     rows: list[dict] = []
     summary = train(TrialConfig(**{**FAST, "patience": 2}, max_epochs=6), faces, rows.append)
     assert summary.stopped == "early_stop"
@@ -218,8 +220,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv, tmp_path, capsys):
 def test_splits_share_the_data_sets_images_instead_of_copying(faces, monkeypatch):
     """A sweep node holds the data set once: each trial gathers batches from the shared tensor."""
     made = []
-    original = train_module.Batches.of
-    monkeypatch.setattr(train_module.Batches, "of",
+    original = loop.Batches.of
+    monkeypatch.setattr(loop.Batches, "of",
                         classmethod(lambda cls, *a: made.append(original(*a)) or made[-1]))
     train(TrialConfig(max_epochs=1, batch_size=64), faces, lambda row: None)
     train_rows, val_rows = made
@@ -230,7 +232,7 @@ def test_splits_share_the_data_sets_images_instead_of_copying(faces, monkeypatch
 
 def test_drop_policy_trains_on_complete_rows_only():
     data = load_dataset("synthetic-missing", synth_n=200, synth_seed=0)
-    train_idx, train_kps, val_idx = train_module.split_rows(data, TrialConfig(missing="drop"))
+    train_idx, train_kps, val_idx = trainer.split_rows(data, TrialConfig(missing="drop"))
     assert torch.isfinite(train_kps).all()
     assert 0 < len(train_idx) < 200 - len(val_idx)
     assert torch.equal(train_kps, data.keypoints[train_idx])
@@ -241,18 +243,18 @@ def test_drop_policy_trains_on_complete_rows_only():
 def test_gpu_memory_fraction_leaves_room_for_each_cuda_context():
     gib = 2**30
     # A quarter of an 80 GiB card minus a 0.75 GiB context: 20 - 0.75 = 19.25 GiB = 0.240625.
-    assert train_module.gpu_memory_fraction(0.25, 80 * gib, context_bytes=3 * gib // 4) == pytest.approx(0.240625)
+    assert device.gpu_memory_fraction(0.25, 80 * gib, context_bytes=3 * gib // 4) == pytest.approx(0.240625)
     for share in (1.0, 0.5, 0.25, 0.125):
         trials = round(1 / share)
-        caps = trials * train_module.gpu_memory_fraction(share, 80 * gib) * 80 * gib
-        assert caps + trials * train_module.CUDA_CONTEXT_BYTES == pytest.approx(80 * gib)
+        caps = trials * device.gpu_memory_fraction(share, 80 * gib) * 80 * gib
+        assert caps + trials * device.CUDA_CONTEXT_BYTES == pytest.approx(80 * gib)
 
 
 @pytest.mark.parametrize("share,message", [(0.0, "in (0, 1]"), (1.5, "in (0, 1]"),
                                            (0.125, "leaves nothing after the CUDA context")])
 def test_gpu_memory_fraction_rejects_shares_that_cannot_fit(share, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
-        train_module.gpu_memory_fraction(share, 4 * 2**30, context_bytes=2**30)
+        device.gpu_memory_fraction(share, 4 * 2**30, context_bytes=2**30)
 
 
 def test_limit_gpu_memory_caps_only_a_shared_cuda_device(monkeypatch):
@@ -263,11 +265,11 @@ def test_limit_gpu_memory_caps_only_a_shared_cuda_device(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props)
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, i: calls.append((f, i)))
-    assert train_module.limit_gpu_memory(0.25, torch.device("cpu")) is None
-    assert train_module.limit_gpu_memory(1.0, torch.device("cuda", 0)) is None
+    assert device.limit_gpu_memory(0.25, torch.device("cpu")) is None
+    assert device.limit_gpu_memory(1.0, torch.device("cuda", 0)) is None
     assert calls == []
-    got = train_module.limit_gpu_memory(0.5, torch.device("cuda", 1))
-    assert calls == [(got, 1)] and got == pytest.approx(0.5 - train_module.CUDA_CONTEXT_BYTES / Props.total_memory)
+    got = device.limit_gpu_memory(0.5, torch.device("cuda", 1))
+    assert calls == [(got, 1)] and got == pytest.approx(0.5 - device.CUDA_CONTEXT_BYTES / Props.total_memory)
 
 
 def test_cli_compile_flag_sets_mode():
@@ -702,6 +704,6 @@ def test_a_gpu_index_beyond_the_machines_says_what_it_has(count, said, monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     with pytest.raises(ValueError, match=rf"^--device cuda:{count}: this machine has {re.escape(said)}$"):
-        train_module.resolve_device(f"cuda:{count}")
+        device.resolve_device(f"cuda:{count}")
     if count:
-        assert train_module.resolve_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")
+        assert device.resolve_device(f"cuda:{count - 1}") == torch.device(f"cuda:{count - 1}")

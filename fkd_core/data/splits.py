@@ -20,21 +20,19 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from fkd_core.config import Missing, Split, TrialConfig
 from fkd_core.data.dataset import KeypointData
 from fkd_core.data.errors import DataError
 from fkd_core.data.groups import with_groups
 
-if TYPE_CHECKING:
-    from fkd_core.config import TrialConfig
-
-MISSING_POLICIES = ("mask", "ffill", "drop")
-SPLIT_MODES = ("shuffle", "tail")
+MISSING_POLICIES: tuple[str, ...] = get_args(Missing)   # the names live in TrialConfig's Literals
+SPLIT_MODES: tuple[str, ...] = get_args(Split)
 GROUP_DISJOINT = "group-disjoint"
 ROW_LEVEL = "row-level"
 
@@ -164,7 +162,7 @@ def draw_splits(codes: np.ndarray | None, n_rows: int, *, content_hash: str, tes
     return Splits(train=train, val=np.sort(val), test=np.flatnonzero(is_test), kind=kind)
 
 
-def three_way_split(data: KeypointData, cfg: "TrialConfig") -> Splits:
+def three_way_split(data: KeypointData, cfg: TrialConfig) -> Splits:
     """The trial's test, validation and train rows (see the module docstring)."""
     if cfg.groups not in ("auto", "none") and data.groups_from != cfg.groups:   # loaded without them
         data = with_groups(data, None, "kaggle", cfg.groups, cfg.group_regex)
@@ -174,12 +172,12 @@ def three_way_split(data: KeypointData, cfg: "TrialConfig") -> Splits:
                        source=data.source)
 
 
-def held_out_rows(data: KeypointData, cfg: "TrialConfig") -> np.ndarray:
+def held_out_rows(data: KeypointData, cfg: TrialConfig) -> np.ndarray:
     """The test rows (sorted int64): the same for every run on this data set and test_seed."""
     return three_way_split(data, cfg).test
 
 
-def split_kind(data: KeypointData, cfg: "TrialConfig") -> str:
+def split_kind(data: KeypointData, cfg: TrialConfig) -> str:
     """"group-disjoint" when no group is on two sides of any split, else "row-level" (no groups,
     or split="tail", whose validation tail cuts through groups; its test split stays disjoint)."""
     grouped = cfg.groups != "none" and (data.groups is not None or cfg.groups != "auto")
