@@ -32,6 +32,11 @@ Scored = Literal["final", "best_val"]
 INPUT_SIZE = 96
 
 
+def uses_shape(shape: str, alpha: float) -> bool:
+    """The one rule for "is this a shape arm": a shape term with a positive weight."""
+    return shape != "none" and float(alpha) > 0.0
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     # --- data -----------------------------------------------------------------------------
@@ -204,7 +209,7 @@ class TrialConfig:
     @property
     def uses_shape(self) -> bool:
         """True when the objective has a shape term with a non-zero weight."""
-        return self.shape != "none" and self.alpha > 0.0
+        return uses_shape(self.shape, self.alpha)
 
     @property
     def loss_label(self) -> str:

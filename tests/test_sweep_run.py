@@ -20,7 +20,10 @@ import pytest
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig, config_fields
 from sweep import results as R
-from sweep.run import SMOKE, local_settings, load_data, main, run_sweep
+from sweep.datasets import load_data
+from sweep.run import SMOKE, main
+from sweep.search import run_sweep
+from sweep.settings import local_settings
 from sweep.spaces import from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,7 +342,7 @@ def test_broken_sweep_json_under_resume_is_one_line_naming_it(tmp_path, capsys, 
 
 
 def test_failures_say_how_many_and_the_first_error():
-    from sweep.run import failures
+    from sweep.console import failures
 
     trials = pd.DataFrame({"status": ["completed", "error", "error"],
                            "error": ["", "RuntimeError: boom\nmore", "ValueError: x"]})
