@@ -252,7 +252,7 @@ def verdict_section(t: pd.DataFrame, settings: dict[str, Any], phrase: str,
     head = ["## 1. Verdicts: confirm phase, scored on the test split", ""]
     if confirm.empty or not V.has_test_metrics(confirm):
         why = (f"No confirm phase in these results ({phrase}): the search alone does not answer "
-               "the question. Run `python -m sweep.confirm <results> --seeds N`."
+               "the question. Run `python -m sweep.confirm <results> --replicates N`."
                if confirm.empty else f"No verdict: {V.NO_TEST_METRICS}.")
         return head + [f"_{why}_", ""], pd.DataFrame(), verdict_lines(pd.DataFrame(), why)
     rule, note = rule_of(settings)
