@@ -150,6 +150,33 @@ def test_sweep_confirm_rejects_a_folder_without_a_sweep(tmp_path, capsys):
     assert C.main([str(tmp_path), "--seeds", "0"]) == 2
 
 
+@pytest.mark.parametrize("argv,replicates", [
+    (["--replicates", "4"], 4),
+    (["--seeds", "3"], 3),                 # the old spelling, which older commands still use
+    (["--replicates", "2", "--until-decided", "--max-seeds", "6"], 2),
+])
+def test_sweep_confirm_takes_replicates_and_its_old_name_seeds(argv, replicates):
+    args = C.build_parser().parse_args(["results/x", *argv])
+    assert C.replicates_of(args) == replicates
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "sweep.confirm: error: the following arguments are required: --replicates\n"),
+    (["--replicates", "2", "--seeds", "2"],
+     "sweep.confirm: error: --seeds is the old name of --replicates: give one of them\n"),
+    (["--replicates", "0"], "sweep.confirm: error: --confirm/--replicates must be >= 1 replicate, got 0\n"),
+])
+def test_sweep_confirm_replicates_errors_are_one_line(tmp_path, capsys, argv, message):
+    assert C.main([str(tmp_path), *argv]) == 2
+    assert capsys.readouterr().err == message
+    assert list(tmp_path.iterdir()) == []   # refused before anything is written or locked
+
+
+def test_sweep_confirm_help_names_replicates_not_seeds():
+    text = C.build_parser().format_help()
+    assert "--replicates N" in text and "--seeds" not in text
+
+
 @pytest.mark.parametrize("text,message", [
     ('{"name": "s", ', "not readable as JSON (Expecting property name enclosed in double quotes: "
                        "line 1 column 15 (char 14))"),

@@ -213,6 +213,27 @@ def test_data_reaches_trials_from_shared_memory_without_a_copy(ray_local):
     assert got.images.equal(original.images) and len(got) == 50 and got.schema == original.schema
 
 
+@pytest.mark.parametrize("argv,root", [
+    ([], "CLUSTER"),                                              # the cluster file's results_dir
+    (["--storage", "s3://bucket/sweeps"], "s3://bucket/sweeps"),  # a URI --storage holds them too
+    (["--storage", "scratch/ray"], "CLUSTER"),                    # a local --storage does not
+    (["--storage", "s3://bucket/sweeps", "--results-dir", "out"], "out"),
+])
+def test_target_fixes_the_results_root_and_name_once_and_leaves_args_alone(tmp_path, argv, root):
+    from sweep.cluster import load_cluster
+    from sweep.run import _space, build_parser, target
+
+    cluster = load_cluster(local_cluster(tmp_path, 2))
+    args = build_parser().parse_args(["--smoke-test", *argv])
+    where = target(args, cluster, _space(args))
+    assert args.name is None                                      # issue 22: args not mutated
+    assert where.root == (str(tmp_path / "results") if root == "CLUSTER" else root)
+    assert where.name.startswith("quick-synthetic-")
+    assert where.folder == f"{where.root}/{where.name}"
+    named = build_parser().parse_args(["--name", "mine", *argv])
+    assert target(named, cluster, None).folder == f"{where.root}/mine"
+
+
 def test_smoke_test_keeps_explicit_values_and_fills_in_the_rest():
     from sweep.run import _space, build_parser
 
