@@ -1,7 +1,8 @@
 """The data sets of a space: each loaded once and checked before Ray starts.
 
     from sweep.datasets import load_or_fail
-    data_sets = load_or_fail(get_space("quick"))   # {data_key: FaceData}; UsageError when unusable
+    from sweep.spaces import get_space
+    data_sets = load_or_fail(get_space("quick"))   # {data_key: KeypointData}; UsageError if unusable
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@
     from sweep.datasets import load_data
     from sweep.search import run_sweep
     from sweep.settings import local_settings
+    from sweep.spaces import get_space
     s = local_settings(get_space("quick"), "results", "my-study", max_concurrent=2)
     ray.init(); outcome = run_sweep(s, load_data(s.space))   # outcome.trials: trials.parquet
 
