@@ -29,9 +29,9 @@ best-validation epoch's, is the noisier option. The scored weights' test RMSE an
 sums are recorded (scored_test_rmse_px, test_group_*), and the shape term's share of the last
 epoch's training loss (shape_share).
 Confirm trials go into the same trials.parquet / epochs.parquet with phase="confirm".
-The plan (sweep.plan: rounds, maximum, margin, design, α; sweep.verdicts) is frozen in sweep.json at the
-first round and every look is recorded there; a later run that asks for another plan is refused
-(only an --open-ended plan may raise its --max-seeds).
+The plan (sweep.plan: rounds, maximum, margin, design, α; sweep.verdicts) is frozen in
+sweep.json at the first round and every look is recorded there; a later run that asks for
+another plan is refused (only an --open-ended plan may raise its --max-seeds).
 A confirm interrupted (Ctrl-C, kill -9) goes on where it stopped when run again, or with
 `sweep.run --name X --resume` (sweep.confirm_recovery); it holds the folder's lock (sweep.lock).
 """
