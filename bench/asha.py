@@ -15,7 +15,10 @@ import argparse
 import logging
 import tempfile
 
-from sweep.run import load_data, local_settings, quiet_environment, run_sweep
+from sweep.datasets import load_data
+from sweep.search import run_sweep
+from sweep.settings import local_settings
+from sweep.tuning import quiet_environment
 from sweep.spaces import Space, from_dict
 
 CONCURRENCY = 2

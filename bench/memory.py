@@ -19,7 +19,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from sweep.run import load_data, local_settings, quiet_environment, run_sweep
+from sweep.datasets import load_data
+from sweep.search import run_sweep
+from sweep.settings import local_settings
+from sweep.tuning import quiet_environment
 from sweep.spaces import Space, from_dict
 
 MB = 2**20

@@ -14,7 +14,10 @@ import logging
 import tempfile
 import time
 
-from sweep.run import load_data, local_settings, quiet_environment, run_sweep
+from sweep.datasets import load_data
+from sweep.search import run_sweep
+from sweep.settings import local_settings
+from sweep.tuning import quiet_environment
 from sweep.spaces import Space, from_dict
 
 TARGET = 1.25

@@ -1,8 +1,8 @@
 """The confirm phase: retrain the search's best configs on paired replicates, score the test split.
 
-    python -m sweep.confirm results/<name> --seeds 5                  # confirm an existing search
-    python -m sweep.confirm results/<name> --seeds 3 --until-decided --max-seeds 12
-    python -m sweep.confirm results/<name> --seeds 3 --until-decided --max-seeds 12 --open-ended
+    python -m sweep.confirm results/<name> --replicates 5                  # confirm an existing search
+    python -m sweep.confirm results/<name> --replicates 3 --until-decided --max-seeds 12
+    python -m sweep.confirm results/<name> --replicates 3 --until-decided --max-seeds 12 --open-ended
     python -m sweep.run ... --confirm 3                              # search, then confirm
 
 For every cell, the search's best base-arm config (lowest validation RMSE among the trials ASHA
@@ -29,121 +29,42 @@ best-validation epoch's, is the noisier option. The scored weights' test RMSE an
 sums are recorded (scored_test_rmse_px, test_group_*), and the shape term's share of the last
 epoch's training loss (shape_share).
 Confirm trials go into the same trials.parquet / epochs.parquet with phase="confirm".
-The plan (rounds, maximum, margin, design, α; sweep.verdicts) is frozen in sweep.json at the
-first round and every look is recorded there; a later run that asks for another plan is refused
-(only an --open-ended plan may raise its --max-seeds).
+The plan (sweep.plan: rounds, maximum, margin, design, α; sweep.verdicts) is frozen in
+sweep.json at the first round and every look is recorded there; a later run that asks for
+another plan is refused (only an --open-ended plan may raise its --max-seeds).
 A confirm interrupted (Ctrl-C, kill -9) goes on where it stopped when run again, or with
 `sweep.run --name X --resume` (sweep.confirm_recovery); it holds the folder's lock (sweep.lock).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from fkd_core.config import TrialConfig, config_fields
+from sweep import commands
 from sweep import verdicts as V
+from sweep.cluster import connect, load_cluster
+from sweep.datasets import data_info, load_or_fail
+from sweep.lock import SweepBusy, SweepLock, lock_dir
+from sweep.plan import (CONFIRM_SEED0, ConfirmError, Plan, add_plan_options, record_look,
+                        record_plan)
+from sweep.settings import Parser, Settings, UsageError, saved_settings, update_sweep_json
+from sweep.spaces import data_key
+from sweep.store import TRIALS_FILE, read_results
+from sweep.tuning import quiet_environment, trainable, tuner
 
 if TYPE_CHECKING:
     import pandas as pd
-# pandas, torch (fkd_core.metrics) and Ray are imported where used: sweep.run imports this
-# module for its command-line options, and --help should not wait for them.
-
-# Confirm seeds start far from the search's (0, 1, ...): the best config was picked partly for
-# its luck on those seeds and that split, so reusing them would carry the selection into the test.
-CONFIRM_SEED0 = 1000
-
-
-class ConfirmError(ValueError):
-    """Bad confirm options or a results folder that cannot be confirmed; one line for users."""
-
+# pandas, torch (fkd_core.data, .metrics) and Ray (sweep.recovery, sweep.confirm_recovery,
+# sweep.report) are imported where used: sweep.run imports this module, and its --help should
+# not wait for them.
 
 class Interrupted(RuntimeError):
     """A confirm round ended with replicates not recorded (Ctrl-C, lost cluster): no verdict is
     computed on the incomplete set; running the confirm again continues it (sweep.confirm_recovery)."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How many replicates, and the decision rule; frozen at the first confirm round.
-
-    Three designs (sweep.verdicts): one look (fixed N); --until-decided --max-seeds M: rounds
-    of `replicates` up to M, planned in advance, a group-sequential boundary; --open-ended on
-    top: the anytime-valid confidence sequence, the one design a later run may extend past M.
-    """
-
-    replicates: int
-    """Replicates of the first round (and of each later round with until_decided)."""
-    margin: float = V.DEFAULT_MARGIN
-    until_decided: bool = False
-    max_seeds: int | None = None
-    """Until-decided: stop adding rounds at this many replicates."""
-    open_ended: bool = False
-    """Until-decided: the anytime-valid sequence instead of the planned group-sequential looks."""
-    alpha: float = V.DEFAULT_ALPHA
-    """Family-wise error over every verdict word of the study."""
-    cs_horizon: int | None = None
-    """open_ended: replicates the sequence's mixture is tuned for (None: 4 rounds). It depends
-    on the rounds alone, so raising --max-seeds later leaves the sequence unchanged."""
-
-    def __post_init__(self) -> None:
-        if self.replicates < 1:
-            raise ConfirmError(f"--confirm/--seeds must be >= 1 replicate, got {self.replicates}")
-        if not (self.margin >= 0 and math.isfinite(self.margin)):
-            raise ConfirmError(f"--margin must be >= 0 px, got {self.margin:g}")
-        if not 0.0 < self.alpha < 1.0:
-            raise ConfirmError(f"the confirm plan's alpha must be in (0, 1), got {self.alpha:g}")
-        if self.max_seeds is not None and self.max_seeds < self.replicates:
-            raise ConfirmError(f"--max-seeds {self.max_seeds} is below the first round of "
-                               f"{self.replicates} replicates")
-        if self.max_seeds is not None and not self.until_decided:
-            raise ConfirmError("--max-seeds needs --until-decided")
-        if self.until_decided and self.max_seeds is None:
-            raise ConfirmError("--until-decided needs --max-seeds M (where adding rounds stops)")
-        if self.open_ended and not self.until_decided:
-            raise ConfirmError("--open-ended needs --until-decided --max-seeds M")
-        if self.open_ended and self.cs_horizon is None:
-            object.__setattr__(self, "cs_horizon", 4 * self.replicates)
-
-    @property
-    def ceiling(self) -> int:
-        return self.max_seeds if self.until_decided and self.max_seeds else self.replicates
-
-    @property
-    def design(self) -> str:
-        if not self.until_decided:
-            return "fixed"
-        return "sequence" if self.open_ended else "group-sequential"
-
-    def rule(self) -> V.Rule:
-        horizon = self.cs_horizon if self.open_ended else None
-        return V.Rule(margin=self.margin, alpha=self.alpha, sequential=self.until_decided,
-                      first_round=self.replicates, max_replicates=self.ceiling,
-                      design=self.design, cs_horizon=horizon)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"replicates": self.replicates, "until_decided": self.until_decided,
-                "max_seeds": self.max_seeds, "open_ended": self.open_ended,
-                **self.rule().to_dict()}
-
-    @staticmethod
-    def from_dict(raw: dict[str, Any]) -> "Plan":
-        """A plan from sweep.json or a space's `confirm` settings. A plan recorded before the
-        designs existed (no "design") that ran --until-decided used the confidence sequence
-        tuned for its maximum: it reads back as that sequence."""
-        old_sequence = "design" not in raw and bool(raw.get("sequential"))
-        open_ended = bool(raw.get("open_ended", False)) or old_sequence \
-            or raw.get("design") == "sequence"
-        horizon = raw.get("cs_horizon") or (raw.get("max_replicates") if old_sequence else None)
-        return Plan(int(raw["replicates"]), float(raw.get("margin", V.DEFAULT_MARGIN)),
-                    bool(raw.get("until_decided", False)),
-                    None if raw.get("max_seeds") is None else int(raw["max_seeds"]),
-                    open_ended, float(raw.get("alpha", V.DEFAULT_ALPHA)),
-                    None if horizon is None else int(horizon))
 
 
 # --- which configs, which replicates --------------------------------------------------------
@@ -182,7 +103,7 @@ def arm_label(shape: str, fixed_alpha: float | None = None) -> str:
 def choose_arms(search: pd.DataFrame, fixed_alphas: Sequence[float] = ()) -> list[Arm]:
     """Base recipe + one shape arm per shape term (+ one per fixed α), per cell (module docstring).
 
-    search: prepared search-phase trials (sweep.analyze.prepare): columns cell, arm, outcome.
+    search: prepared search-phase trials (sweep.tables.prepare): columns cell, arm, outcome.
     Cells without a finished base-arm trial or without a shape arm cannot be paired: skipped.
     """
     ok = search[search["outcome"] == "ok"]
@@ -261,33 +182,17 @@ def run_round(s: Any, data_sets: dict[str, Any], configs: list[dict[str, Any]], 
     from ray import tune
 
     from sweep.recovery import ResumedWriter
-    from sweep.run import MAX_FAILURES, data_info
-    from sweep.trainable import share, train_trial
 
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, datasets={k: share(d) for k, d in data_sets.items()},
-                             train_fn=train_fn),
-        {"cpu": s.resources["cpu"], "gpu": s.resources["gpu"]})
     # The writer counts every recorded trial, search included: `recorded` are already there.
     # A continued trial (RESUME_OF, sweep.confirm_recovery) is filed under its original id.
     writer = ResumedWriter(s.results_uri, s.name, data_info(data_sets), log=log,
-                             total=recorded + len(configs))
+                           total=recorded + len(configs))
     space = {"i": tune.grid_search(list(range(len(configs)))),
              **{k: tune.sample_from(_Pick(configs, k)) for k in configs[0]}}
-    tune.Tuner(trainable, param_space=space,
-               tune_config=tune.TuneConfig(max_concurrent_trials=s.max_concurrent, reuse_actors=True,
-                                           trial_name_creator=_name, trial_dirname_creator=_name),
-               run_config=tune.RunConfig(
-                   # A later `sweep.confirm` adds rounds to the same storage: never reuse a name.
-                   name=f"{s.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}-{round_no}",
-                   storage_path=s.storage_path, verbose=0,
-                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                   callbacks=[writer])).fit()
-
-
-def _name(trial: Any) -> str:
-    return trial.trial_id
+    # A later `sweep.confirm` adds rounds to the same storage: never reuse a name.
+    name = f"{s.name}-confirm-{time.strftime('%Y%m%d-%H%M%S')}-{round_no}"
+    tuner(s, trainable(s, data_sets, train_fn), name=name, callbacks=[writer],
+          param_space=space).fit()
 
 
 @dataclass
@@ -311,11 +216,9 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
     import pandas as pd
 
     from sweep import confirm_recovery as CR
-    from sweep.analyze import prepare, read_parquet
-    from sweep.run import data_info
 
     searched = list(s.space.search)
-    trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
+    trials = read_trials(s.results_uri, searched)
     settings = dict(getattr(s.space, "confirm", None) or {})
     scored = str(settings.get("scored") or "final")
     arms = choose_arms(trials[trials["phase"] == "search"], settings.get("fixed_alphas") or ())
@@ -326,7 +229,7 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
     rule, target = plan.rule(), plan.replicates
     while True:
         resumes = CR.recover(s, data_info(data_sets), log)
-        trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
+        trials = read_trials(s.results_uri, searched)
         todo = CR.continued(missing_configs(arms, _confirmed(trials), target, scored), resumes)
         if log:
             log(f"\nConfirm round up to {target} replicates: {len(todo)} trials ({len(arms)} "
@@ -334,7 +237,7 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
         if todo:
             run_round(s, data_sets, todo, round_no=target, recorded=len(trials),
                       train_fn=train_fn, log=log)
-            trials = prepare(read_parquet(s.results_uri, "trials.parquet"), searched)
+            trials = read_trials(s.results_uri, searched)
         confirmed = _confirmed(trials)
         lost = {CR.key_of(c) for c in todo} - set(zip(confirmed["cell"], confirmed["arm"],
                                                        confirmed["replicate"].astype(int)))
@@ -355,19 +258,22 @@ def confirm(s: Any, data_sets: dict[str, Any], plan: Plan, *, train_fn: Any = No
         target = min(target + plan.replicates, plan.ceiling)
 
 
+def read_trials(uri: str, searched: Sequence[str]) -> pd.DataFrame:
+    """<uri>/trials.parquet (sweep.store: its parts included), prepared (sweep.tables.prepare)."""
+    from sweep.tables import prepare   # pandas and torch: not at import (sweep.run --help)
+
+    table = read_results(uri, TRIALS_FILE)
+    if table is None:
+        raise ConfirmError(f"{uri}/{TRIALS_FILE}: no such file, nor parts of it; run the "
+                           "search first (python -m sweep.run)")
+    return prepare(table.to_pandas(), searched)
+
+
 def _confirmed(trials: pd.DataFrame) -> pd.DataFrame:
     """Confirm trials, one per (cell, arm, replicate): the first recorded, should a folder hold
     two (written before interrupted confirms were continued rather than rerun)."""
     done = trials[trials["phase"] == "confirm"]
     return done.drop_duplicates(["cell", "arm", "replicate"], keep="first")
-
-
-def saved_plan(uri: str) -> Plan | None:
-    """The confirm plan a sweep recorded when its confirm phase started (None: not started)."""
-    from sweep.run import SWEEP_FILE, _read_json
-
-    raw = ((_read_json(f"{uri}/{SWEEP_FILE}") or {}).get("confirm") or {}).get("plan")
-    return Plan.from_dict(raw) if raw else None
 
 
 # --- sweep.json: the plan, the looks, the commands ------------------------------------------
@@ -377,7 +283,6 @@ def split_kinds(data_sets: dict[str, Any], arms: Sequence[Arm] = ()) -> dict[str
     split="tail" makes validation row-level even where the test split is group-disjoint); per
     data set when no arm is given."""
     from fkd_core.data import split_kind
-    from sweep.spaces import data_key
 
     if not arms:
         return {k: split_kind(d, TrialConfig(score_test=True)) for k, d in data_sets.items()}
@@ -390,91 +295,6 @@ def split_kinds(data_sets: dict[str, Any], arms: Sequence[Arm] = ()) -> dict[str
     return kinds
 
 
-def _update_sweep_json(uri: str, change: Callable[[dict[str, Any]], None]) -> None:
-    from sweep.run import SWEEP_FILE, _read_json, _write_json
-
-    saved = _read_json(f"{uri}/{SWEEP_FILE}") or {}
-    change(saved)
-    _write_json(f"{uri}/{SWEEP_FILE}", saved)
-
-
-def record_plan(uri: str, plan: Plan, arms: Sequence[Arm]) -> int:
-    """The confirm plan (margin fixed before the run), the recipes and this command; returns the
-    replicates already looked at (0 if none)."""
-    looked = [0]
-
-    def change(saved: dict[str, Any]) -> None:
-        old = saved.get("confirm") or {}
-        _check_continuation(uri, old, plan)
-        saved["confirm"] = {**old, "plan": plan.to_dict(),
-                            "recipes": [{"cell": a.cell, "arm": a.arm, "from_trial": a.source_trial,
-                                         "alpha": a.fields["alpha"]} for a in arms],
-                            "commands": [*old.get("commands", []), sys.argv[:]],
-                            "seed_of_replicate_r": f"seed = split_seed = {CONFIRM_SEED0} + r"}
-        looked[0] = int(old.get("replicates", 0)) if old.get("looks") else 0
-    _update_sweep_json(uri, change)
-    return looked[0]
-
-
-def _check_continuation(uri: str, old: dict[str, Any], plan: Plan) -> None:
-    """The plan recorded at the first confirm round is frozen: a later run (a continuation after
-    a kill, or a request for more) must ask for the same one. The one change allowed is a higher
-    --max-seeds under --open-ended: the confidence sequence is valid at any number of looks, and
-    its mixture depends on the rounds alone. Anything else is refused in one line, before any
-    trial runs: a plan chosen after seeing test results would no longer hold its error rate."""
-    before = old.get("plan")
-    if not before:
-        return
-    frozen = Plan.from_dict(before)
-    if frozen.margin != plan.margin:
-        raise ConfirmError(f"{uri}: its confirm phase was run with margin {frozen.margin:g} px; "
-                           "a margin is fixed before the run, so it cannot change now")
-    if frozen.design == "fixed" and old.get("looks") and plan.ceiling > frozen.ceiling:
-        raise ConfirmError(f"{uri}: its fixed plan already gave verdicts on {frozen.ceiling} "
-                           "replicates; adding replicates after looking would void them (plan "
-                           "rounds with --until-decided --max-seeds before the first round, or "
-                           "confirm in a new sweep)")
-    extends = frozen.open_ended and plan.open_ended and plan.ceiling >= frozen.ceiling
-    same = dataclasses.replace(plan, max_seeds=frozen.max_seeds) if extends else plan
-    if dataclasses.astuple(same) != dataclasses.astuple(frozen):
-        raise ConfirmError(f"{uri}: its confirm plan is frozen ({describe(frozen)}); this run asks "
-                           f"for {describe(plan)}: rerun with the plan's options, or confirm in "
-                           "a new sweep")
-
-
-def describe(plan: Plan) -> str:
-    """A plan in a few words, for messages and reports."""
-    rounds = (f"rounds of {plan.replicates} up to {plan.ceiling}" if plan.until_decided
-              else f"{plan.replicates} replicates")
-    return f"{plan.design}, {rounds}, margin ±{plan.margin:g} px, α = {plan.alpha:g}"
-
-
-def record_look(uri: str, replicates: int, table: "pd.DataFrame | None" = None) -> int:
-    """Record one look at the verdicts on `replicates` replicates, as it happens (a kill after it
-    must not let the continued confirm count it again): its n and, given the verdict table, each
-    comparison's statistics and the boundary used (the interval's multiplier). Returns
-    `replicates`."""
-    cells = [] if table is None or table.empty else [
-        {k: _json_safe(r[k]) for k in LOOK_FIELDS if k in r} for r in table.to_dict("records")]
-
-    def change(saved: dict[str, Any]) -> None:
-        c = saved.setdefault("confirm", {})
-        c.update(replicates=replicates, looks=c.get("looks", 0) + 1)
-        c["look_log"] = [*c.get("look_log", []), {"n": replicates, "cells": cells}]
-    _update_sweep_json(uri, change)
-    return replicates
-
-
-LOOK_FIELDS = ("cell", "shape", "n", "d_mean", "d_sd", "ci_low", "ci_high", "level", "critical",
-               "verdict", "needed", "more")
-
-
-def _json_safe(x: Any) -> Any:
-    """Plain JSON values: numpy scalars as Python ones, NaN and inf as null."""
-    x = x.item() if hasattr(x, "item") else x
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def record_end(uri: str, data_sets: dict[str, Any], arms: Sequence[Arm] = ()) -> int:
     """The split kinds and the end time; returns the looks taken over all runs of the confirm."""
     looks = [0]
@@ -483,79 +303,62 @@ def record_end(uri: str, data_sets: dict[str, Any], arms: Sequence[Arm] = ()) ->
         c = saved.setdefault("confirm", {})
         c.update(split=split_kinds(data_sets, arms), finished=time.strftime("%Y-%m-%d %H:%M:%S %z"))
         looks[0] = int(c.get("looks", 0))
-    _update_sweep_json(uri, change)
+    update_sweep_json(uri, change)
     return looks[0]
 
 
 # --- command line ----------------------------------------------------------------------------
 
-def plan_of(args: argparse.Namespace, space: Any) -> Plan | None:
-    """sweep.run's confirm plan: the space's `confirm` settings, overridden by the options given.
-
-    None when neither asks for a confirm phase (and --smoke-test without --confirm: a smoke test
-    checks the plumbing in seconds). Resumed sweeps (space None) take the options only.
-    """
-    given = {k: v for k, v in (("replicates", args.confirm), ("margin", args.margin),
-                               ("max_seeds", args.max_seeds)) if v is not None}
-    for flag in ("until_decided", "open_ended"):
-        if getattr(args, flag, False):
-            given[flag] = True
-    default = dict(getattr(space, "confirm", None) or {})
-    if args.confirm is None and (getattr(args, "smoke_test", False) or not default):
-        if given:
-            raise ConfirmError(f"{', '.join('--' + k.replace('_', '-') for k in given)} need "
-                               "--confirm N (replicates of the confirm phase)")
-        return None
-    if args.confirm is not None and "until_decided" not in given and "max_seeds" not in given:
-        for key in ("until_decided", "max_seeds", "open_ended"):   # --confirm N: exactly N
-            default.pop(key, None)
-    return Plan.from_dict({**default, **given})
+def build_parser() -> Parser:
+    p = Parser(prog="python -m sweep.confirm", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", help="results folder of a finished search (results/<name>)")
+    p.add_argument("--replicates", type=int, metavar="N",
+                   help="paired replicates of the first round (required)")
+    # The old name of --replicates, which sweep.json files and commands written before still
+    # use; hidden, since in sweep.run --seeds means the search's training seeds.
+    p.add_argument("--seeds", type=int, dest="old_seeds", help=argparse.SUPPRESS)
+    p.add_argument("--cluster", default="clusters/local.yaml")
+    add_plan_options(p)
+    return p
 
 
-def add_plan_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--margin", type=float,
-                   help=f"equivalence margin in px, fixed before the run (default {V.DEFAULT_MARGIN})")
-    p.add_argument("--until-decided", action="store_true",
-                   help="add rounds of replicates until every cell is decided, up to --max-seeds "
-                        "(looks planned in advance: a group-sequential O'Brien-Fleming-type "
-                        "boundary keeps the error rate under the repeated looks)")
-    p.add_argument("--max-seeds", type=int, help="with --until-decided: stop at this many replicates")
-    p.add_argument("--open-ended", action="store_true",
-                   help="with --until-decided: use the anytime-valid confidence sequence instead, "
-                        "which a later run may continue past --max-seeds (wider at the planned "
-                        "maximum than the group-sequential boundary)")
+def replicates_of(args: argparse.Namespace) -> int:
+    """--replicates N, or its old spelling --seeds N (not both)."""
+    if args.replicates is not None and args.old_seeds is not None:
+        raise UsageError("--seeds is the old name of --replicates: give one of them")
+    n = args.replicates if args.replicates is not None else args.old_seeds
+    if n is None:
+        raise UsageError("the following arguments are required: --replicates")
+    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sweep.lock import SweepBusy, SweepLock, lock_dir
-    from sweep.run import UsageError, _load_or_fail, _Parser, quiet_environment
-
     quiet_environment()
-    p = _Parser(prog="python -m sweep.confirm", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", help="results folder of a finished search (results/<name>)")
-    p.add_argument("--seeds", type=int, required=True, help="paired replicates (first round)")
-    p.add_argument("--cluster", default="clusters/local.yaml")
-    add_plan_options(p)
     lock = None
     try:
-        args = p.parse_args(argv)
-        plan = Plan(args.seeds, V.DEFAULT_MARGIN if args.margin is None else args.margin,
+        args = build_parser().parse_args(argv)
+        plan = Plan(replicates_of(args), V.DEFAULT_MARGIN if args.margin is None else args.margin,
                     args.until_decided, args.max_seeds, args.open_ended)
-        s, cluster = _settings(args.results, args.cluster)
+        cluster = load_cluster(args.cluster)
+        s = saved_settings(args.results.rstrip("/"), resume=False)
         # The folder's owner, as sweep.run is (sweep.lock): two confirms, or a confirm and its
         # sweep, would each write trials.parquet without the other's trials.
         lock = SweepLock(lock_dir(s.results_uri, s.name))
         lock.acquire()
-        data_sets = _load_or_fail(s.space)   # the data's checks before Ray starts
+        data_sets = load_or_fail(s.space)   # the data's checks before Ray starts
     except (UsageError, ConfirmError, ValueError, SweepBusy) as err:
         if lock is not None:
             lock.release()
         print(f"sweep.confirm: error: {err}", file=sys.stderr)
         return 2
+    return _confirm_on_cluster(s, cluster, data_sets, plan, argv, lock)
+
+
+def _confirm_on_cluster(s: Settings, cluster: Any, data_sets: dict[str, Any], plan: Plan,
+                        argv: Sequence[str] | None, lock: SweepLock) -> int:
+    """Start or join Ray, run the confirm, print the verdicts; the lock is released at the end."""
     import ray
 
-    from sweep import commands
-    from sweep.cluster import connect
     from sweep.report import verdict_console
 
     try:
@@ -573,15 +376,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock.release()
     print(verdict_console(result, plan.rule(), s.results_uri))
     return 0
-
-
-def _settings(results: str, cluster_file: str) -> tuple[Any, Any]:
-    """The search's Settings from its sweep.json (a broken one: UsageError naming the file)."""
-    from sweep.cluster import load_cluster
-    from sweep.run import saved_settings
-
-    cluster = load_cluster(cluster_file)
-    return saved_settings(results.rstrip("/"), resume=False), cluster
 
 
 if __name__ == "__main__":

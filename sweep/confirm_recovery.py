@@ -18,29 +18,24 @@ import posixpath
 from typing import Any, Callable
 
 from sweep import results as R
-from sweep.recovery import (RESUME_CHECKPOINT, RESUME_OF, Found, StorageTree, _ended,
-                             _settled_record, scan)
+from sweep.recovery import (RESUME_CHECKPOINT, RESUME_OF, Found, StorageTree, ended, scan,
+                            settled_record)
+from sweep.scheduler import arm_of_fields
 from sweep.store import TRIALS_FILE, compact, read_results
 
 Key = tuple[str, str, int]
 """(cell, arm, replicate) of a confirm trial."""
 
 
-def arm_of_cfg(cfg: dict[str, Any]) -> str:
-    """'base', or the shape term's name (as sweep.analyze.arm_of, for one config)."""
-    on = cfg.get("shape", "none") != "none" and float(cfg.get("alpha", 0.0)) > 0
-    return str(cfg["shape"]) if on else "base"
-
-
 def key_of(config: dict[str, Any]) -> Key:
     """The (cell, arm, replicate) of a confirm trial's Tune config (its arm label when it has one:
     "cgd@0.01" and "cgd" share a shape term; older configs had none)."""
-    return str(config["cell"]), config.get("arm") or arm_of_cfg(config["cfg"]), int(config["replicate"])
+    return str(config["cell"]), config.get("arm") or arm_of_fields(config["cfg"]), int(config["replicate"])
 
 
 def recorded_keys(records: Any) -> set[Key]:
     """Keys of the confirm trials in trials.parquet's records (dicts)."""
-    return {(str(r["cell"]), r.get("arm") or arm_of_cfg(r), int(r["replicate"])) for r in records
+    return {(str(r["cell"]), r.get("arm") or arm_of_fields(r), int(r["replicate"])) for r in records
             if r.get("phase") == "confirm" and r.get("replicate") is not None}
 
 
@@ -75,7 +70,7 @@ def _gather(s: Any) -> dict[str, tuple[Key, Found]]:
                 continue
             cell, replicate, arm = labels[trial_id]
             if trial_id not in found:
-                found[trial_id] = ((cell, arm or arm_of_cfg(trial.cfg), replicate), trial)
+                found[trial_id] = ((cell, arm or arm_of_fields(trial.cfg), replicate), trial)
                 continue
             old = found[trial_id][1]
             old.rows.update(trial.rows)
@@ -100,8 +95,8 @@ def recover(s: Any, info: dict[str, Any], log: Callable[[str], None] | None = No
         if trial_id in writer.recorded or key in have:
             continue
         writer.merge_rows(trial_id, trial.rows.values())
-        if _ended(trial):
-            rec = _settled_record(s, info, trial, writer)
+        if ended(trial):
+            rec = settled_record(s, info, trial, writer)
             rec.update(phase="confirm", cell=key[0], arm=key[1], replicate=key[2])
             writer.save(rec)
             have.add(key)

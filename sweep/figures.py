@@ -1,7 +1,7 @@
-"""Figures of a sweep's report, from prepared trials (sweep.analyze.prepare); matplotlib, no pyplot.
+"""Figures of a sweep's report, from prepared trials (sweep.tables.prepare); matplotlib, no pyplot.
 
 Every search-phase figure draws only trials at one budget: the ones ASHA let run to the full
-budget (sweep.analyze.full_budget). Trials ASHA stopped early carry early-epoch numbers and would
+budget (sweep.tables.full_budget). Trials ASHA stopped early carry early-epoch numbers and would
 look worse for that reason alone. The confirm figure draws the paired test differences; with one
 replicate it says so on the figure.
 
@@ -21,8 +21,8 @@ import pandas as pd
 
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig, config_fields
-from sweep.analyze import (MAX_CELL_LEVELS, MAX_CURVE_CELLS, METRIC_LABELS, N_PREDICTION_FACES,
-                           RUNTIME_COLUMNS, _first_label, best, replicate_means)
+from sweep.tables import (MAX_CELL_LEVELS, MAX_CURVE_CELLS, METRIC_LABELS, N_PREDICTION_FACES,
+                          RUNTIME_COLUMNS, best, first_label, plain, replicate_means)
 from sweep.stats import pareto_front
 
 
@@ -95,11 +95,11 @@ def _alpha_panel(ax, rows: pd.DataFrame, metric: str, color: Any, cell: str) -> 
     levels = shaped.groupby("alpha_level")
     xs = [np.exp(np.log(g["alpha"].astype(float)).mean()) for _, g in levels]
     ys = [replicate_means(g, col).mean() for _, g in levels]
-    ax.plot(xs, ys, "-o", color=color, label=f"{cell}: {_first_label(shaped)}, mean per α")
+    ax.plot(xs, ys, "-o", color=color, label=f"{cell}: {first_label(shaped)}, mean per α")
     base = rows[rows["arm"] == "base"]
     if len(base):
         ax.axhline(replicate_means(base, col).mean(), color=color, linestyle="--",
-                   linewidth=1.2, label=f"{cell}: {_first_label(base)} (α = 0)")
+                   linewidth=1.2, label=f"{cell}: {first_label(base)} (α = 0)")
 
 
 def figure_alpha(t: pd.DataFrame, out: Path) -> str | None:
@@ -359,13 +359,8 @@ def fetch(uri: str, local: str) -> str | None:
     return local
 
 
-def _py(x: Any) -> Any:
-    """numpy scalar -> Python scalar (Optuna and TrialConfig want plain types)."""
-    return x.item() if hasattr(x, "item") else x
-
-
 def trial_config(trial: pd.Series) -> TrialConfig:
-    return TrialConfig(**{k: _py(trial[k]) for k in config_fields() if k in trial})
+    return TrialConfig(**{k: plain(trial[k]) for k in config_fields() if k in trial})
 
 
 def figure_predictions(trial: pd.Series, checkpoint: str, out: Path) -> str:

@@ -23,6 +23,7 @@ from typing import IO, Any, Callable
 from ray.tune import Callback
 
 from fkd_core import metrics as M
+from fkd_core.config import uses_shape
 
 _FINISHED = ("TERMINATED", "ERROR")
 
@@ -31,7 +32,7 @@ def arm(cfg: dict[str, Any]) -> str:
     """The loss arm of a trial's config: the base loss, or base + shape term when alpha > 0."""
     base = cfg.get("loss", "mse")
     shape = cfg.get("shape", "none")
-    return f"{base}+{shape}" if shape != "none" and float(cfg.get("alpha", 0.0)) > 0 else base
+    return f"{base}+{shape}" if uses_shape(shape, cfg.get("alpha", 0.0)) else base
 
 
 def duration(seconds: float) -> str:

@@ -45,6 +45,7 @@ from sweep.guard import WriteGuard
 from sweep.results import ResultsWriter
 from sweep.store import DamagedResults
 from sweep.trainable import ROWS_FILE
+from sweep.tuning import diverged, tuner
 
 RESUME_OF = "resume_of"
 """Config key of a phase-A trial: the id of the trial it continues (its rows and record)."""
@@ -228,7 +229,7 @@ def plan(study: Any, space: Any, found: dict[str, Found], recorded: set[str]) ->
         numbers[trial.trial_id] = ot.number
         if trial.trial_id in recorded:
             continue
-        if _ended(trial):
+        if ended(trial):
             settle.append(trial)
         else:
             rerun.append({"cfg": trial.cfg, OPTUNA_TRIAL: ot.number, RESUME_OF: trial.trial_id,
@@ -236,7 +237,7 @@ def plan(study: Any, space: Any, found: dict[str, Found], recorded: set[str]) ->
     return Plan(settle, rerun, numbers, len(proposed))
 
 
-def _ended(trial: Found) -> bool:
+def ended(trial: Found) -> bool:
     """Tune stopped it (ASHA, divergence) or it ran its whole budget before the kill."""
     from fkd_core import metrics as M
 
@@ -252,7 +253,7 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
     """Record, rerun and continue the sweep ``s`` (see the module docstring).
 
     ``new_tuner(settings)`` builds a normal sweep's Tuner and its writer's WriteGuard
-    (sweep.run); returns phase B's result grid (or []) and the seconds Tune ran.
+    (sweep.search); returns phase B's result grid (or []) and the seconds Tune ran.
     """
     import optuna
 
@@ -270,7 +271,7 @@ def resume_sweep(s: Any, trainable: Any, info: dict[str, Any], new_tuner: Callab
         writer.merge_rows(trial.trial_id, trial.rows.values())
     todo = plan(study, s.space, found, set(writer.recorded))
     for trial in todo.settle:
-        writer.save(_settled_record(s, info, trial, writer))
+        writer.save(settled_record(s, info, trial, writer))
     writer.write_unfinished()   # the reruns' epochs so far, for phase A's writer
     if log:
         log(f"  resume: {len(writer.recorded)} trials recorded ({len(todo.settle)} just now), "
@@ -314,7 +315,7 @@ def _set_aside_damaged(results_uri: str, log: Callable[[str], None] | None) -> N
             log(f"  {err}: moved aside, rebuilding it")
 
 
-def _settled_record(s: Any, info: dict[str, Any], trial: Found, writer: Any) -> dict[str, Any]:
+def settled_record(s: Any, info: dict[str, Any], trial: Found, writer: Any) -> dict[str, Any]:
     from fkd_core.config import TrialConfig
     from sweep.spaces import data_key
     from sweep.trainable import DEVICE, DEVICE_NAME, PRECISION_USED
@@ -338,23 +339,9 @@ def _settled_record(s: Any, info: dict[str, Any], trial: Found, writer: Any) -> 
 def _rerun(s: Any, trainable: Any, info: dict[str, Any], items: list[dict[str, Any]],
            log: Callable[[str], None] | None) -> None:
     """Phase A: exactly these configs, once each (Tune still retries a crash from its checkpoint)."""
-    from ray import tune
-
-    from sweep import run
-
     guard = WriteGuard(ResumedWriter(s.results_uri, s.name, info, log=log, total=s.space.trials))
-    tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=_fixed_configs(items), num_samples=len(items),
-            metric=run.M.OBJECTIVE, mode="min", max_concurrent_trials=s.max_concurrent,
-            reuse_actors=True, trial_name_creator=run._trial_name,
-            trial_dirname_creator=run._trial_name),
-        run_config=tune.RunConfig(
-            name=s.name, storage_path=s.storage_path, verbose=0, stop=run._diverged,
-            failure_config=tune.FailureConfig(max_failures=run.MAX_FAILURES),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=[guard]),
-    ).fit()
+    tuner(s, trainable, name=s.name, callbacks=[guard], search_alg=_fixed_configs(items),
+          num_samples=len(items), stop=diverged).fit()
     guard.raise_if_failed()
 
 

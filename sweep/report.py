@@ -20,9 +20,9 @@ import pandas as pd
 from fkd_core import metrics as M
 from sweep import figures as F
 from sweep import verdicts as V
-from sweep.analyze import (MAX_CELL_LEVELS, best, cell_columns, full_budget, prepare,
-                           searched_params)
-from sweep.figures import _py, importance_params
+from sweep.figures import importance_params
+from sweep.tables import (MAX_CELL_LEVELS, best, cell_columns, full_budget, plain, prepare,
+                          searched_params)
 from sweep.stats import importance_ranking
 
 
@@ -48,7 +48,7 @@ def optuna_importance(t: pd.DataFrame, params: Sequence[str]) -> pd.Series:
     ok = t[t["outcome"] == "ok"]
     dists = {p: _distribution(ok[p], optuna) for p in params}
     trials = [optuna.trial.create_trial(
-        params={p: _py(r[p]) for p in params if not (p == "alpha" and r["arm"] == "base")},
+        params={p: plain(r[p]) for p in params if not (p == "alpha" and r["arm"] == "base")},
         distributions={p: d for p, d in dists.items()
                        if not (p == "alpha" and r["arm"] == "base")},
         value=float(r[best(M.OBJECTIVE)])) for _, r in ok.iterrows()]
@@ -74,7 +74,7 @@ def _distribution(col: pd.Series, optuna: Any) -> Any:
         v = v[v > 0]
         log = bool(v.min() > 0 and v.max() / v.min() >= 10)
         return optuna.distributions.FloatDistribution(float(v.min()), float(v.max()), log=log)
-    return optuna.distributions.CategoricalDistribution(sorted({_py(x) for x in col}, key=str))
+    return optuna.distributions.CategoricalDistribution(sorted({plain(x) for x in col}, key=str))
 
 
 def importance_markdown(t: pd.DataFrame, params: Sequence[str]) -> str:
@@ -252,7 +252,7 @@ def verdict_section(t: pd.DataFrame, settings: dict[str, Any], phrase: str,
     head = ["## 1. Verdicts: confirm phase, scored on the test split", ""]
     if confirm.empty or not V.has_test_metrics(confirm):
         why = (f"No confirm phase in these results ({phrase}): the search alone does not answer "
-               "the question. Run `python -m sweep.confirm <results> --seeds N`."
+               "the question. Run `python -m sweep.confirm <results> --replicates N`."
                if confirm.empty else f"No verdict: {V.NO_TEST_METRICS}.")
         return head + [f"_{why}_", ""], pd.DataFrame(), verdict_lines(pd.DataFrame(), why)
     rule, note = rule_of(settings)

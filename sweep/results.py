@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from fkd_core import metrics as M
-from fkd_core.config import TrialConfig, config_fields
+from fkd_core.config import TrialConfig, config_fields, uses_shape
 from sweep.spaces import data_key
 from sweep.store import (EPOCHS_FILE, TRIALS_FILE, UNFINISHED, compact, filesystem,
                          list_parts, part_trial, part_uri, read_part, read_results, write_atomic)
@@ -359,7 +359,7 @@ class ResultsWriter(Callback):
         """Kept records beyond the KEEP_CHECKPOINTS best of their arm (base loss, shape term)."""
         by_arm: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for rec in self.kept.values():
-            shape = rec["shape"] if rec["alpha"] > 0 else "none"
+            shape = rec["shape"] if uses_shape(rec["shape"], rec["alpha"]) else "none"
             by_arm.setdefault((rec.get("phase") or "search", rec["loss"], shape), []).append(rec)
         losers = []
         for recs in by_arm.values():

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
+from fkd_core.config import uses_shape
 from fkd_core.metrics import EPOCH
 from sweep.spaces import Space
 
@@ -25,8 +26,8 @@ ARM_FIELDS = ("shape", "alpha")
 
 def arm_of_fields(fields: Mapping[str, Any]) -> str:
     """'base' without a shape term (shape none or alpha 0), else the shape term's name."""
-    shape, alpha = fields.get("shape", "none"), float(fields.get("alpha", 0.0))
-    return "base" if shape == "none" or alpha <= 0.0 else str(shape)
+    shape = fields.get("shape", "none")
+    return str(shape) if uses_shape(shape, fields.get("alpha", 0.0)) else "base"
 
 
 class CellArmKey:

@@ -1,6 +1,7 @@
 """Validation of a space's YAML form before Ray starts: every value, its type, where it is.
 
-``sweep.spaces`` builds a Space from a mapping; this module makes sure that mapping is well
+``sweep.spaces`` builds a Space from a mapping; this module (which imports nothing of it, and
+holds the names both need: SpaceError, BACKBONE_NAMES, Asha) makes sure that mapping is well
 formed first, so that a mistake in a user's file is one line naming the file, the key and what
 was expected instead of a Traceback (or, worse, a trial that fails three times under Ray):
 
@@ -14,14 +15,28 @@ from __future__ import annotations
 
 import re
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from fkd_core.config import TrialConfig, config_fields
-# sweep.spaces imports this module inside its functions, so this import sees it complete.
-from sweep.spaces import BACKBONE_NAMES, Asha, SpaceError
+# fkd_core.config's Literal is the one list of backbone names (torch-free, so building a space
+# never imports torch); re-exported here for the spaces.
+from fkd_core.config import BACKBONE_NAMES, TrialConfig, config_fields
+
+
+class SpaceError(ValueError):
+    """A space (named or YAML) that cannot be used; the message is one line for users."""
+
+
+@dataclass(frozen=True)
+class Asha:
+    """A space's `asha:` block (sweep.scheduler); here so that the check knows its keys."""
+
+    grace_period: int
+    reduction_factor: float
+
 
 _EXPECTED = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 # Top-level keys whose type this module knows; others are left to sweep.spaces.

@@ -49,16 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, get_args
 
-import yaml
 
 from fkd_core.config import Scored, TrialConfig, config_fields
 from fkd_core.recipes import load_recipe
+from sweep.space_check import (BACKBONE_NAMES, Asha, SpaceError, check_raw, check_search_bounds,
+                               load_yaml)
 
 _SHAPE_ON = ["cgd", "seed_cgd"]
 
-# Backbone names of fkd_core.models.BACKBONES, listed here so that building a space never imports
-# torch; tests/test_spaces.py checks the two lists agree.
-BACKBONE_NAMES = ("small_cnn", "resnet18", "mobilenet_v3_small", "resnet50", "densenet121", "res_cnn")
 
 # The default (`make sweep`): a useful answer in < 10 minutes on 2 CPU cores. CPU backbones only:
 # resnet18 trains ~11 images/s on one core here (its trials took 90-114 s and learned least), so it
@@ -158,10 +156,6 @@ ARM_KEYS = ("scored", "fixed_alphas")
 _DATA_FIELDS = ("data", "synth_n", "synth_seed", "synth_pose")
 
 
-class SpaceError(ValueError):
-    """A space (named or YAML) that cannot be used; the message is one line for users."""
-
-
 @dataclass(frozen=True)
 class Param:
     """A continuous parameter sampled by TPE, optionally only when other fields match."""
@@ -173,12 +167,6 @@ class Param:
 
     def applies(self, fields: Mapping[str, Any]) -> bool:
         return all(fields.get(k, _default(k)) in allowed for k, allowed in self.when.items())
-
-
-@dataclass(frozen=True)
-class Asha:
-    grace_period: int
-    reduction_factor: float
 
 
 @dataclass(frozen=True)
@@ -292,8 +280,6 @@ def get_space(name_or_path: str) -> Space:
         path = Path(name_or_path)
         if not path.is_file():
             raise SpaceError(f"{path}: no such space file")
-        from sweep.space_check import load_yaml
-
         raw = load_yaml(path) or {}
         if not isinstance(raw, dict):
             raise SpaceError(f"{path}: expected a mapping of {list(_KEYS)}")
@@ -309,8 +295,6 @@ def from_dict(raw: Mapping[str, Any], origin: str = "space") -> Space:
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise SpaceError(f"{origin}: unknown keys {unknown}; valid: {list(_KEYS)}")
-    from sweep.space_check import check_raw, check_search_bounds
-
     check_raw(raw, origin)   # every value's type, before anything below indexes into it
     fixed = dict(raw.get("fixed") or {})
     _check_fields(fixed, f"{origin}: fixed")

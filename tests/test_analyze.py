@@ -16,7 +16,7 @@ import pytest
 
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig
-from sweep import analyze, figures
+from sweep import analyze, figures, tables
 
 # t(1 − 0.05/8, 3): four confirm replicates per arm, four comparisons (Bonferroni: 1 − α/4 each)
 T_BONFERRONI4_DF3 = 5.391949
@@ -254,9 +254,9 @@ def test_cells_follow_varying_columns(tmp_path: Path) -> None:
                                   lr=10 ** (-3 - 0.1 * len(rows)))  # sampled: not a cell
                 rows.append(_trial_row(len(rows), cfg, "completed", (2.0 + seed, 0.05, 1.5), 5,
                                        True))
-    t = analyze.prepare(pd.DataFrame(rows))
-    assert analyze.cell_columns(t) == ["augment", "split", "missing"]
-    assert analyze.cell_columns(t, searched=["augment"]) == ["split", "missing"]
+    t = tables.prepare(pd.DataFrame(rows))
+    assert tables.cell_columns(t) == ["augment", "split", "missing"]
+    assert tables.cell_columns(t, searched=["augment"]) == ["split", "missing"]
     assert t["cell"].nunique() == 2 and set(t["phase"]) == {"search"}   # old files: all search
     assert set(t["objective_label"]) == {"MSE", "MSE+CGD", "MSE+SEED_CGD"}
 
@@ -265,7 +265,7 @@ def test_continuous_alpha_is_binned_by_decade(tmp_path: Path) -> None:
     alphas = [0.002, 0.005, 0.03, 0.07, 0.4, 0.9]
     rows = [_trial_row(i, TrialConfig(shape="cgd", alpha=a, seed=i % 2), "completed",
                        (2.0, 0.05, 1.5), 5, True) for i, a in enumerate(alphas)]
-    t = analyze.prepare(pd.DataFrame(rows))
+    t = tables.prepare(pd.DataFrame(rows))
     assert t["alpha_level"].tolist() == pytest.approx([0.001, 0.001, 0.01, 0.01, 0.1, 0.1])
 
 
@@ -289,7 +289,7 @@ def test_parallel_coordinates_title_and_ticks(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(figures, "save", lambda fig, path: drawn.setdefault("fig", fig) and path.name)
     rows = [_trial_row(i, TrialConfig(shape="cgd", alpha=a, seed=i), "completed",
                        (2.0 + i, 0.05, 1.5), 5, True) for i, a in enumerate((0.0431, 0.0443, 0.9))]
-    t = analyze.prepare(pd.DataFrame(rows))
+    t = tables.prepare(pd.DataFrame(rows))
     figures.figure_parallel(t, ["alpha", "seed"], tmp_path)
     ax = drawn["fig"].axes[0]
     assert "lr" not in ax.get_title() and "alpha on log axes" in ax.get_title()

@@ -48,7 +48,9 @@ def test_the_printed_next_line_runs_as_printed_and_runs_nothing_else(tmp_path, m
 
     import pandas as pd
 
-    from sweep.run import Outcome, local_settings, summary
+    from sweep.console import summary
+    from sweep.search import Outcome
+    from sweep.settings import local_settings
     from sweep.spaces import get_space
     from tests.test_analyze import write_results
 

@@ -13,8 +13,9 @@ import pytest
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig, config_fields
 from sweep import confirm as C
+from sweep import plan as P
 from sweep import verdicts as V
-from sweep.analyze import prepare
+from sweep.tables import prepare
 
 ARM_FIELDS = {"shape", "alpha"}
 
@@ -57,7 +58,7 @@ def test_confirm_pairs_differ_only_in_the_arm():
             base, shaped = by[(cell, "none", r)], by[(cell, "cgd", r)]
             differ = {k for k in config_fields() if base[k] != shaped[k]}
             assert differ == ARM_FIELDS
-            assert base["seed"] == base["split_seed"] == shaped["split_seed"] == C.CONFIRM_SEED0 + r
+            assert base["seed"] == base["split_seed"] == shaped["split_seed"] == P.CONFIRM_SEED0 + r
             assert base["score_test"] and shaped["score_test"]
     # the shape arm keeps the base arm's lr (2e-3), with its own best alpha (0.3)
     assert by[("none", "cgd", 0)]["lr"] == 2e-3 and by[("none", "cgd", 0)]["alpha"] == 0.3
@@ -124,12 +125,12 @@ def test_a_recorded_arm_label_is_the_arm_of_a_confirm_trial():
     ({"replicates": 3, "alpha": 1.5}, r"alpha must be in \(0, 1\), got 1.5"),
 ])
 def test_bad_plans(kwargs, message):
-    with pytest.raises(C.ConfirmError, match=message):
-        C.Plan(**kwargs)
+    with pytest.raises(P.ConfirmError, match=message):
+        P.Plan(**kwargs)
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--confirm", "0"], "--confirm/--seeds must be >= 1 replicate, got 0"),
+    (["--confirm", "0"], "--confirm/--replicates must be >= 1 replicate, got 0"),
     (["--confirm", "2", "--margin", "-1"], "--margin must be >= 0 px, got -1"),
     (["--confirm", "4", "--until-decided", "--max-seeds", "3"], "below the first round of 4"),
     (["--space", "rigidity", "--margin", "0.1"], "--margin need --confirm N"),
@@ -147,6 +148,33 @@ def test_sweep_confirm_rejects_a_folder_without_a_sweep(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sweep.json not found" in err
     assert C.main([str(tmp_path), "--seeds", "0"]) == 2
+
+
+@pytest.mark.parametrize("argv,replicates", [
+    (["--replicates", "4"], 4),
+    (["--seeds", "3"], 3),                 # the old spelling, which older commands still use
+    (["--replicates", "2", "--until-decided", "--max-seeds", "6"], 2),
+])
+def test_sweep_confirm_takes_replicates_and_its_old_name_seeds(argv, replicates):
+    args = C.build_parser().parse_args(["results/x", *argv])
+    assert C.replicates_of(args) == replicates
+
+
+@pytest.mark.parametrize("argv,message", [
+    ([], "sweep.confirm: error: the following arguments are required: --replicates\n"),
+    (["--replicates", "2", "--seeds", "2"],
+     "sweep.confirm: error: --seeds is the old name of --replicates: give one of them\n"),
+    (["--replicates", "0"], "sweep.confirm: error: --confirm/--replicates must be >= 1 replicate, got 0\n"),
+])
+def test_sweep_confirm_replicates_errors_are_one_line(tmp_path, capsys, argv, message):
+    assert C.main([str(tmp_path), *argv]) == 2
+    assert capsys.readouterr().err == message
+    assert list(tmp_path.iterdir()) == []   # refused before anything is written or locked
+
+
+def test_sweep_confirm_help_names_replicates_not_seeds():
+    text = C.build_parser().format_help()
+    assert "--replicates N" in text and "--seeds" not in text
 
 
 @pytest.mark.parametrize("text,message", [
@@ -170,12 +198,12 @@ def test_space_default_and_command_line_override():
     from sweep.spaces import get_space
 
     quick = get_space("quick")
-    plan = C.plan_of(build_parser().parse_args([]), quick)
+    plan = P.plan_of(build_parser().parse_args([]), quick)
     assert (plan.replicates, plan.until_decided, plan.max_seeds) == (3, True, 9)
-    plan = C.plan_of(build_parser().parse_args(["--confirm", "2"]), quick)
+    plan = P.plan_of(build_parser().parse_args(["--confirm", "2"]), quick)
     assert (plan.replicates, plan.until_decided, plan.max_seeds) == (2, False, None)
-    assert C.plan_of(build_parser().parse_args(["--smoke-test"]), quick) is None
-    assert C.plan_of(build_parser().parse_args([]), get_space("rigidity")) is None
+    assert P.plan_of(build_parser().parse_args(["--smoke-test"]), quick) is None
+    assert P.plan_of(build_parser().parse_args([]), get_space("rigidity")) is None
 
 
 # --- both phases end to end, with a fake train function ------------------------------------------
@@ -206,7 +234,9 @@ def fake_train(cfg, data, report, *, checkpoint_dir=None, resume_from=None):
 
 @pytest.fixture(scope="module")
 def two_phases(ray_local, tmp_path_factory):
-    from sweep.run import load_data, local_settings, run_sweep
+    from sweep.datasets import load_data
+    from sweep.search import run_sweep
+    from sweep.settings import local_settings
     from sweep.spaces import from_dict
 
     space = from_dict({
@@ -220,7 +250,7 @@ def two_phases(ray_local, tmp_path_factory):
     s = local_settings(space, str(tmp), "two", max_concurrent=2)
     data = load_data(space)
     run_sweep(s, data, train_fn=fake_train, log=None)
-    plan = C.Plan(3, margin=0.05, until_decided=True, max_seeds=9)
+    plan = P.Plan(3, margin=0.05, until_decided=True, max_seeds=9)
     result = C.confirm(s, data, plan, train_fn=fake_train, log=None)
     return tmp / "two", result, plan
 
@@ -296,7 +326,9 @@ def fake_train_with_groups(cfg: TrialConfig, data, report, **kwargs) -> None:
 
 @pytest.mark.slow
 def test_a_fixed_alpha_arm_is_confirmed_on_a_fixed_budget_end_to_end(ray_local, tmp_path):
-    from sweep.run import load_data, local_settings, run_sweep
+    from sweep.datasets import load_data
+    from sweep.search import run_sweep
+    from sweep.settings import local_settings
     from sweep.spaces import from_dict
 
     space = from_dict({
@@ -308,7 +340,7 @@ def test_a_fixed_alpha_arm_is_confirmed_on_a_fixed_budget_end_to_end(ray_local, 
     s = local_settings(space, str(tmp_path), "fixed", max_concurrent=2)
     data = load_data(space)
     run_sweep(s, data, train_fn=fake_train_with_groups, log=None)
-    result = C.confirm(s, data, C.Plan(2), train_fn=fake_train_with_groups, log=None)
+    result = C.confirm(s, data, P.Plan(2), train_fn=fake_train_with_groups, log=None)
     trials = pd.read_parquet(tmp_path / "fixed" / "trials.parquet")
     conf = trials[trials.phase == "confirm"]
     assert len(conf) == 2 * 3 * 2 and sorted(set(conf.arm)) == ["base", "cgd", "cgd@0.01"]
@@ -321,66 +353,66 @@ def test_a_fixed_alpha_arm_is_confirmed_on_a_fixed_budget_end_to_end(ray_local, 
         assert math.sqrt(sum(t.test_group_sse) / sum(t.test_group_count)) == \
             pytest.approx(t.scored_test_rmse_px, rel=1e-9)
     assert {("none", "cgd@0.01"), ("study", "cgd@0.01")} <= set(zip(result.table.cell, result.table["shape"]))
-def _frozen(tmp_path, plan: "C.Plan", replicates: int, looks: int) -> None:
+def _frozen(tmp_path, plan: "P.Plan", replicates: int, looks: int) -> None:
     saved = {"confirm": {"plan": plan.to_dict(), "replicates": replicates, "looks": looks}}
     (tmp_path / "sweep.json").write_text(json.dumps(saved))
 
 
-GS = C.Plan(3, 0.05, True, 9)                            # rounds of 3 up to 9, group-sequential
+GS = P.Plan(3, 0.05, True, 9)                            # rounds of 3 up to 9, group-sequential
 
 
 @pytest.mark.parametrize("plan,message", [
-    (C.Plan(3, margin=0.1, until_decided=True, max_seeds=12), "cannot change now"),
-    (C.Plan(9, margin=0.05), "confirm plan is frozen (group-sequential, rounds of 3 up to 9"),
-    (C.Plan(4, 0.05, True, 9), "this run asks for group-sequential, rounds of 4 up to 9"),
-    (C.Plan(3, 0.05, True, 12), "this run asks for group-sequential, rounds of 3 up to 12"),
-    (C.Plan(3, 0.05, True, 9, open_ended=True), "this run asks for sequence, rounds of 3 up to 9"),
+    (P.Plan(3, margin=0.1, until_decided=True, max_seeds=12), "cannot change now"),
+    (P.Plan(9, margin=0.05), "confirm plan is frozen (group-sequential, rounds of 3 up to 9"),
+    (P.Plan(4, 0.05, True, 9), "this run asks for group-sequential, rounds of 4 up to 9"),
+    (P.Plan(3, 0.05, True, 12), "this run asks for group-sequential, rounds of 3 up to 12"),
+    (P.Plan(3, 0.05, True, 9, open_ended=True), "this run asks for sequence, rounds of 3 up to 9"),
 ])
 def test_a_frozen_group_sequential_plan_refuses_every_change(tmp_path, plan, message):
     _frozen(tmp_path, GS, 6, 2)
-    with pytest.raises(C.ConfirmError, match=re.escape(message)):
-        C.record_plan(str(tmp_path), plan, [])
-    C.record_plan(str(tmp_path), GS, [])                 # the same plan goes on (after a kill)
+    with pytest.raises(P.ConfirmError, match=re.escape(message)):
+        P.record_plan(str(tmp_path), plan, [])
+    P.record_plan(str(tmp_path), GS, [])                 # the same plan goes on (after a kill)
 
 
 def test_a_plan_is_frozen_at_the_first_round_even_before_a_look(tmp_path):
     _frozen(tmp_path, GS, 0, 0)
-    with pytest.raises(C.ConfirmError, match="confirm plan is frozen"):
-        C.record_plan(str(tmp_path), C.Plan(5, 0.05, True, 10), [])
+    with pytest.raises(P.ConfirmError, match="confirm plan is frozen"):
+        P.record_plan(str(tmp_path), P.Plan(5, 0.05, True, 10), [])
 
 
 def test_a_fixed_plan_that_looked_cannot_add_replicates(tmp_path):
-    _frozen(tmp_path, C.Plan(3), 3, 1)
-    with pytest.raises(C.ConfirmError, match="adding replicates after looking would void them"):
-        C.record_plan(str(tmp_path), C.Plan(5), [])
-    with pytest.raises(C.ConfirmError, match="adding replicates after looking would void them"):
-        C.record_plan(str(tmp_path), C.Plan(3, until_decided=True, max_seeds=9), [])
-    with pytest.raises(C.ConfirmError, match="α = 0.05.*this run asks for .*α = 0.1"):
-        C.record_plan(str(tmp_path), C.Plan(3, alpha=0.1), [])
+    _frozen(tmp_path, P.Plan(3), 3, 1)
+    with pytest.raises(P.ConfirmError, match="adding replicates after looking would void them"):
+        P.record_plan(str(tmp_path), P.Plan(5), [])
+    with pytest.raises(P.ConfirmError, match="adding replicates after looking would void them"):
+        P.record_plan(str(tmp_path), P.Plan(3, until_decided=True, max_seeds=9), [])
+    with pytest.raises(P.ConfirmError, match="α = 0.05.*this run asks for .*α = 0.1"):
+        P.record_plan(str(tmp_path), P.Plan(3, alpha=0.1), [])
 
 
 def test_an_open_ended_plan_may_continue_past_its_maximum(tmp_path):
     """The confidence sequence is valid at any number of looks and its mixture depends on the
     rounds alone: a higher --max-seeds is the one change allowed, and it keeps the sequence."""
-    first = C.Plan(3, 0.05, True, 9, open_ended=True)
+    first = P.Plan(3, 0.05, True, 9, open_ended=True)
     _frozen(tmp_path, first, 9, 3)
-    longer = C.Plan(3, 0.05, True, 15, open_ended=True)
-    C.record_plan(str(tmp_path), longer, [])
+    longer = P.Plan(3, 0.05, True, 15, open_ended=True)
+    P.record_plan(str(tmp_path), longer, [])
     saved = json.loads((tmp_path / "sweep.json").read_text())["confirm"]["plan"]
     assert saved["max_seeds"] == 15 and saved["design"] == "sequence"
     assert longer.rule().cs_horizon == first.rule().cs_horizon == 12
     assert longer.rule().critical(9, 1) == first.rule().critical(9, 1)
-    with pytest.raises(C.ConfirmError, match="confirm plan is frozen"):
-        C.record_plan(str(tmp_path), C.Plan(5, 0.05, True, 15, open_ended=True), [])
+    with pytest.raises(P.ConfirmError, match="confirm plan is frozen"):
+        P.record_plan(str(tmp_path), P.Plan(5, 0.05, True, 15, open_ended=True), [])
 
 
 def test_a_plan_reads_back_as_it_was_recorded():
-    for plan in (C.Plan(3), GS, C.Plan(3, 0.05, True, 9, open_ended=True)):
-        assert C.Plan.from_dict(plan.to_dict()) == plan
+    for plan in (P.Plan(3), GS, P.Plan(3, 0.05, True, 9, open_ended=True)):
+        assert P.Plan.from_dict(plan.to_dict()) == plan
     old = {"replicates": 5, "until_decided": True, "max_seeds": 10, "margin": 0.05,
            "sequential": True, "first_round": 5, "max_replicates": 10}   # before the designs
-    assert C.Plan.from_dict(old).rule() == V.Rule.from_dict(old)
-    assert C.Plan.from_dict(old).design == "sequence"
+    assert P.Plan.from_dict(old).rule() == V.Rule.from_dict(old)
+    assert P.Plan.from_dict(old).design == "sequence"
 
 
 def test_every_look_is_recorded_with_its_statistics_and_boundary(tmp_path):
@@ -393,7 +425,7 @@ def test_every_look_is_recorded_with_its_statistics_and_boundary(tmp_path):
                                 V.TEST_RMSE_COLUMN: 2.0 + (0.1 * rng.standard_normal()
                                                            if arm == "cgd" else 0.0)}
                                for r in range(n) for arm in ("base", "cgd")])
-        C.record_look(str(tmp_path), n, V.verdict_table(trials, rule))
+        P.record_look(str(tmp_path), n, V.verdict_table(trials, rule))
     saved = json.loads((tmp_path / "sweep.json").read_text())["confirm"]
     assert saved["looks"] == 2 and saved["replicates"] == 6
     log = saved["look_log"]

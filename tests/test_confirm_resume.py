@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from sweep import confirm as C
+from sweep import plan as P
 from sweep.lock import SweepBusy, SweepLock
 from sweep.spaces import get_space
 from tests.test_kill import kill_when, start
@@ -141,11 +142,11 @@ def test_a_crashed_holders_lock_does_not_block_a_confirm_which_then_holds_it(tmp
         with pytest.raises(SweepBusy):            # a second sweep or confirm is refused now
             SweepLock(folder).acquire()
         held.append(json.loads((folder / ".lock").read_text())["pid"])
-        raise C.ConfirmError("stopped here by the test")
+        raise P.ConfirmError("stopped here by the test")
 
     monkeypatch.setattr(C, "confirm", fake_confirm)
-    monkeypatch.setattr("sweep.cluster.connect", lambda cluster: None)
-    monkeypatch.setattr("sweep.run._load_or_fail", lambda space: {})
+    monkeypatch.setattr("sweep.confirm.connect", lambda cluster: None)
+    monkeypatch.setattr("sweep.confirm.load_or_fail", lambda space: {})
     assert C.main([str(folder), "--seeds", "2"]) == 2
     assert "stopped here by the test" in capsys.readouterr().err
     import os

@@ -99,14 +99,14 @@ def test_no_output_before_the_first_step(stream):
 def test_a_resumed_sweeps_count_goes_on_from_the_trials_it_already_has(tmp_path):
     """Phase B of a --resume runs only the trials not yet proposed: with 4 of 6 done before, its
     Tuner's 2 trials read [5/6] and [6/6], never [3/2]; the time left counts its 2 trials."""
-    from sweep import run
+    from sweep import search, settings
     from sweep.spaces import from_dict
 
     space = from_dict({"grid": True, "seeds": 1, "num_samples": 2, "max_epochs": 4, "asha": None,
                        "fixed": {"backbone": "small_cnn", "synth_n": 60}, "axes": {}})
-    s = run.local_settings(space, str(tmp_path), "rs", max_concurrent=1)
+    s = settings.local_settings(space, str(tmp_path), "rs", max_concurrent=1)
     p = Progress(total=6, stream=io.StringIO(), clock=lambda: 0.0)
-    tuner, guard = run._new_tuner(s, lambda config: None, {}, [p], None, total=6)
+    tuner, guard = search._new_tuner(s, lambda config: None, {}, [p], None, total=6)
     assert (p.total, p.before) == (6, 4)
     assert guard in tuner._local_tuner._run_config.callbacks and guard.writer.total == 6
     trials = [trial("a", "TERMINATED", best=3.0, epoch=4), trial("b", "RUNNING", best=3.5, epoch=2)]

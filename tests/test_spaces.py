@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from fkd_core.config import TrialConfig
-from sweep.spaces import (BACKBONE_NAMES, SPACES, Sampler, SpaceError, data_key, from_dict,
-                          get_space)
+from sweep.space_check import BACKBONE_NAMES, SpaceError
+from sweep.spaces import SPACES, Sampler, data_key, from_dict, get_space
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("sweep/spaces/*.yaml"))
 

@@ -12,7 +12,9 @@ import pytest
 from ray.tune import Callback
 
 from fkd_core import metrics as M
-from sweep.run import load_data, local_settings, run_sweep
+from sweep.datasets import load_data
+from sweep.search import run_sweep
+from sweep.settings import local_settings
 from sweep.spaces import from_dict
 
 pytestmark = pytest.mark.slow

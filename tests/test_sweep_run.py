@@ -20,7 +20,10 @@ import pytest
 from fkd_core import metrics as M
 from fkd_core.config import TrialConfig, config_fields
 from sweep import results as R
-from sweep.run import SMOKE, local_settings, load_data, main, run_sweep
+from sweep.datasets import load_data
+from sweep.run import SMOKE, main
+from sweep.search import run_sweep
+from sweep.settings import local_settings
 from sweep.spaces import from_dict
 from sweep.store import read_results
 
@@ -211,6 +214,27 @@ def test_data_reaches_trials_from_shared_memory_without_a_copy(ray_local):
     assert got.images.equal(original.images) and len(got) == 50 and got.schema == original.schema
 
 
+@pytest.mark.parametrize("argv,root", [
+    ([], "CLUSTER"),                                              # the cluster file's results_dir
+    (["--storage", "s3://bucket/sweeps"], "s3://bucket/sweeps"),  # a URI --storage holds them too
+    (["--storage", "scratch/ray"], "CLUSTER"),                    # a local --storage does not
+    (["--storage", "s3://bucket/sweeps", "--results-dir", "out"], "out"),
+])
+def test_target_fixes_the_results_root_and_name_once_and_leaves_args_alone(tmp_path, argv, root):
+    from sweep.cluster import load_cluster
+    from sweep.run import _space, build_parser, target
+
+    cluster = load_cluster(local_cluster(tmp_path, 2))
+    args = build_parser().parse_args(["--smoke-test", *argv])
+    where = target(args, cluster, _space(args))
+    assert args.name is None                                      # issue 22: args not mutated
+    assert where.root == (str(tmp_path / "results") if root == "CLUSTER" else root)
+    assert where.name.startswith("quick-synthetic-")
+    assert where.folder == f"{where.root}/{where.name}"
+    named = build_parser().parse_args(["--name", "mine", *argv])
+    assert target(named, cluster, None).folder == f"{where.root}/mine"
+
+
 def test_smoke_test_keeps_explicit_values_and_fills_in_the_rest():
     from sweep.run import _space, build_parser
 
@@ -340,7 +364,7 @@ def test_broken_sweep_json_under_resume_is_one_line_naming_it(tmp_path, capsys, 
 
 
 def test_failures_say_how_many_and_the_first_error():
-    from sweep.run import failures
+    from sweep.console import failures
 
     trials = pd.DataFrame({"status": ["completed", "error", "error"],
                            "error": ["", "RuntimeError: boom\nmore", "ValueError: x"]})
