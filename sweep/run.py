@@ -240,7 +240,7 @@ def confirm_plan(args: argparse.Namespace, s: Settings) -> tuple[Settings, Any]:
         return s, (args.confirm is None and saved_plan(s.results_uri)) or plan_of(args, s.space)
     plan = plan_of(args, s.space)
     keep = {k: v for k, v in plan.to_dict().items()
-            if k in ("replicates", "margin", "until_decided", "max_seeds")} if plan else None
+            if k in ("replicates", "margin", "until_decided", "max_seeds", "open_ended")} if plan else None
     if keep is not None:   # the arms' settings (sweep.spaces.ARM_KEYS) go on with the plan
         keep |= {k: v for k, v in (s.space.confirm or {}).items() if k in ARM_KEYS}
     return dataclasses.replace(s, space=dataclasses.replace(s.space, confirm=keep)), plan

@@ -150,7 +150,7 @@ SPACES: dict[str, dict[str, Any]] = {
 _KEYS = ("name", "description", "grid", "seeds", "num_samples", "max_epochs", "asha", "fixed",
          "axes", "search", "confirm", "recipe")
 _CONFIRM_KEYS = {"replicates": int, "until_decided": bool, "max_seeds": int, "margin": float,
-                 "scored": str, "fixed_alphas": list}
+                 "open_ended": bool, "scored": str, "fixed_alphas": list}
 # Confirm keys that shape the arms and trials (sweep.confirm), not the decision plan.
 ARM_KEYS = ("scored", "fixed_alphas")
 _DATA_FIELDS = ("data", "synth_n", "synth_seed", "synth_pose")

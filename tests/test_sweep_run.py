@@ -451,3 +451,19 @@ def test_a_full_or_read_only_disk_is_one_line_and_the_records_stay_intact(tmp_pa
     assert len(final) == 2 and set(first.trial_id) <= set(final.trial_id)
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert sorted(epochs.groupby("trial_id").epoch.count()) == [2, 2]
+
+
+def test_an_open_ended_plan_is_kept_in_the_space_that_resume_reads(tmp_path):
+    """--open-ended goes into the space's confirm block (sweep.json), so a sweep resumed before
+    its confirm began confirms with the sequence it was started with, not group-sequentially."""
+    from sweep.plan import Plan
+    from sweep.run import build_parser, confirm_plan
+    from sweep.spaces import get_space
+
+    args = build_parser().parse_args(["--confirm", "3", "--until-decided", "--max-seeds", "9",
+                                      "--open-ended"])
+    s = local_settings(get_space("quick"), str(tmp_path), "oe", max_concurrent=1)
+    saved, plan = confirm_plan(args, s)
+    assert plan.open_ended and saved.space.confirm["open_ended"] is True
+    assert Plan.from_dict(saved.space.confirm) == plan
+    assert from_dict(saved.space.to_dict()).confirm["open_ended"] is True   # the key is valid
