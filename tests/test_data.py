@@ -433,14 +433,15 @@ def test_duplicated_pair_stops_train_and_sweep_with_one_line(tmp_path, sample_li
     code = train_module.main(["--data", path, "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"error: {path}: {fragment}"]
-    run = pytest.importorskip("sweep.run")
+    from sweep.datasets import load_or_fail
+    from sweep.settings import UsageError
 
     class Space:   # the sweep loads each data set of its space before Ray starts
         def data_configs(self):
             return [TrialConfig(data=path)]
 
-    with pytest.raises(run.UsageError) as usage:
-        run._load_or_fail(Space())
+    with pytest.raises(UsageError) as usage:
+        load_or_fail(Space())
     assert str(usage.value) == f"{path}: {fragment}"
 
 

@@ -242,7 +242,7 @@ def test_fkd_yt15_confirms_the_studys_alpha_and_scores_the_final_weights():
     ("fixed: !!python/object:os.system {}\n", "line 1, column 8: tag !!python/object:os.system is not allowed"),
     ("fixed: {lr: abc}\n", "fixed.lr: expected a number, got 'abc'"),
     ("fixed: {pretrained: 1}\n", "fixed.pretrained: expected true or false, got 1"),
-    ("fixed: {backbone: vgg16}\n", "fixed.backbone: 'vgg16' is not one of ['small_cnn'"),
+    ("fixed: {backbone: vgg16}\n", "fixed.backbone: 'vgg16' is not one of ['resnet50', 'densenet121'"),
     ("axes: {backbone: [small_cnn, nope]}\n", "axes.backbone[1]: 'nope' is not one of"),
     ("axes: {objective: {mse: 5}}\n", "axes.objective.mse: expected a mapping of TrialConfig fields"),
     ("axes: {augment: none}\n", "axes.augment: expected a non-empty list of values or a mapping"),
