@@ -5,8 +5,12 @@
     python -m fkd_core.train --data ../shared/data/fkd-yt15/training.csv.gz --epochs 5 --json
     python -m fkd_core.train ... --out runs/cgd --resume    # after Ctrl-C (exit 130), SIGTERM (143), kill -9
 
-    >>> from fkd_core.train import train
-    >>> summary = train(TrialConfig(max_epochs=2), load_for_config(cfg), report=rows.append)
+    >>> from fkd_core import TrialConfig, train
+    >>> rows = []
+    >>> summary = train(TrialConfig(max_epochs=2, synth_n=200), report=rows.append)  # loads cfg.data
+    >>> from fkd_core.data import load_for_config       # or the sweep's form: data loaded once
+    >>> cfg = TrialConfig(max_epochs=2)
+    >>> summary = train.train(cfg, load_for_config(cfg), rows.append)
 
 The whole data set is moved to the device once as uint8; a batch is an index slice of it,
 converted and augmented there, so there are no DataLoader workers and no per-step host->device
@@ -38,7 +42,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from fkd_core import augment, metrics
-from fkd_core import averaging, cli, precision, recipes, schedules, tta
+from fkd_core import api, averaging, cli, precision, recipes, schedules, tta
 from fkd_core.config import BaseLoss, CompileMode, ShapeTerm, TrialConfig
 from fkd_core.data import KeypointData, apply_missing, held_out_rows, load_for_config, three_way_split
 from fkd_core.losses import Objective, build_objective, parse_loss_spec
@@ -859,6 +863,17 @@ def _print_outcome(summary: TrainSummary, cfg: TrialConfig, out: Path, tag: str)
               f"{summary.best_val_rmse_px:.3f} px at epoch {summary.best_epoch}; best model {out / BEST}",
               file=sys.stderr)
 
+
+def train_config(cfg: TrialConfig, data: KeypointData | None = None, report: Report | None = None,
+                 **options: Any) -> TrainSummary:
+    """``fkd_core.train(cfg)``, the Python API: train() with the data loaded from cfg.data when
+    not given, and the epoch rows dropped when no report is given (pass ``rows.append`` to keep
+    them). ``options``: train()'s keyword arguments (checkpoint_dir, resume_from, on_step)."""
+    data = load_for_config(cfg) if data is None else data
+    return train(cfg, data, (lambda row: None) if report is None else report, **options)
+
+
+api.make_callable(__name__, train_config)   # `from fkd_core import train; train(cfg)` (fkd_core.api)
 
 if __name__ == "__main__":
     sys.exit(main())
