@@ -15,6 +15,7 @@ are checked in __post_init__, each failure a one-line ValueError naming the fiel
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import re
 import types
@@ -195,7 +196,7 @@ class TrialConfig:
         for name, kind in _FIELD_KINDS.items():
             value = getattr(self, name)
             ok = isinstance(value, _KINDS[kind]) and (kind is bool or not isinstance(value, (bool, np.bool_)))
-            _check(ok, name, f"{_KIND_WORDS[kind]}, got {value!r}")
+            _check(ok and (kind is not float or math.isfinite(value)), name, f"{_KIND_WORDS[kind]}, got {value!r}")
         for name, allowed in _LITERALS.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -293,7 +294,7 @@ def _value_kind(hint: Any) -> type:
 # valid float, a bool is not a number here.
 _KINDS: dict[type, tuple[type, ...]] = {bool: (bool, np.bool_), int: (numbers.Integral,),
                                         float: (numbers.Real,), str: (str,)}
-_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
 _FIELD_KINDS: dict[str, type] = {name: _value_kind(hint) for name, hint in get_type_hints(TrialConfig).items()}
 
 
