@@ -6,14 +6,24 @@ switched off*: shuffled split, masked missing keypoints, exact rotation, per-fac
 default is the CPU-sized ``small_cnn`` so that every default runs on a laptop without weights.
 
     >>> TrialConfig(**{"backbone": "resnet18", "shape": "cgd", "alpha": 0.01})
+    >>> TrialConfig(shape="cgd").alpha       # 0.01: alpha None means the study's weight
+    >>> TrialConfig(dropout=1.5)             # ValueError: TrialConfig.dropout must be in [0, 1), got 1.5
+
+Every field's range and the combinations (unet needs a skip trunk, splits leave rows to train)
+are checked in __post_init__, each failure a one-line ValueError naming the field.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import numpy as np
 
 Split = Literal["shuffle", "tail"]
 Missing = Literal["mask", "ffill", "drop"]
@@ -108,8 +118,10 @@ class TrialConfig:
     """Base loss in pixels."""
     shape: ShapeTerm = "none"
     """Shape term: "cgd" (per face, DESIGN.md), "seed_cgd" (the study's batch-wide sum), or none."""
-    alpha: float = 0.0
-    """Weight of the shape term; 0 means no shape term. The study used 0.01."""
+    alpha: float | None = None
+    """Weight of the shape term. None (the default) means the study's 0.01 when a shape term is
+    named and 0 otherwise, so that TrialConfig(shape="cgd") and --loss mse+cgd train the same
+    objective; an explicit 0 switches the shape term off."""
 
     # --- augmentation ---------------------------------------------------------------------
     augment: Augment = "none"
@@ -139,10 +151,15 @@ class TrialConfig:
 
     # --- optimisation ---------------------------------------------------------------------
     optimizer: Optimizer = "adam"
+    """Optimizer of the weights (the study: Adam)."""
     lr: float = 1e-3
+    """Peak learning rate (the study: 1e-3)."""
     weight_decay: float = 0.0
+    """L2 weight decay (decoupled for adamw); 0: none, as in the study."""
     batch_size: int = 64
+    """Faces per training step (the study: 64)."""
     max_epochs: int = 200
+    """Epochs at most (the study: 200); cosine and onecycle schedules run over exactly these."""
     patience: int = 20
     """Early stopping: epochs without a better validation RMSE."""
     lr_factor: float = 0.7
@@ -162,7 +179,8 @@ class TrialConfig:
     seed: int = 0
     """Seed of initialisation, batch order and augmentation."""
     device: str = "auto"
-    """"auto" (cuda if available), "cpu", "cuda", "cuda:1", ..."""
+    """"auto" (cuda if available), "cpu", "cuda", "cuda:1", ...; checked against this machine's
+    devices when training starts (fkd_core.train.resolve_device)."""
     precision: Precision = "auto"
     """"auto": bf16 autocast on CUDA; on a CPU, bf16 where fkd_core.precision's committed
     measurement says it trains this backbone and head faster on the CPU's class (AMX or
@@ -184,6 +202,12 @@ class TrialConfig:
     """Validate on the mean of the prediction and the mirrored prediction of the mirrored image."""
 
     def __post_init__(self) -> None:
+        if self.alpha is None:   # frozen: the resolved weight is stored once, so to_dict() shows it
+            object.__setattr__(self, "alpha", 0.01 if self.shape != "none" else 0.0)
+        for name, kind in _FIELD_KINDS.items():
+            value = getattr(self, name)
+            ok = isinstance(value, _KINDS[kind]) and (kind is bool or not isinstance(value, (bool, np.bool_)))
+            _check(ok and (kind is not float or math.isfinite(value)), name, f"{_KIND_WORDS[kind]}, got {value!r}")
         for name, allowed in _LITERALS.items():
             value = getattr(self, name)
             if value not in allowed:
@@ -216,6 +240,24 @@ class TrialConfig:
         _check(0.0 <= self.occlusion_size <= 1.0, "occlusion_size", "in [0, 1]")
         _check(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
         _check(0.0 <= self.ema_decay < 1.0, "ema_decay", f"in [0, 1) (0 = off), got {self.ema_decay:g}")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """The ranges the checks above leave out: each would otherwise fail later, or not at all."""
+        _check(bool(self.data.strip()), "data", 'a training CSV path or "synthetic"')
+        _check(bool(self.backbone.strip()), "backbone", "a name in fkd_core.models.BACKBONES")
+        for name in ("synth_seed", "split_seed", "test_seed", "seed"):
+            _check(getattr(self, name) >= 0, name, f">= 0 (numpy seeds are unsigned), got {getattr(self, name)}")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"in [0, 1), got {self.dropout:g}")
+        _check(0.0 <= self.rotation_deg <= 180.0, "rotation_deg", f"in [0, 180], got {self.rotation_deg:g}")
+        _check(self.noise_var >= 0.0, "noise_var", f">= 0 (a variance), got {self.noise_var:g}")
+        _check(0.0 <= self.scale_range < 1.0, "scale_range", f"in [0, 1) (zoom 1 +- r), got {self.scale_range:g}")
+        _check(0.0 <= self.shift_px <= INPUT_SIZE / 2, "shift_px",
+               f"in [0, {INPUT_SIZE // 2}] (half the input), got {self.shift_px:g}")
+        _check(self.weight_decay >= 0.0, "weight_decay", f">= 0, got {self.weight_decay:g}")
+        _check(self.patience >= 1, "patience", f">= 1 (epochs without a better val RMSE), got {self.patience}")
+        _check(0.0 < self.lr_factor < 1.0, "lr_factor", f"in (0, 1) (it lowers the rate), got {self.lr_factor:g}")
+        _check(self.lr_patience >= 0, "lr_patience", f">= 0, got {self.lr_patience}")
 
     @property
     def uses_shape(self) -> bool:
@@ -249,6 +291,24 @@ def augment_knobs() -> tuple[dataclasses.Field, ...]:
     return tuple(f for f in dataclasses.fields(TrialConfig) if f.metadata.get(AUGMENT_KNOB))
 
 
+def _value_kind(hint: Any) -> type:
+    """The value type a field's annotation asks for: a Literal holds strings, alpha's
+    "float | None" a float (None is resolved before the check)."""
+    if get_origin(hint) is Literal:
+        return str
+    if get_origin(hint) in (Union, types.UnionType):
+        return next(a for a in get_args(hint) if a is not type(None))
+    return hint
+
+
+# numbers' ABCs, so that values read back from Parquet (numpy scalars) pass too; an int is a
+# valid float, a bool is not a number here.
+_KINDS: dict[type, tuple[type, ...]] = {bool: (bool, np.bool_), int: (numbers.Integral,),
+                                        float: (numbers.Real,), str: (str,)}
+_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+_FIELD_KINDS: dict[str, type] = {name: _value_kind(hint) for name, hint in get_type_hints(TrialConfig).items()}
+
+
 def _check(ok: bool, name: str, expected: str) -> None:
     if not ok:
         raise ValueError(f"TrialConfig.{name} must be {expected}")
@@ -264,8 +324,5 @@ def _compiles(pattern: str) -> bool:
 
 def config_fields() -> dict[str, type]:
     """Field name -> Python type of its values (for typed Parquet columns)."""
-    kinds = {}
-    for f in dataclasses.fields(TrialConfig):
-        default = f.default
-        kinds[f.name] = type(default)
-    return kinds
+    defaults = TrialConfig()   # an instance, so that alpha's None default reads as its float
+    return {f.name: type(getattr(defaults, f.name)) for f in dataclasses.fields(TrialConfig)}

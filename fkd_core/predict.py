@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from fkd_core import api
 from fkd_core.data import load_test_images
 from fkd_core.models import KeypointNet, build_model, upgrade_state_dict
 from fkd_core.schema import Schema, get_schema
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
+
+api.make_callable(__name__, predict)   # `from fkd_core import predict; predict(model, images)`
 
 if __name__ == "__main__":
     sys.exit(main())

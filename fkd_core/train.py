@@ -5,8 +5,12 @@
     python -m fkd_core.train --data ../shared/data/fkd-yt15/training.csv.gz --epochs 5 --json
     python -m fkd_core.train ... --out runs/cgd --resume    # after Ctrl-C (exit 130), SIGTERM (143), kill -9
 
-    >>> from fkd_core.train import train          # the Python API, re-exported from fkd_core.trainer
-    >>> summary = train(TrialConfig(max_epochs=2), load_for_config(cfg), report=rows.append)
+    >>> from fkd_core import TrialConfig, train
+    >>> rows = []
+    >>> summary = train(TrialConfig(max_epochs=2, synth_n=200), report=rows.append)  # loads cfg.data
+    >>> from fkd_core.data import load_for_config       # or the sweep's form: data loaded once
+    >>> cfg = TrialConfig(max_epochs=2)
+    >>> summary = train.train(cfg, load_for_config(cfg), rows.append)
 
 The parts of a trial live in modules of their own: fkd_core.device (device, GPU memory share,
 autocast), fkd_core.checkpoint (checkpoint files), fkd_core.loop (the epoch loop, evaluate) and
@@ -23,18 +27,18 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from fkd_core import metrics, recipes
+from fkd_core import api, cli, metrics, recipes
 from fkd_core.checkpoint import MODEL_KEYS, RESUME_KEYS, load_checkpoint
-from fkd_core.config import TrialConfig
+from fkd_core.config import BaseLoss, CompileMode, ShapeTerm, TrialConfig
 from fkd_core.data import KeypointData, load_for_config
 from fkd_core.device import limit_gpu_memory, resolve_device
 from fkd_core.losses import parse_loss_spec
 from fkd_core.models import BACKBONES, WeightsUnavailable
 from fkd_core.rundir import (BEST, CHECKPOINT, EXIT_CODES, Interrupted, Interrupts, RunDir, check_start,
                              strict_json, summary_from_rows)
-from fkd_core.trainer import TrainSummary, split_rows, train, training_split
+from fkd_core.trainer import Report, TrainSummary, split_rows, train, training_split
 
 # The Python API (re-exported from their homes) and the command line's entry point.
 __all__ = ["BEST", "CHECKPOINT", "MODEL_KEYS", "RESUME_KEYS", "TrainSummary", "limit_gpu_memory",
@@ -48,31 +52,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# Fields whose flags keep the spellings they had before the CLI was generated: --epochs, and
+# --loss, which names the base loss and the shape term in one spec ("wing+cgd").
+_SPELLED = {"max_epochs", "loss", "shape", "alpha", "compile", "compile_mode"}
+
+
 def _parser() -> argparse.ArgumentParser:
-    defaults = TrialConfig()
-    p = _Parser(prog="python -m fkd_core.train", description="Train one keypoint model.")
-    p.add_argument("--data", default=defaults.data, help="training CSV (Kaggle or image-folder) or 'synthetic'")
-    p.add_argument("--backbone", default=defaults.backbone)
-    p.add_argument("--loss", default="mse", help="mse | wing | soft_wing | cgd | seed_cgd | wing+cgd ...")
-    p.add_argument("--alpha", type=float, default=None,
-                   help="weight of the shape term (default 0.01, the study's, when --loss has one)")
-    p.add_argument("--augment", default=defaults.augment, help="none | study | study_exact | full | robust")
-    p.add_argument("--epochs", type=int, default=defaults.max_epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--patience", type=int, default=defaults.patience)
-    p.add_argument("--missing", default=defaults.missing, help="mask | ffill | drop")
-    p.add_argument("--split", default=defaults.split, help="shuffle | tail")
-    p.add_argument("--groups", default=defaults.groups, help="auto (<name>.groups.csv, image names) | none | CSV")
-    p.add_argument("--score-test", action="store_true", help="score the held-out test split every epoch")
-    p.add_argument("--synth-n", type=int, default=defaults.synth_n, help="faces when --data synthetic")
-    p.add_argument("--pretrained", action="store_true", help="ImageNet weights (torch cache)")
-    p.add_argument("--device", default=defaults.device)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p = _Parser(prog="python -m fkd_core.train", description="Train one keypoint model. Every "
+                "TrialConfig field has a flag; a flag not given keeps the recipe's value, else "
+                "TrialConfig's default (shown).")
+    losses = [f"{b}+{s}" if s != "none" else b for b in get_args(BaseLoss) for s in get_args(ShapeTerm)]
+    p.add_argument("--loss", default=None, metavar="BASE[+SHAPE]",
+                   help=f"base loss and optional shape term: {' | '.join(losses)}; a shape term alone "
+                        "(cgd) means mse+cgd. Sets the fields loss and shape (default: 'mse')")
+    p.add_argument("--alpha", type=float, default=None, help=cli.flag_help("alpha", None))
+    p.add_argument("--epochs", "--max-epochs", dest="epochs", type=int, default=None,
+                   help=cli.flag_help("max_epochs", TrialConfig.max_epochs))
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                   choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                   choices=list(get_args(CompileMode)),
                    help="torch.compile the model; MODE reduce-overhead adds CUDA graphs (GPU). "
-                        "Off by default: on a CPU it was measured slower")
+                        "Sets the fields compile and compile_mode. Off by default: on a CPU it was "
+                        "measured slower")
+    p.add_argument("--recipe", help=f"a named recipe ({', '.join(recipes.recipe_names())}) or a "
+                                    "YAML file of TrialConfig fields; flags given override it")
     p.add_argument("--out", default=None, help="folder for best.pt, checkpoint.pt, metrics.csv, "
                                                "summary.json (default runs/<time>-<backbone>-<loss>)")
     start = p.add_mutually_exclusive_group()
@@ -81,20 +83,23 @@ def _parser() -> argparse.ArgumentParser:
                        help="replace the run in --out (without it, or --resume, a folder that "
                             "holds a run is refused)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
-    recipes.add_arguments(p)
+    cli.add_config_flags(p, skip=_SPELLED)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrialConfig:
-    base, shape = parse_loss_spec(args.loss)
-    alpha = (0.01 if shape != "none" else 0.0) if args.alpha is None else args.alpha
-    return TrialConfig(data=args.data, backbone=args.backbone, loss=base, shape=shape, alpha=alpha,
-                       augment=args.augment, max_epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr, patience=args.patience, missing=args.missing, split=args.split,
-                       groups=args.groups, score_test=args.score_test,
-                       synth_n=args.synth_n, pretrained=args.pretrained, device=args.device,
-                       seed=args.seed, compile=args.compile is not None,
-                       compile_mode=args.compile or "default")
+    """The TrialConfig of the flags given; TrialConfig's defaults for the rest (alpha: 0.01 when
+    --loss names a shape term, as TrialConfig(shape="cgd") gives)."""
+    fields = cli.config_values(args)
+    if args.loss is not None:
+        fields["loss"], fields["shape"] = parse_loss_spec(args.loss)
+    if args.alpha is not None:
+        fields["alpha"] = args.alpha
+    if args.epochs is not None:
+        fields["max_epochs"] = args.epochs
+    if args.compile is not None:
+        fields.update(compile=True, compile_mode=args.compile)
+    return TrialConfig(**fields)
 
 
 def _progress_line(row: dict[str, Any], max_epochs: int, tag: str) -> str:
@@ -238,6 +243,17 @@ def _print_outcome(summary: TrainSummary, cfg: TrialConfig, out: Path, tag: str)
               f"{summary.best_val_rmse_px:.3f} px at epoch {summary.best_epoch}; best model {out / BEST}",
               file=sys.stderr)
 
+
+def train_config(cfg: TrialConfig, data: KeypointData | None = None, report: Report | None = None,
+                 **options: Any) -> TrainSummary:
+    """``fkd_core.train(cfg)``, the Python API: train() with the data loaded from cfg.data when
+    not given, and the epoch rows dropped when no report is given (pass ``rows.append`` to keep
+    them). ``options``: train()'s keyword arguments (checkpoint_dir, resume_from, on_step)."""
+    data = load_for_config(cfg) if data is None else data
+    return train(cfg, data, (lambda row: None) if report is None else report, **options)
+
+
+api.make_callable(__name__, train_config)   # `from fkd_core import train; train(cfg)` (fkd_core.api)
 
 if __name__ == "__main__":
     sys.exit(main())

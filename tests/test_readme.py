@@ -1,7 +1,8 @@
 """The README's commands work as printed: every ```bash block runs, in the README's order, in a
 fresh shell (no virtual environment activated, not even on PATH) on a copy of the repository,
 after install (the copy's .venv is the interpreter running these tests). So do the `Next:`
-commands the programs print.
+commands the programs print. A ```python block (the Python API) runs there too, in its place in
+that order, as `.venv/bin/python -c BLOCK` from the copy's root.
 
 An HTML comment right above a block tells this test to shrink it or skip it, so that the README
 says openly what the test changes:
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-_BLOCK = re.compile(r"(?:<!--\s*readme-test:(?P<marker>.*?)-->\s*\n)?```bash\n(?P<code>.*?)```", re.S)
+_BLOCK = re.compile(r"(?:<!--\s*readme-test:(?P<marker>.*?)-->\s*\n)?```(?P<lang>bash|python)\n(?P<code>.*?)```",
+                    re.S)
 _REPLACE = re.compile(r'replace\s+"([^"]*)"\s+"([^"]*)"')
 # A block that runs longer is itself a README bug: the test must stay at a few minutes.
 BLOCK_TIMEOUT_S = 300
@@ -39,11 +42,14 @@ class Block:
     skip: str | None
     replacements: list[tuple[str, str]]
 
+    lang: str = "bash"
+
     def runnable(self) -> str:
+        """The block as a bash script, its replacements made (a python block: python -c)."""
         code = self.code
         for old, new in self.replacements:
             code = code.replace(old, new)
-        return code
+        return code if self.lang == "bash" else f".venv/bin/python -c {shlex.quote(code)}\n"
 
 
 def readme_blocks(text: str) -> list[Block]:
@@ -55,7 +61,7 @@ def readme_blocks(text: str) -> list[Block]:
         replacements = _REPLACE.findall(marker)
         for old, _ in replacements:
             assert old in m.group("code"), f"README.md:{line}: readme-test replaces {old!r}, which the block lacks"
-        blocks.append(Block(line, m.group("code"), skip, replacements))
+        blocks.append(Block(line, m.group("code"), skip, replacements, m.group("lang")))
     return blocks
 
 
@@ -68,6 +74,39 @@ def test_markers_parse_and_must_match_their_block():
     assert (b.skip, b.runnable()) == ("a server", "serve\n") and (c.skip, c.replacements) == (None, [])
     with pytest.raises(AssertionError, match="lacks"):
         readme_blocks('<!-- readme-test: replace "--epochs 30" "--epochs 1" -->\n```bash\nrun --epochs 3\n```\n')
+
+
+def test_python_blocks_parse_and_run_as_python_c():
+    text = ('<!-- readme-test: replace "max_epochs=30" "max_epochs=1" -->\n'
+            '```python\nprint("it\'s", 30)\nTrialConfig(max_epochs=30)\n```\n')
+    (block,) = readme_blocks(text)
+    assert block.lang == "python"
+    assert block.runnable() == (".venv/bin/python -c 'print(\"it'\"'\"'s\", 30)\n"
+                                "TrialConfig(max_epochs=1)\n'\n")
+
+
+def test_the_readme_has_a_python_api_block_that_runs_the_api():
+    (block,) = [b for b in readme_blocks((ROOT / "README.md").read_text()) if b.lang == "python"]
+    assert block.skip is None
+    assert "from fkd_core import TrialConfig, train, predict" in block.code
+    assert "from sweep import read_frames" in block.code
+
+
+@pytest.mark.slow
+def test_the_python_api_block_runs_on_the_synthetic_set(tmp_path):
+    """The README's python block alone (the full test above runs it too, after every earlier
+    block), after the one command that writes the data it reads."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the copy is made from git's tracked files")
+    repo = tmp_path / "fkd-sweep"
+    _copy_repository(repo)
+    env = _fresh_shell_env(tmp_path)
+    _run(".venv/bin/python -m fkd_core.synth --n 300 --seed 1 --out data/synthetic/training.csv.gz",
+         repo, env, "synthetic set")
+    (block,) = [b for b in readme_blocks((repo / "README.md").read_text()) if b.lang == "python"]
+    out = _run(block.runnable(), repo, env, f"README.md:{block.line}")
+    assert "mse+0.01*cgd: best val RMSE" in out and "after 1 epochs" in out
+    assert (repo / "runs" / "api" / "best.pt").is_file()
 
 
 def test_readme_links_are_tracked_files():
