@@ -245,7 +245,6 @@ class TrialConfig:
     def _check_ranges(self) -> None:
         """The ranges the checks above leave out: each would otherwise fail later, or not at all."""
         _check(bool(self.data.strip()), "data", 'a training CSV path or "synthetic"')
-        _check(bool(self.backbone.strip()), "backbone", "a name in fkd_core.models.BACKBONES")
         for name in ("synth_seed", "split_seed", "test_seed", "seed"):
             _check(getattr(self, name) >= 0, name, f">= 0 (numpy seeds are unsigned), got {getattr(self, name)}")
         _check(0.0 <= self.dropout < 1.0, "dropout", f"in [0, 1), got {self.dropout:g}")

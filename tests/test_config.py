@@ -34,7 +34,7 @@ from fkd_core.config import Augment, config_fields
     ({"seed": -1}, "TrialConfig.seed must be >= 0 (numpy seeds are unsigned), got -1"),
     ({"split_seed": -2}, "TrialConfig.split_seed must be >= 0"),
     ({"data": " "}, 'TrialConfig.data must be a training CSV path or "synthetic"'),
-    ({"backbone": ""}, "TrialConfig.backbone must be a name in fkd_core.models.BACKBONES"),
+    ({"backbone": ""}, "TrialConfig.backbone=''; valid: ['resnet50', 'densenet121', 'resnet18'"),
     ({"alpha": -0.01, "shape": "cgd"}, "TrialConfig.alpha must be >= 0"),
     ({"lr": "1e-3"}, "TrialConfig.lr must be a finite number, got '1e-3'"),
     ({"noise_var": float("inf")}, "TrialConfig.noise_var must be a finite number, got inf"),
