@@ -166,12 +166,14 @@ def split_phrase(settings: dict[str, Any]) -> str:
 def verdict_markdown(table: pd.DataFrame) -> str:
     lines = ["| cell | shape term (α) | replicates | d = test RMSE shape − base, px: mean "
              "[decision interval] | interval level | P(improvement) | test RMSE base / shape, px "
-             "| verdict |", "|---|---|---|---|---|---|---|---|"]
+             "| α·shape / base loss, end of training | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
+        share = getattr(r, "shape_share", math.nan)
         lines.append(f"| {r.cell} | {r.shape} (α={r.alpha:.3g}) | {r.n} | {_num(r.d_mean)} "
                      f"[{_num(r.ci_low)}, {_num(r.ci_high)}] | {r.level:.4g} | "
                      f"{_num(r.p_improve, 2)} | {_num(r.base_test_rmse)} / "
-                     f"{_num(r.shape_test_rmse)} | **{r.verdict_text}** |")
+                     f"{_num(r.shape_test_rmse)} | {_num(share, 4)} | **{r.verdict_text}** |")
     return "\n".join(lines)
 
 

@@ -208,6 +208,7 @@ def should_stop(table: Any, rule: Rule, n: int) -> bool:
 # --- from the confirm trials to the verdict table ------------------------------------------
 
 SCORED_COLUMN = "scored_test_rmse_px"   # test RMSE of the weights fixed before the run as scored
+SHAPE_SHARE_COLUMN = "shape_share"   # alpha * shape term / base loss, the last epoch's batches
 TEST_RMSE_COLUMN = "best_test_rmse_px"  # older studies: test RMSE at the epoch chosen on validation
 GROUP_COLUMNS = ("test_group_ids", "test_group_sse", "test_group_count")
 NO_TEST_METRICS = ("the confirm trials carry no test metrics (this fkd_core.train does not score "
@@ -274,6 +275,10 @@ def verdict_table(confirm: Any, rule: Rule) -> Any:
     table["shape_test_rmse"] = [of(c, a)[col].astype(float).mean() for c, a in keys]
     table["alpha"] = [float(confirm[(confirm["cell"] == c) & (confirm["arm"] == a)]["alpha"].iloc[0])
                       for c, a in keys]
+    # Item 7 of issue 19: how much the shape term weighs in training (alpha * shape / base loss
+    # at the end), so that an "equivalent" from an alpha too small to act can be seen as such.
+    table["shape_share"] = [of(c, a)[SHAPE_SHARE_COLUMN].astype(float).mean()
+                            if SHAPE_SHARE_COLUMN in ok else math.nan for c, a in keys]
     table["scored"] = col
     # what the scored column holds ("final" weights or "best_val"), fixed before the run
     table["scored_as"] = ", ".join(sorted(set(ok["scored"].dropna().astype(str)))) \

@@ -3,6 +3,7 @@ verdicts, and the interval over test people (or why there is none)."""
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from sweep import report as Rp
 from sweep import verdicts as V
@@ -67,3 +68,18 @@ def test_the_report_says_what_was_scored(tmp_path):
     assert "`scored` = final" in text
     text, _, _ = section(confirm_rows(), tmp_path)
     assert "best epoch on validation" in text and "noisier" in text
+
+
+def test_the_shape_terms_share_of_the_loss_is_shown_per_arm():
+    """Issue 19 item 7: an alpha too small to act shows as a tiny share next to its verdict."""
+    rows = confirm_rows()
+    table = V.verdict_table(rows, V.Rule())
+    assert table["shape_share"].isna().all()                 # older studies: not recorded
+    assert "| n/a | **" in Rp.verdict_markdown(table)
+    rows["shape_share"] = [0.0 if a == "base" else (0.25 if a == "cgd" else 0.0005) for a in rows["arm"]]
+    table = V.verdict_table(rows, V.Rule()).set_index(["cell", "shape"])
+    assert table.loc[("none", "cgd"), "shape_share"] == pytest.approx(0.25)
+    assert table.loc[("study", "cgd@0.01"), "shape_share"] == pytest.approx(0.0005)
+    md = Rp.verdict_markdown(table.reset_index())
+    assert "| α·shape / base loss, end of training |" in md
+    assert "| 0.2500 | **" in md and "| 0.0005 | **" in md
