@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,7 +58,8 @@ def figure_verdicts(diffs: dict[tuple[str, str], pd.Series], table: pd.DataFrame
     """
     if table.empty:
         return None
-    fig = new_figure(9, 1.6 + 0.55 * len(table))
+    method = textwrap.fill(method, 150)   # the design's name runs to ~200 characters
+    fig = new_figure(9, 1.6 + 0.55 * len(table) + 0.15 * method.count("\n"))
     ax = fig.subplots()
     for y, row in enumerate(table.itertuples()):
         d = diffs[(row.cell, row.shape)].to_numpy(float)
