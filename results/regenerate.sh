@@ -1,34 +1,33 @@
 #!/usr/bin/env bash
-# Regenerate the three reference studies with the search + confirm protocol (issue 11), each from
-# a clean commit (trials.parquet's git_commit without "-dirty") with its command in sweep.json.
+# Regenerate the four reference studies under the fixed-budget confirm (issue 19), all from one
+# clean commit (every trial's git_commit without "-dirty"; each command is in its sweep.json),
+# one after another, alone on the machine:
 #
 #   bash results/regenerate.sh            # from the repository root, after `make install`
 #
 # Before running: remove the old studies in a commit of their own (this script refuses to start
-# otherwise, because sweep.run never overwrites a results folder and a deletion left uncommitted
-# would mark every trial "-dirty"):
-#   git rm -r -q results/fkd-yt15-quick results/fkd-yt15-reproduce results/synthetic-rigidity
-#   git commit -m "results: remove the pre-protocol studies"
+# otherwise: sweep.run never overwrites a results folder, and a deletion left uncommitted would
+# mark every trial "-dirty"):
+#   git rm -r -q results/fkd-yt15 results/fkd-yt15-reproduce results/synthetic-rigidity
+#   git commit -m "results: remove the old studies"
 #
-# CPU time, from a short measurement (2 epochs of small_cnn, one torch thread, CPU seconds of
-# the process, on this 2-core machine while five others ran tests: wall time was ~5x the CPU
-# time): fkd-yt15 2.2 CPU-s per epoch (no augmentation; 1.7 with study_exact), 1,000 synthetic
-# faces 0.43 CPU-s per epoch. Two trials run at a time.
-#   fkd-yt15            search 8 trials, ~65 epochs with ASHA per arm           ~  2.5 core-min
-#                       confirm 2 arms x 5..10 replicates x ~17 epochs
-#                       (early stopping 4 after the best)                      ~  6-12.5 core-min
-#   fkd-yt15-reproduce  4 configs x (1 search + 3 confirm) x 10 epochs           ~  5.5 core-min
-#   synthetic-rigidity  6 configs x (1 search + 3 confirm) x 8 epochs            ~  1.5 core-min
-#   + Ray start, trial start-up and the three analyses                          ~  3 core-min
-# Total: ~19-25 core-minutes, ~10-13 minutes on 2 idle cores; at the ~2.5x slowdown measured under
-# the shared load of earlier runs (trial wall times in the old results), ~25-32 minutes.
+# Expected wall time on the 2-core machine (two 1-thread trials at a time; per-epoch times from
+# bench.accuracy runs on it, 1 thread, bf16 autocast as precision=auto picks here):
+#   synthetic-rigidity   6 configs, 8 epochs, confirm rounds of 3 up to 9          ~  5 min
+#   fkd-yt15-reproduce   4 configs, 15 epochs, confirm rounds of 3 up to 9          ~ 10 min
+#   youtube-faces-68     4 search trials + 2 arms x 4..8 replicates x 1.2 min      ~ 10-16 min
+#   fkd-yt15             8 search trials + 2 cells x 3 arms x 3..6 replicates
+#                        (regression 60 epochs ~2 min, heatmap 90 epochs ~4.3 min)  ~ 40-70 min
+# Each study's wall time goes to results/<name>/wall.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-DATA=../shared/data/fkd-yt15/training.csv.gz
+FKD=../shared/data/fkd-yt15/training.csv.gz
+YT68=../shared/data/youtube-faces-68/training_frames_keypoints.csv
 CLUSTER=clusters/local.yaml
+STUDIES=(synthetic-rigidity fkd-yt15-reproduce youtube-faces-68 fkd-yt15)
 
-for name in fkd-yt15 fkd-yt15-reproduce synthetic-rigidity fkd-yt15-quick; do
+for name in "${STUDIES[@]}"; do
     if [ -e "results/$name" ]; then
         echo "regenerate.sh: results/$name exists; remove the old studies in a commit first (see the header)" >&2
         exit 2
@@ -39,44 +38,53 @@ if ! git diff --quiet || ! git diff --cached --quiet; then
     exit 2
 fi
 
-run() { echo "+ $*"; /usr/bin/time -f "  %e s wall, %U s user" "$@"; }
+study() {  # study NAME ARGS...: run the sweep, record its wall time, analyze it
+    local name=$1; shift
+    local start=$SECONDS
+    echo "+ $PY -m sweep.run --cluster $CLUSTER --name $name $*"
+    "$PY" -m sweep.run --cluster "$CLUSTER" --name "$name" "$@"
+    echo "$((SECONDS - start)) s wall for sweep.run, commit $(git rev-parse --short HEAD), $(date -u +%FT%TZ)" \
+        > "results/$name/wall.txt"
+    "$PY" -m sweep.analyze "results/$name"
+    cat "results/$name/wall.txt"
+}
 
-# 1. Real faces, group-disjoint: search, then confirm until decided or 10 replicates.
-run "$PY" -m sweep.run --cluster "$CLUSTER" --space sweep/spaces/fkd-yt15.yaml --data "$DATA" \
-    --name fkd-yt15
+# 1. Synthetic rigidity: pose variation 0 / 1 / 2, MSE vs MSE + 0.1*CGD.
+study synthetic-rigidity --space sweep/spaces/rigidity-cpu.yaml
 # 2. The reproduction: the study's defects vs the corrected protocol, MSE vs MSE + CGD.
-run "$PY" -m sweep.run --cluster "$CLUSTER" --space reproduce --data "$DATA" --seeds 1 \
-    --max-epochs 10 --confirm 3 --name fkd-yt15-reproduce
-# 3. Synthetic rigidity: pose variation 0 / 1 / 2, MSE vs MSE + 0.1*CGD.
-run "$PY" -m sweep.run --cluster "$CLUSTER" --space sweep/spaces/rigidity-cpu.yaml \
-    --name synthetic-rigidity
+study fkd-yt15-reproduce --space reproduce --data "$FKD" --seeds 1 --max-epochs 15 \
+    --confirm 3 --until-decided --max-seeds 9
+# 3. 68 points, person-disjoint.
+study youtube-faces-68 --space sweep/spaces/yt68.yaml --data "$YT68"
+# 4. Real faces, group-disjoint, two heads, tuned alpha and alpha 0.01.
+study fkd-yt15 --space sweep/spaces/fkd-yt15.yaml --data "$FKD"
 
-for name in fkd-yt15 fkd-yt15-reproduce synthetic-rigidity; do
-    run "$PY" -m sweep.analyze "results/$name"
+for name in "${STUDIES[@]}"; do
     # Each report must say how its splits were made; the real-faces ones must be group-disjoint.
     "$PY" - "$name" <<'CHECK'
 import json, sys
 name = sys.argv[1]
 saved = json.load(open(f"results/{name}/sweep.json"))
-split = sorted(set((saved.get("confirm") or {}).get("split", {}).values()))
-print(f"  {name}: splits {split}, {saved['confirm'].get('replicates')} replicates, "
-      f"{saved['confirm'].get('looks')} looks")
+kinds = (saved.get("confirm") or {}).get("split", {})
+print(f"  {name}: splits {sorted(set(kinds.values()))}")
 # The reproduction's study_defects cell validates on the file's tail (the study's defect), which
 # cuts through people by design; every other real-faces cell must be group-disjoint.
-kinds = (saved.get("confirm") or {}).get("split", {})
-tail_ok = name == "fkd-yt15-reproduce" and all(k == "group-disjoint" for c, k in kinds.items() if "tail" not in c)
-if name.startswith("fkd-yt15") and split != ["group-disjoint"] and not tail_ok:
-    print(f"regenerate.sh: {name} was not split group-disjoint ({split})", file=sys.stderr)
+bad = {c: k for c, k in kinds.items() if k != "group-disjoint"
+       and not (name == "fkd-yt15-reproduce" and "defects" in c)}
+if name != "synthetic-rigidity" and bad:
+    print(f"regenerate.sh: {name} was not split group-disjoint: {bad}", file=sys.stderr)
     sys.exit(1)
 CHECK
 done
 
-# The README's Results table: one line per study, each cell's verdict, interval and replicates.
-"$PY" - <<'ROWS'
+# The README's Results lines: each cell's verdict, interval and replicates.
+"$PY" - "${STUDIES[@]}" <<'ROWS'
+import sys
 import pandas as pd
-for name in ("fkd-yt15", "fkd-yt15-reproduce", "synthetic-rigidity"):
+for name in sys.argv[1:]:
     table = pd.read_csv(f"results/{name}/verdicts.csv")
-    cells = "; ".join(f"{r.cell} ({r.shape}): **{r.verdict}**, d {r.d_mean:+.3f} "
-                      f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] px, n={r.n}" for r in table.itertuples())
-    print(f"{name}: {cells}")
+    print(f"{name}:")
+    for r in table.itertuples():
+        print(f"  {r.cell} ({r.arm if hasattr(r, 'arm') else r.shape}): {r.verdict}, d {r.d_mean:+.3f} "
+              f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] px, n={r.n}")
 ROWS

@@ -32,6 +32,9 @@ def quiet_environment() -> None:
     # On Ctrl-C, SIGTERM or a failed write Tune advises `Tuner.restore(...)`, which unpickles
     # from storage; sweep.run prints its own --resume line instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    # Tune's TensorBoard logger warns once per confirm trial that a list-valued metric (the test
+    # groups' ids, which trials.parquet keeps) cannot be logged; the scalars are still logged.
+    logging.getLogger("ray.tune.logger.tensorboardx").setLevel(logging.ERROR)
     import optuna   # here, not at the top: sweep.run's --help should not wait for it
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
