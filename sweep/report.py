@@ -190,10 +190,12 @@ def plan_markdown(table: pd.DataFrame) -> str:
 
 PLAN_NOTE = ("Replicates for 80% power: the fewest at which a look decides with probability ≥ "
              "0.8 both when the true d is 0 (equivalent) and when it is ±margin (better/worse), "
-             "for normal d with the estimated sd, under the design in force and its multiplicity "
-             "level. A fixed-N look cannot be extended, so its number is that of a new confirm; a "
-             "group-sequential plan that cannot reach it by its maximum shows a new fixed-N "
-             "confirm's. Cost = still to run × the measured wall minutes of one base and one shape "
+             "and, for a cell still undecided, when the true d is its estimate (an estimate "
+             "between 0 and the margin is the hard case), for normal d with the estimated sd, "
+             "under the design in force and its multiplicity level. A fixed-N look cannot be "
+             "extended, so its number is that of a new confirm; a group-sequential plan that "
+             "cannot reach it by its maximum, or has run to its maximum undecided, shows a new "
+             "fixed-N confirm's. Cost = still to run × the measured wall minutes of one base and one shape "
              "trial of the cell.")
 
 

@@ -431,10 +431,15 @@ def progress_line(rec: Mapping[str, Any], done: int, total: int | None) -> str:
     """One compact line per finished trial."""
     count = f"[{done:>3}/{total}]" if total else f"[{done:>3}]"
     best = rec["best_val_rmse_px"]
-    score = f"best {best:6.3f} px @{rec['best_epoch']}" if best is not None and math.isfinite(best) \
+    score = f"best val {best:6.3f} px @{rec['best_epoch']}" if best is not None and math.isfinite(best) \
         else "no finite val RMSE"
     error = f"  {rec['error']}" if rec["error"] else ""
-    phase = f" confirm r{rec['replicate']}" if rec.get("phase") == "confirm" else ""
+    phase = ""
+    if rec.get("phase") == "confirm":
+        # A confirm trial's test score comes from the weights TrialConfig.scored names, which
+        # are the best-validation epoch's only under scored=best_val (sweep.confirm).
+        phase = f" confirm r{rec['replicate']}"
+        score += f" (scored: {rec.get('scored') or 'final'} weights)"
     return (f"{count}{phase} {rec['trial_id']} {rec['backbone']:<12} {rec['loss_label']:<22} "
             f"aug={rec['augment']:<6} seed={rec['seed']}  {score}  {rec['status']} after "
             f"{rec['epochs']} ep, {rec['wall_seconds']:.0f}s{error}")

@@ -247,9 +247,13 @@ class Space:
 
     def with_overrides(self, *, fixed: Mapping[str, Any] | None = None, seeds: int | None = None,
                        max_epochs: int | None = None, num_samples: int | None = None) -> "Space":
-        """A copy with command-line overrides; fixed values replace axes of the same field."""
+        """A copy with command-line overrides; fixed values replace axes of the same field, and
+        the same field inside a bundle axis (as max_epochs replaces a cell's own epochs)."""
         fixed = dict(fixed or {})
-        axes = {a: v for a, v in self.axes.items() if a not in fixed}
+        replaced = set(fixed) | ({"max_epochs"} if max_epochs else set())
+        axes = {a: {label: {k: v for k, v in fields.items() if k not in replaced}
+                    for label, fields in values.items()}
+                for a, values in self.axes.items() if a not in fixed}
         space = dataclasses.replace(
             self, fixed={**self.fixed, **fixed}, axes=axes,
             seeds=seeds or self.seeds, max_epochs=max_epochs or self.max_epochs,

@@ -315,14 +315,50 @@ def decision_power(n: int, crit: float, sd: float, margin: float) -> float:
     return min(p_differs, p_equiv)
 
 
+def decision_power_at(n: int, crit: float, sd: float, margin: float, d: float) -> float:
+    """P(a look at n replicates decides anything) when the true mean of d is `d`: the interval
+    mean ± crit · s / sqrt(n) either excludes 0 or lies inside ±margin. It stays undecided
+    exactly when margin − h <= |mean| <= h (h the half-width), so the hardest true d lies between
+    0 and the margin (at margin/2 a decision needs h < margin/2), where decision_power's two
+    cases are the easy ends.
+    """
+    if n < 2 or not math.isfinite(crit):
+        return 0.0
+    if sd <= 0.0:
+        return 1.0
+    nu, root = n - 1, math.sqrt(n)
+    se = sd / root
+
+    def undecided(q: float) -> float:   # q = nu·s²/sd² ~ χ²(nu)
+        h = crit * se * math.sqrt(q / nu)
+        low = max(0.0, margin - h)
+        if low >= h:
+            return 0.0
+        band = (sps.norm.cdf((h - d) / se) - sps.norm.cdf((low - d) / se)
+                + sps.norm.cdf((-low - d) / se) - sps.norm.cdf((-h - d) / se))
+        return float(sps.chi2.pdf(q, nu) * band)
+
+    # undecided needs h > margin/2, i.e. q above this bound
+    q_low = nu * (margin * root / (2.0 * crit * sd)) ** 2
+    q_high = max(float(sps.chi2.isf(1e-12, nu)), q_low)
+    p_undecided = integrate.quad(undecided, q_low, q_high, limit=200)[0] if q_high > q_low else 0.0
+    return 1.0 - p_undecided
+
+
 def replicates_for_power(sd: float, margin: float, crit: Callable[[int], float],
-                         power: float = 0.8, limit: int = 100_000) -> int | None:
-    """Smallest n whose look decides with at least `power` (decision_power), crit(n) being the
-    design's multiplier at n; None when not even `limit` replicates do. Power grows with n, so a
-    doubling search then bisection finds it in a few dozen evaluations."""
+                         power: float = 0.8, limit: int = 100_000,
+                         d: float | None = None) -> int | None:
+    """Smallest n whose look decides with at least `power` (decision_power; with `d`, also
+    decision_power_at that true d), crit(n) being the design's multiplier at n; None when not
+    even `limit` replicates do. Power grows with n, so a doubling search then bisection finds it
+    in a few dozen evaluations."""
     if not (math.isfinite(sd) and margin > 0):
         return None
-    ok = lambda n: decision_power(n, crit(n), sd, margin) >= power  # noqa: E731
+
+    def ok(n: int) -> bool:
+        c = crit(n)
+        return decision_power(n, c, sd, margin) >= power and (
+            d is None or decision_power_at(n, c, sd, margin, d) >= power)
     hi = 2
     while not ok(hi):
         if hi >= limit:

@@ -35,8 +35,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sweep.stats import (crossed_bootstrap, cs_critical, cs_mixture, decision_power, gs_critical,
-                         prob_improvement, replicates_for_power, t_critical)
+from sweep.stats import (crossed_bootstrap, cs_critical, cs_mixture, decision_power,
+                         decision_power_at, gs_critical, prob_improvement, replicates_for_power,
+                         t_critical)
 
 VERDICTS = ("better", "worse", "equivalent", "undecided")
 DESIGNS = ("fixed", "group-sequential", "sequence")
@@ -316,36 +317,46 @@ def plan_row(row: dict[str, Any], rule: Rule, comparisons: int) -> dict[str, Any
 
     needed: the smallest number of replicates at which a look decides with P >= 80% both when
     d = 0 (equivalent) and when |d| = margin (better/worse), for normal d with the estimated
-    sd (sweep.stats.decision_power: the look's own interval, so earlier looks only add to it).
-    A group-sequential plan can reach only its planned looks; past its maximum, `needed` is
-    that of a fresh fixed-N confirm (`plan_design` says which). more: the replicates still to
-    run (0 once decided; all `needed` for a fixed design, whose look cannot be extended);
-    more_minutes: more × the cell's measured minutes of one base and one shape trial.
+    sd (sweep.stats.decision_power: the look's own interval, so earlier looks only add to it);
+    for a cell still undecided, also when the true d is its estimate (decision_power_at: an
+    estimate between 0 and the margin is the hard case, which the two ends do not cover).
+    A group-sequential plan can reach only its planned looks; past its maximum, or once it has
+    run to its maximum undecided, `needed` is that of a fresh fixed-N confirm (`plan_design`
+    says which). more: the replicates still to run (0 once decided; all `needed` for a fresh
+    confirm, since a fixed-N look cannot be extended); more_minutes: more × the cell's measured
+    minutes of one base and one shape trial.
     """
     sd, n = row["d_sd"], row["n"]
+    undecided = row["verdict"] == "undecided"
+    d = float(row.get("d_mean", math.nan))
+    at = d if undecided and math.isfinite(d) else None
     design = rule.design
-    needed = _needed(sd, rule, comparisons) if math.isfinite(sd) else None
-    if design == "group-sequential" and (needed is None or needed > rule.max_replicates):
+    needed = _needed(sd, rule, comparisons, at) if math.isfinite(sd) else None
+    ended = design == "group-sequential" and undecided and n >= rule.max_replicates
+    if design == "group-sequential" and (needed is None or needed > rule.max_replicates or ended):
         design = "fixed"
-        needed = _needed(sd, Rule(margin=rule.margin, alpha=rule.alpha), comparisons) \
+        needed = _needed(sd, Rule(margin=rule.margin, alpha=rule.alpha), comparisons, at) \
             if math.isfinite(sd) else None
     # A fixed-N look cannot be extended validly (sweep.confirm refuses it): its replicates are
     # those of a new confirm. The two sequential designs go on from the n already run.
     fresh = design == "fixed"
-    more = 0 if row["verdict"] != "undecided" else (
+    more = 0 if not undecided else (
         None if needed is None else needed if fresh else max(needed - n, 0))
     minutes = math.nan if more is None else more * row["trial_minutes"]
     return {"needed": needed, "more": more, "more_minutes": minutes, "plan_design": design}
 
 
-def _needed(sd: float, rule: Rule, comparisons: int) -> int | None:
+def _needed(sd: float, rule: Rule, comparisons: int, d: float | None = None) -> int | None:
     if rule.design == "group-sequential":
         # only the planned looks exist; the first one reaching the power is the answer
         for k in rule.looks(rule.max_replicates):
-            if decision_power(k, rule.critical(k, comparisons), sd, rule.margin) >= POWER:
+            c = rule.critical(k, comparisons)
+            if decision_power(k, c, sd, rule.margin) >= POWER and (
+                    d is None or decision_power_at(k, c, sd, rule.margin, d) >= POWER):
                 return k
         return None
-    return replicates_for_power(sd, rule.margin, lambda k: rule.critical(k, comparisons), POWER)
+    return replicates_for_power(sd, rule.margin, lambda k: rule.critical(k, comparisons), POWER,
+                                d=d)
 
 
 # --- beyond the test people -------------------------------------------------------------------

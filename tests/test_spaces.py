@@ -220,6 +220,20 @@ def test_bad_confirm_settings_name_the_key(confirm, message):
         from_dict({"axes": {}, "confirm": confirm}, origin="mine.yaml")
 
 
+def test_a_command_line_budget_replaces_a_cells_own_epochs():
+    yt15 = get_space(str(Path(__file__).resolve().parents[1] / "sweep/spaces/fkd-yt15.yaml"))
+    assert [yt15.fields(c, 0)["max_epochs"] for c in yt15.combos()] == [60, 60, 90, 90]
+    short = yt15.with_overrides(max_epochs=2, fixed={"data": "x.csv"})
+    assert [short.fields(c, 0)["max_epochs"] for c in short.combos()] == [2, 2, 2, 2]
+    assert [short.fields(c, 0)["head"] for c in short.combos()] == ["regression"] * 2 + ["heatmap"] * 2
+    # a fixed field replaces the same field inside a bundle, not only an axis of that name
+    bundled = from_dict({"axes": {"model": {"a": {"head": "heatmap", "width": 2.0},
+                                            "b": {"head": "regression", "width": 0.5}}}})
+    pinned = bundled.with_overrides(fixed={"head": "unet"})
+    assert [pinned.fields(c, 0)["head"] for c in pinned.combos()] == ["unet", "unet"]
+    assert [pinned.fields(c, 0)["width"] for c in pinned.combos()] == [2.0, 0.5]
+
+
 def test_fkd_yt15_confirms_the_studys_alpha_and_scores_the_final_weights():
     space = get_space(str(Path(__file__).resolve().parents[1] / "sweep/spaces/fkd-yt15.yaml"))
     assert space.confirm["fixed_alphas"] == [0.01] and space.confirm["scored"] == "final"

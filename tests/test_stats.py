@@ -217,3 +217,18 @@ def test_crossed_bootstrap_widens_with_differences_between_people() -> None:
     d_same = np.sqrt(same.sum(1) / count.sum(1)) - np.sqrt(base.sum(1) / count.sum(1))
     assert narrow[0] < d_same.mean() < narrow[1] and narrow[1] - narrow[0] < 0.01
     assert wide[1] - wide[0] > 5 * (narrow[1] - narrow[0])
+
+
+@pytest.mark.parametrize("n,d", [(8, -0.024), (10, 0.0), (10, 0.05), (6, 0.02)])
+def test_decision_power_at_a_true_d_by_simulation(n: int, d: float) -> None:
+    sd, margin, crit = 0.034, 0.05, 3.0
+    rng = np.random.default_rng(n)
+    x = rng.normal(d, sd, (40_000, n))
+    mean, half = x.mean(1), crit * x.std(1, ddof=1) / math.sqrt(n)
+    decided = float(((np.abs(mean) > half) | (np.abs(mean) + half < margin)).mean())
+    assert S.decision_power_at(n, crit, sd, margin, d) == pytest.approx(decided, abs=0.01)
+
+
+def test_the_hardest_true_d_lies_between_zero_and_the_margin() -> None:
+    powers = [S.decision_power_at(8, 3.0, 0.034, 0.05, d) for d in (0.0, 0.025, 0.05)]
+    assert powers[1] < min(powers[0], powers[2]) - 0.2

@@ -277,3 +277,22 @@ def test_plan_row_group_sequential_within_and_past_its_maximum():
     assert plan["needed"] >= 23 and plan["more"] == plan["needed"] - 10   # the boundary costs a bit
     short = V.plan_row(row, V.Rule(sequential=True, first_round=5, max_replicates=10), 1)
     assert short["plan_design"] == "fixed" and short["needed"] == 23
+
+
+def test_plan_row_undecided_at_the_end_of_its_plan_needs_a_new_confirm():
+    # fkd-yt15-reproduce's corrected cell: group-sequential 3..9, undecided at 9 with d near
+    # margin/2. The two ends (d = 0, d = margin) are covered by 9; the estimate is not: a fresh
+    # fixed-N confirm at the estimate needs 12 (simulated: P(decide at 12) >= 0.8, at 11 < 0.8).
+    rule = V.Rule(sequential=True, first_round=3, max_replicates=9)
+    row = {"d_sd": 0.034, "n": 9, "verdict": "undecided", "trial_minutes": 0.5, "d_mean": -0.024}
+    plan = V.plan_row(row, rule, 2)
+    assert plan == {"needed": 12, "more": 12, "more_minutes": 6.0, "plan_design": "fixed"}
+    fixed = V.Rule()
+    for n, decides in ((11, False), (12, True)):
+        rng = np.random.default_rng(n)
+        x = rng.normal(-0.024, 0.034, (40_000, n))
+        mean, half = x.mean(1), fixed.critical(n, 2) * x.std(1, ddof=1) / math.sqrt(n)
+        p = float(((np.abs(mean) > half) | (np.abs(mean) + half < 0.05)).mean())
+        assert (p >= 0.8) == decides, (n, p)
+    # the old answer was "0 more": 9 were planned, 9 ran, and it did not decide
+    assert V.plan_row({**row, "verdict": "better"}, rule, 2)["more"] == 0
