@@ -70,14 +70,14 @@ print(f"  {name}: splits {sorted(set(kinds.values()))}")
 # The reproduction's study_defects cell validates on the file's tail (the study's defect), which
 # cuts through people by design; every other real-faces cell must be group-disjoint.
 bad = {c: k for c, k in kinds.items() if k != "group-disjoint"
-       and not (name == "fkd-yt15-reproduce" and "defects" in c)}
+       and not (name == "fkd-yt15-reproduce" and "split=tail" in c)}
 if name != "synthetic-rigidity" and bad:
     print(f"regenerate.sh: {name} was not split group-disjoint: {bad}", file=sys.stderr)
     sys.exit(1)
 CHECK
 done
 
-# The README's Results lines: each cell's verdict, interval and replicates.
+# The README's Results lines: each cell's verdict, interval, replicates and plan.
 "$PY" - "${STUDIES[@]}" <<'ROWS'
 import sys
 import pandas as pd
@@ -85,6 +85,8 @@ for name in sys.argv[1:]:
     table = pd.read_csv(f"results/{name}/verdicts.csv")
     print(f"{name}:")
     for r in table.itertuples():
-        print(f"  {r.cell} ({r.arm if hasattr(r, 'arm') else r.shape}): {r.verdict}, d {r.d_mean:+.3f} "
-              f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] px, n={r.n}")
+        print(f"  {r.cell} / {r.shape} (alpha {r.alpha:g}): {r.verdict_text}, d {r.d_mean:+.3f} "
+              f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] px, n={r.n}, sd(d) {r.d_sd:.3f}, "
+              f"base / shape {r.base_test_rmse:.3f} / {r.shape_test_rmse:.3f} px; "
+              f"plan: {r.needed} ({r.plan_design}), {r.more} more")
 ROWS
