@@ -174,6 +174,9 @@ class TrialConfig:
     ema_decay: float = 0.0
     """Exponential moving average of the weights (and batch-norm statistics), updated every step
     with this decay (e.g. 0.998); validation, test, best.pt and predict use the average. 0: off."""
+    grad_clip: float = 0.0
+    """Largest global gradient norm of a step (torch.nn.utils.clip_grad_norm_); a larger one is
+    scaled down to it, so that one outlying batch cannot throw the weights off. 0: off."""
 
     # --- runtime --------------------------------------------------------------------------
     seed: int = 0
@@ -240,6 +243,7 @@ class TrialConfig:
         _check(0.0 <= self.occlusion_size <= 1.0, "occlusion_size", "in [0, 1]")
         _check(self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
         _check(0.0 <= self.ema_decay < 1.0, "ema_decay", f"in [0, 1) (0 = off), got {self.ema_decay:g}")
+        _check(self.grad_clip >= 0.0, "grad_clip", f">= 0 (0 = off), got {self.grad_clip:g}")
         self._check_ranges()
 
     def _check_ranges(self) -> None:

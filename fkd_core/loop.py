@@ -61,6 +61,7 @@ class StepSettings:
     channels_last: bool
     augment: augment.AugmentParams | None
     flip_perm: list[int]
+    grad_clip: float = 0.0   # TrialConfig.grad_clip: the largest global gradient norm, 0 = off
     on_step: Callable[[int, int], None] | None = None
     """Called after each training step with (steps done, steps in the epoch): plain ints, no
     tensor is read (on CUDA it counts steps queued, which run at most a little ahead)."""
@@ -95,6 +96,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, objectiv
         loss = base if shaped is None else base + shaped
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if steps.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), steps.grad_clip, foreach=True)
         optimizer.step()
         if ema is not None:
             ema.update_parameters(model)

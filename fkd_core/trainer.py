@@ -287,7 +287,7 @@ def train(cfg: TrialConfig, data: KeypointData, report: Report, *,
         batch_size=cfg.batch_size, amp_dtype=autocast_dtype(cfg, device),
         channels_last=cfg.channels_last,
         augment=None if cfg.augment == "none" else augment.params_for(cfg),
-        flip_perm=data.schema.flip_permutation(), on_step=on_step)
+        flip_perm=data.schema.flip_permutation(), grad_clip=cfg.grad_clip, on_step=on_step)
     net = torch.compile(trial.model, mode=cfg.compile_mode) if cfg.compile else trial.model
     eval_net = net if trial.ema is None else trial.ema.module   # the average is not compiled
     if cfg.tta_flip:   # evaluation only: training steps still see the plain model

@@ -17,7 +17,7 @@
 #   fkd-yt15-reproduce   4 configs, 15 epochs, confirm rounds of 3 up to 9          ~ 10 min
 #   youtube-faces-68     4 search trials + 2 arms x 4..8 replicates x 1.2 min      ~ 10-16 min
 #   fkd-yt15             8 search trials + 2 cells x 3 arms x 3..6 replicates
-#                        (regression 60 epochs ~2 min, heatmap 90 epochs ~4.3 min)  ~ 40-70 min
+#                        (regression 40 epochs ~1.4 min, heatmap 50 epochs ~2.5 min) ~ 25-45 min
 # Each study's wall time goes to results/<name>/wall.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -222,7 +222,7 @@ def test_bad_confirm_settings_name_the_key(confirm, message):
 
 def test_a_command_line_budget_replaces_a_cells_own_epochs():
     yt15 = get_space(str(Path(__file__).resolve().parents[1] / "sweep/spaces/fkd-yt15.yaml"))
-    assert [yt15.fields(c, 0)["max_epochs"] for c in yt15.combos()] == [60, 60, 90, 90]
+    assert [yt15.fields(c, 0)["max_epochs"] for c in yt15.combos()] == [40, 40, 50, 50]
     short = yt15.with_overrides(max_epochs=2, fixed={"data": "x.csv"})
     assert [short.fields(c, 0)["max_epochs"] for c in short.combos()] == [2, 2, 2, 2]
     assert [short.fields(c, 0)["head"] for c in short.combos()] == ["regression"] * 2 + ["heatmap"] * 2
