@@ -18,7 +18,8 @@
 #   youtube-faces-68     4 search trials + 2 arms x 4..8 replicates x 1.2 min      ~ 10-16 min
 #   fkd-yt15             8 search trials + 2 cells x 3 arms x 3..6 replicates
 #                        (regression 40 epochs ~1.4 min, heatmap 50 epochs ~2.5 min) ~ 25-45 min
-# Each study's wall time goes to results/<name>/wall.txt.
+# Each study's wall time goes to results/<name>/wall.txt. Measured from 8842779 (2026-12-02, alone):
+# rigidity 81 s, reproduce 393 s, youtube-faces-68 883 s, fkd-yt15 2730 s (both rounds ran).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
