@@ -345,6 +345,14 @@ def decision_power_at(n: int, crit: float, sd: float, margin: float, d: float) -
     return 1.0 - p_undecided
 
 
+def powered(n: int, crit: float, sd: float, margin: float, power: float,
+            d: float | None = None) -> bool:
+    """Whether a look at n replicates (multiplier crit) decides with at least `power` at both
+    ends (decision_power) and, given `d`, at that true d too (decision_power_at)."""
+    return decision_power(n, crit, sd, margin) >= power and (
+        d is None or decision_power_at(n, crit, sd, margin, d) >= power)
+
+
 def replicates_for_power(sd: float, margin: float, crit: Callable[[int], float],
                          power: float = 0.8, limit: int = 100_000,
                          d: float | None = None) -> int | None:
@@ -355,10 +363,7 @@ def replicates_for_power(sd: float, margin: float, crit: Callable[[int], float],
     if not (math.isfinite(sd) and margin > 0):
         return None
 
-    def ok(n: int) -> bool:
-        c = crit(n)
-        return decision_power(n, c, sd, margin) >= power and (
-            d is None or decision_power_at(n, c, sd, margin, d) >= power)
+    ok = lambda n: powered(n, crit(n), sd, margin, power, d)  # noqa: E731
     hi = 2
     while not ok(hi):
         if hi >= limit:

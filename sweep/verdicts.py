@@ -35,9 +35,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sweep.stats import (crossed_bootstrap, cs_critical, cs_mixture, decision_power,
-                         decision_power_at, gs_critical, prob_improvement, replicates_for_power,
-                         t_critical)
+from sweep.stats import (crossed_bootstrap, cs_critical, cs_mixture, gs_critical, powered,
+                         prob_improvement, replicates_for_power, t_critical)
 
 VERDICTS = ("better", "worse", "equivalent", "undecided")
 DESIGNS = ("fixed", "group-sequential", "sequence")
@@ -331,12 +330,11 @@ def plan_row(row: dict[str, Any], rule: Rule, comparisons: int) -> dict[str, Any
     d = float(row.get("d_mean", math.nan))
     at = d if undecided and math.isfinite(d) else None
     design = rule.design
-    needed = _needed(sd, rule, comparisons, at) if math.isfinite(sd) else None
+    needed = _needed(sd, rule, comparisons, at)
     ended = design == "group-sequential" and undecided and n >= rule.max_replicates
     if design == "group-sequential" and (needed is None or needed > rule.max_replicates or ended):
         design = "fixed"
-        needed = _needed(sd, Rule(margin=rule.margin, alpha=rule.alpha), comparisons, at) \
-            if math.isfinite(sd) else None
+        needed = _needed(sd, Rule(margin=rule.margin, alpha=rule.alpha), comparisons, at)
     # A fixed-N look cannot be extended validly (sweep.confirm refuses it): its replicates are
     # those of a new confirm. The two sequential designs go on from the n already run.
     fresh = design == "fixed"
@@ -347,14 +345,12 @@ def plan_row(row: dict[str, Any], rule: Rule, comparisons: int) -> dict[str, Any
 
 
 def _needed(sd: float, rule: Rule, comparisons: int, d: float | None = None) -> int | None:
+    if not math.isfinite(sd):
+        return None
     if rule.design == "group-sequential":
         # only the planned looks exist; the first one reaching the power is the answer
-        for k in rule.looks(rule.max_replicates):
-            c = rule.critical(k, comparisons)
-            if decision_power(k, c, sd, rule.margin) >= POWER and (
-                    d is None or decision_power_at(k, c, sd, rule.margin, d) >= POWER):
-                return k
-        return None
+        return next((k for k in rule.looks(rule.max_replicates)
+                     if powered(k, rule.critical(k, comparisons), sd, rule.margin, POWER, d)), None)
     return replicates_for_power(sd, rule.margin, lambda k: rule.critical(k, comparisons), POWER,
                                 d=d)
 
