@@ -36,11 +36,12 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune-no-cudagraphs"
 Head = Literal["regression", "heatmap", "unet"]
 # The one list of backbone names (fkd_core.models.BACKBONES builds them; tests/test_names.py
 # pins the two together). Here, without torch, so that a sweep space can name them cheaply.
-Backbone = Literal["resnet50", "densenet121", "resnet18", "mobilenet_v3_small", "small_cnn", "res_cnn"]
+Backbone = Literal["resnet50", "densenet121", "resnet18", "mobilenet_v3_small", "small_cnn", "res_cnn",
+                   "s2d_cnn"]
 BACKBONE_NAMES: tuple[str, ...] = get_args(Backbone)
 # The project's own CPU trunks: the only ones with width and depth knobs (fkd_core.models.KNOBBED)
 # and the only ones that expose earlier maps to the "unet" head.
-SKIP_BACKBONES = ("small_cnn", "res_cnn")
+SKIP_BACKBONES = ("small_cnn", "res_cnn", "s2d_cnn")
 Schedule = Literal["plateau", "cosine", "onecycle"]
 Scored = Literal["final", "best_val"]
 
@@ -98,18 +99,19 @@ class TrialConfig:
 
     # --- model ----------------------------------------------------------------------------
     backbone: Backbone = "small_cnn"
-    """A name of Backbone (resnet50, densenet121, resnet18, mobilenet_v3_small, small_cnn, res_cnn)."""
+    """A name of Backbone (resnet50, densenet121, resnet18, mobilenet_v3_small, small_cnn, res_cnn,
+    s2d_cnn)."""
     pretrained: bool = False
     """Load ImageNet weights through torchvision (must be in the torch cache when offline)."""
     dropout: float = 0.1
     """Dropout before the linear head, as in the study."""
     width: float = 1.0
-    """Width multiplier of small_cnn / res_cnn (channels x width); other backbones take 1 only."""
+    """Width multiplier of small_cnn / res_cnn / s2d_cnn (channels x width); other backbones take 1 only."""
     depth: int = 1
-    """Blocks per stage of res_cnn (convs per stage of small_cnn); other backbones take 1 only."""
+    """Blocks per stage of res_cnn (convs per stage of small_cnn and s2d_cnn); other backbones take 1 only."""
     head: Head = "regression"
     """"regression" (the study's linear head), "heatmap" (soft-argmax) or "unet" (soft-argmax with
-    skip connections from the trunk; small_cnn and res_cnn), all in fkd_core.heads."""
+    skip connections from the trunk; small_cnn, res_cnn and s2d_cnn), all in fkd_core.heads."""
     heatmap_size: int = 24
     """Side of the heatmaps of the heatmap head; divides the input (96): 12, 24, 48."""
 

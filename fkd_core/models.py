@@ -19,6 +19,9 @@ CPU backbones with a width multiplier and a depth knob (both searchable):
   stride-1 convs per stage. The fast default.
 - ``res_cnn``: a small ResNet: a stride-2 stem and three stages of ``depth`` basic residual
   blocks, widths 16-32-64-128 x width, 96 -> 6x6 (~25 M multiply-adds at width 1, depth 1).
+- ``s2d_cnn``: a trunk shaped for the CPU's bf16 units: a space-to-depth stem (96 -> 16 channels
+  at 24x24, nothing learned) and four stages of ``depth`` 3x3 convs, widths 32-64-128-128 x
+  width, 24 -> 12 -> 6 -> 3. No layer narrower than 32 channels at width 1.
 The torchvision backbones have neither knob (width 1 and depth 1 only).
 
 ImageNet weights come through torchvision's weights API and the torch hub cache
@@ -35,6 +38,7 @@ from typing import Callable
 import torch
 import torchvision
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from fkd_core.config import SKIP_BACKBONES
 from fkd_core.heads import build_head
@@ -54,6 +58,9 @@ class Trunk:
     pool: bool = True      # global average pooling (the study) or flatten (small_cnn keeps layout)
     side: int = 1          # h = w after the trunk
     taps: tuple[tuple[int, int, int], ...] = ()   # (layer index, channels, side) of earlier maps
+
+
+S2D_BLOCK = 4   # s2d_cnn's stem: 4x4 pixel blocks -> 16 channels
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -144,6 +151,65 @@ def _res_cnn(pretrained: bool, image_size: int, width: float = 1.0, depth: int =
                  side=_halvings(image_size, len(widths)), taps=tuple(taps[:-1]))
 
 
+def space_to_depth(x: Tensor, block: int, channels_last: bool) -> Tensor:
+    """[N, C, H, W] -> [N, C * block^2, H / block, W / block], channel (c, i, j) = pixel offset (i, j)
+    of channel c in its block: torch's pixel_unshuffle, but written straight into the channels_last
+    layout when asked (torch returns an NCHW-contiguous map whatever its input, which costs a
+    channels_last conv a reorder, and its backward another)."""
+    if not channels_last:
+        return F.pixel_unshuffle(x, block)
+    n, c, h, w = x.shape
+    cells = x.reshape(n, c, h // block, block, w // block, block).permute(0, 2, 4, 1, 3, 5)
+    return cells.reshape(n, h // block, w // block, c * block * block).permute(0, 3, 1, 2)
+
+
+class SpaceToDepthStem(nn.Module):
+    """space_to_depth, then conv-bn-relu: [N, 1, S, S] -> [N, c_out, S / block, S / block]. Each
+    block x block pixel square becomes block^2 channels of one cell, nothing learned or lost; the
+    cells are laid out as the conv's weights are (channels_last after model.to(channels_last))."""
+
+    def __init__(self, block: int, c_out: int) -> None:
+        super().__init__()
+        self.block = block
+        self.conv = _conv_bn(block * block, c_out, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        nhwc = self.conv[0].weight.is_contiguous(memory_format=torch.channels_last)
+        return self.conv(space_to_depth(x, self.block, nhwc))
+
+
+def _s2d_cnn(pretrained: bool, image_size: int, width: float = 1.0, depth: int = 1) -> Trunk:
+    """A plain CNN whose every convolution is wide enough to fill the CPU's bf16 arithmetic.
+
+    small_cnn spends a third of its training step in its 8- and 16-channel layers at 48x48 and
+    24x24 (batch norm and convolutions that cannot fill 16-lane bf16 vectors, or AMX's 16 x 32
+    tiles), for a tenth of its FLOPs. Here a space-to-depth stem (each 4x4 pixel block becomes 16
+    channels of a 24x24 map: a patchify stem like ConvNeXt's, the patch taken by a 3x3 conv over
+    those channels) replaces those layers, and the first learned conv already has 32 channels.
+    Four stages of ``depth`` conv-bn-relu follow, widths 32-64-128-128 x ``width``, the first conv
+    of stages 2-4 with stride 2: 24 -> 12 -> 6 -> 3, flattened or upsampled like small_cnn's map.
+    At depth 2 and width 1 it trains at about the seconds per epoch of small_cnn depth 2 with
+    twice its FLOPs (bench/results/precision.md).
+    """
+    if pretrained:
+        raise WeightsUnavailable("s2d_cnn has no ImageNet weights; set pretrained=False")
+    _check_knobs("s2d_cnn", width, depth)
+    if image_size % S2D_BLOCK:
+        raise ValueError(f"image_size={image_size}: s2d_cnn needs a multiple of {S2D_BLOCK}")
+    widths = [_scaled(c, width) for c in (32, 64, 128, 128)]
+    side = image_size // S2D_BLOCK
+    layers: list[nn.Module] = [SpaceToDepthStem(S2D_BLOCK, widths[0])]
+    layers.extend(_conv_bn(widths[0], widths[0], 1) for _ in range(depth - 1))
+    taps = [(len(layers) - 1, widths[0], side)]
+    for c_in, c_out in zip(widths, widths[1:]):
+        side = (side + 1) // 2
+        layers.append(_conv_bn(c_in, c_out, 2))
+        layers.extend(_conv_bn(c_out, c_out, 1) for _ in range(depth - 1))
+        taps.append((len(layers) - 1, c_out, side))
+    return Trunk(nn.Sequential(*layers), widths[-1], in_channels=1, pool=False, side=side,
+                 taps=tuple(taps[:-1]))
+
+
 def _weights_enum(name: str):
     """torchvision's ImageNet weights of a model (IMAGENET1K_V1: the ones the study loaded)."""
     return torchvision.models.get_model_weights(name).IMAGENET1K_V1
@@ -205,6 +271,7 @@ BACKBONES: dict[str, Callable[..., Trunk]] = {
     "mobilenet_v3_small": _torchvision("mobilenet_v3_small", _mobilenet_trunk, 576),
     "small_cnn": _small_cnn,
     "res_cnn": _res_cnn,
+    "s2d_cnn": _s2d_cnn,
 }
 # The backbones with a width multiplier and a depth knob: the project's own CPU trunks, the same
 # ones that feed the "unet" head its skip maps, so one list (fkd_core.config) names both.
@@ -246,9 +313,9 @@ def build_model(name: str, num_keypoints: int, *, pretrained: bool = False, drop
         mean_face: [K, 2] px, the regression head's initial prediction (the training set's mean
             face); the image centre when None.
         pretrained: load torchvision's ImageNet weights into the trunk (raises WeightsUnavailable).
-        width, depth: the knobs of small_cnn and res_cnn (ValueError for other backbones).
+        width, depth: the knobs of small_cnn, res_cnn and s2d_cnn (ValueError for other backbones).
         head: "regression", "heatmap" or "unet" (fkd_core.heads); heatmap_size must divide
-            image_size; "unet" needs a trunk with taps (small_cnn, res_cnn).
+            image_size; "unet" needs a trunk with taps (small_cnn, res_cnn, s2d_cnn).
     """
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone {name!r}; valid: {sorted(BACKBONES)}")

@@ -62,6 +62,7 @@ def test_width_scales_channels_and_depth_adds_blocks():
     ({"name": "resnet18", "width": 2.0}, "resnet18 has no width/depth knob"),
     ({"name": "small_cnn", "head": "heatmap", "heatmap_size": 25}, "heatmap_size=25 must divide"),
     ({"name": "resnet18", "head": "unet"}, "head 'unet' needs trunk feature maps of side 6..24"),
+    ({"name": "s2d_cnn", "image_size": 98}, "image_size=98: s2d_cnn needs a multiple of 4"),
 ])
 def test_bad_knobs_say_what_is_expected(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -72,6 +73,8 @@ def test_bad_knobs_say_what_is_expected(kwargs, message):
     ("small_cnn", 1, [(0, 8, 48), (1, 16, 24), (2, 32, 12), (3, 64, 6)]),
     ("small_cnn", 2, [(1, 8, 48), (3, 16, 24), (5, 32, 12), (7, 64, 6)]),
     ("res_cnn", 2, [(0, 16, 48), (2, 32, 24), (4, 64, 12)]),
+    ("s2d_cnn", 1, [(0, 32, 24), (1, 64, 12), (2, 128, 6)]),
+    ("s2d_cnn", 2, [(1, 32, 24), (3, 64, 12), (5, 128, 6)]),
 ])
 def test_trunk_taps_name_the_last_layer_of_each_stage_and_its_map(name, depth, taps):
     """The unet head reads the maps at these layer indices; a tap one layer early would skip a
@@ -84,6 +87,27 @@ def test_trunk_taps_name_the_last_layer_of_each_stage_and_its_map(name, depth, t
         x = layer(x)
         sides[i] = (x.shape[1], x.shape[-1])
     assert [(i, *sides[i]) for i, _, _ in taps] == taps
+
+
+def test_s2d_cnn_stem_moves_each_4x4_pixel_block_into_16_channels_and_no_conv_is_narrow():
+    """The stem learns nothing and loses nothing: pixel (r, c) lands in channel 4 (r % 4) + c % 4
+    of cell (r // 4, c // 4); every learned conv has >= 32 channels at width 1 (the point of the
+    design: lanes and tiles of the CPU's bf16 units are 16 and 32 wide)."""
+    trunk = models.BACKBONES["s2d_cnn"](False, 96, 1.0, 2)
+    image = torch.arange(96 * 96, dtype=torch.float32).view(1, 1, 96, 96)
+    cells = models.space_to_depth(image, 4, channels_last=True)
+    assert cells.shape == (1, 16, 24, 24) and cells.is_contiguous(memory_format=torch.channels_last)
+    for r, c in [(0, 0), (5, 7), (95, 94), (50, 3)]:
+        assert cells[0, 4 * (r % 4) + c % 4, r // 4, c // 4] == image[0, 0, r, c]
+    # torch's own pixel_unshuffle, in either layout, for several channels too
+    many = torch.rand(2, 3, 8, 12)
+    for layout in (many, many.contiguous(memory_format=torch.channels_last)):
+        assert torch.equal(models.space_to_depth(layout, 4, True), torch.nn.functional.pixel_unshuffle(many, 4))
+    assert torch.equal(models.space_to_depth(many, 2, False), torch.nn.functional.pixel_unshuffle(many, 2))
+    convs = [m for m in trunk.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [32, 32, 64, 64, 128, 128, 128, 128]
+    assert [m.stride[0] for m in convs] == [1, 1, 2, 1, 2, 1, 2, 1]
+    assert (trunk.channels, trunk.side) == (128, 3)
 
 
 def test_checkpoints_of_the_old_linear_head_still_load():

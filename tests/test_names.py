@@ -34,7 +34,7 @@ def test_registry_names_are_its_literals_values(registry, literal, extra):
 def test_backbone_names_are_the_literal_in_its_order():
     """The torch-free list a sweep space imports (fkd_core.config.BACKBONE_NAMES)."""
     assert config.BACKBONE_NAMES == ("resnet50", "densenet121", "resnet18", "mobilenet_v3_small",
-                                     "small_cnn", "res_cnn")
+                                     "small_cnn", "res_cnn", "s2d_cnn")
     assert tuple(models.BACKBONES) == config.BACKBONE_NAMES
 
 
@@ -45,7 +45,8 @@ def test_every_literal_field_is_validated_by_trial_config():
     with pytest.raises(ValueError) as err:
         TrialConfig(backbone="resnet51")
     assert str(err.value) == ("TrialConfig.backbone='resnet51'; valid: ['resnet50', 'densenet121', "
-                              "'resnet18', 'mobilenet_v3_small', 'small_cnn', 'res_cnn']")
+                              "'resnet18', 'mobilenet_v3_small', 'small_cnn', 'res_cnn', "
+                              "'s2d_cnn']")
 
 
 def test_knobbed_and_skip_backbones_are_one_list_of_real_backbones():

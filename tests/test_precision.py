@@ -148,7 +148,8 @@ def test_the_layer_that_makes_pixels_runs_in_fp32_under_bf16_autocast(head):
 
 
 @pytest.mark.parametrize("backbone, head", [("small_cnn", "heatmap"), ("small_cnn", "unet"),
-                                           ("res_cnn", "heatmap"), ("res_cnn", "regression")])
+                                           ("res_cnn", "heatmap"), ("res_cnn", "regression"),
+                                           ("s2d_cnn", "unet"), ("s2d_cnn", "heatmap")])
 def test_every_feature_map_stays_channels_last_in_both_precisions(backbone, head):
     # oneDNN's NHWC kernels need no reorder between layers only when every map is NHWC.
     model = build_model(backbone, 15, width=0.5, head=head).to(memory_format=torch.channels_last)
