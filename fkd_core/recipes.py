@@ -5,7 +5,7 @@
     python -m fkd_core.train --recipe best-cpu --epochs 10 --head regression   # flags override it
     python -m fkd_core.train --recipe my-recipe.yaml ...                       # or a file
 
-    >>> fields = load_recipe("best-cpu")          # {"backbone": "res_cnn", ...}
+    >>> fields = load_recipe("best-cpu")          # {"backbone": "small_cnn", ...}
     >>> TrialConfig(**fields)
 
 A recipe holds only TrialConfig fields (a YAML mapping; comments say why each value); fields it
