@@ -109,8 +109,9 @@ def markdown(summary: dict) -> str:
     for name, d in summary["comparisons"].items():
         lo, hi = d["ci95_px"]
         lines.append(f"- {name}, paired by seed (n = {d['n']}): {d['mean_px']:+.3f} px, 95% t interval "
-                     f"[{lo:+.3f}, {hi:+.3f}]; the reference's seed sd is {d['reference_seed_sd_px']:.3f} px: "
-                     f"{'within' if d['within_reference_seed_sd'] else 'outside'} its seed noise.")
+                     f"[{lo:+.3f}, {hi:+.3f}] ({'includes' if lo <= 0 <= hi else 'excludes'} 0); the "
+                     f"difference is {'within' if d['within_reference_seed_sd'] else 'larger than'} the "
+                     f"reference's seed sd, {d['reference_seed_sd_px']:.3f} px.")
     return "\n".join(lines)
 
 

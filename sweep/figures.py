@@ -26,6 +26,9 @@ from sweep.tables import (MAX_CELL_LEVELS, MAX_CURVE_CELLS, METRIC_LABELS, N_PRE
                           RUNTIME_COLUMNS, best, first_label, plain, replicate_means)
 from sweep.stats import pareto_front
 
+# Characters per line of fig1's title at 8 pt: the title spans the axes (9 in less the cell labels).
+TITLE_WIDTH = 105
+
 
 # --- figures ------------------------------------------------------------------------------
 
@@ -58,8 +61,8 @@ def figure_verdicts(diffs: dict[tuple[str, str], pd.Series], table: pd.DataFrame
     """
     if table.empty:
         return None
-    method = textwrap.fill(method, 150)   # the design's name runs to ~200 characters
-    fig = new_figure(9, 1.6 + 0.55 * len(table) + 0.15 * method.count("\n"))
+    method = textwrap.fill(method, TITLE_WIDTH)   # the design's name runs to ~200 characters
+    fig = new_figure(9, 1.75 + 0.55 * len(table) + 0.15 * method.count("\n"))
     ax = fig.subplots()
     for y, row in enumerate(table.itertuples()):
         d = diffs[(row.cell, row.shape)].to_numpy(float)
@@ -80,8 +83,8 @@ def figure_verdicts(diffs: dict[tuple[str, str], pd.Series], table: pd.DataFrame
     ax.set_xlabel("d = test RMSE (shape arm) − test RMSE (base arm), px (< 0: shape term better)")
     n = int(table["n"].max())
     level = f"{table['level'].iloc[0]:.4g}" if "level" in table else "95%"
-    title = ("Confirm phase, test split: paired differences per replicate, mean and the "
-             f"decision interval (level {level} each, multiplicity-adjusted)")
+    title = textwrap.fill("Confirm phase, test split: paired differences per replicate, mean and the "
+                          f"decision interval (level {level} each, multiplicity-adjusted)", TITLE_WIDTH)
     if n < 2:
         title += "\nONE REPLICATE: no interval, no verdict can be drawn"
     ax.set_title(f"{title}\n{method}", fontsize=8)

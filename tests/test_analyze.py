@@ -283,6 +283,29 @@ def test_a_figure_with_one_replicate_says_so(tmp_path: Path, monkeypatch) -> Non
     assert "ONE REPLICATE" not in drawn["fig"].axes[0].get_title()
 
 
+def test_the_verdict_figure_title_fits_inside_the_figure(tmp_path: Path, monkeypatch) -> None:
+    """fkd-yt15's design text (~190 characters) once ran past the right edge of fig1."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, path: drawn.setdefault("fig", fig) and path.name)
+    method = ("group-sequential repeated t intervals, Lan–DeMets O'Brien–Fleming-type α-spending "
+              "calibrated for the t statistic, looks every 3 up to 6 replicates, running intersection "
+              "over the looks")
+    table = pd.DataFrame([{"cell": f"head={h} / max_epochs=40", "shape": "cgd", "alpha": 0.14, "n": 6,
+                           "d_mean": -0.01, "ci_low": -0.05, "ci_high": 0.03, "verdict": "undecided",
+                           "margin": 0.05, "level": 0.9875} for h in ("regression", "heatmap")])
+    diffs = {(c, "cgd"): pd.Series([-0.01, 0.02, -0.03]) for c in table["cell"]}
+    figures.figure_verdicts(diffs, table, tmp_path, method)
+    fig = drawn["fig"]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    title = fig.axes[0].title.get_window_extent(canvas.get_renderer())
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.x1
+    assert title.y1 <= fig.bbox.y1
+    assert max(len(line) for line in fig.axes[0].get_title().split("\n")) <= figures.TITLE_WIDTH
+
+
 def test_parallel_coordinates_title_and_ticks(tmp_path: Path, monkeypatch) -> None:
     """The title names only the log axes drawn; close α values do not print over each other."""
     drawn = {}

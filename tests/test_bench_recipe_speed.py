@@ -45,7 +45,8 @@ def test_bf16_against_fp32_is_paired_by_seed(tmp_path):
     text = R.markdown(summary)
     assert "fast-cpu-bf16: test RMSE (flip avg) 1.613 (sd 0.021) px" in text
     assert "<= 1.6 px on 1 of 3, <= 5 min on 3 of 3" in text
-    assert "+0.010 px" in text and "outside its seed noise" in text
+    assert ("+0.010 px, 95% t interval [-0.033, +0.053] (includes 0); the difference is larger than "
+            "the reference's seed sd, 0.006 px.") in text
 
 
 def test_the_cli_writes_both_files_and_refuses_a_missing_length(tmp_path, capsys):
