@@ -181,15 +181,16 @@ class SpaceToDepthStem(nn.Module):
 def _s2d_cnn(pretrained: bool, image_size: int, width: float = 1.0, depth: int = 1) -> Trunk:
     """A plain CNN whose every convolution is wide enough to fill the CPU's bf16 arithmetic.
 
-    small_cnn spends a third of its training step in its 8- and 16-channel layers at 48x48 and
-    24x24 (batch norm and convolutions that cannot fill 16-lane bf16 vectors, or AMX's 16 x 32
-    tiles), for a tenth of its FLOPs. Here a space-to-depth stem (each 4x4 pixel block becomes 16
+    small_cnn spends about 30% of its bf16 training step in its 8-channel 48x48 layers (batch norm
+    and convolutions that cannot fill 16-lane bf16 vectors, or AMX's 16 x 32 tiles), for about 12%
+    of its FLOPs. Here a space-to-depth stem (each 4x4 pixel block becomes 16
     channels of a 24x24 map: a patchify stem like ConvNeXt's, the patch taken by a 3x3 conv over
     those channels) replaces those layers, and the first learned conv already has 32 channels.
     Four stages of ``depth`` conv-bn-relu follow, widths 32-64-128-128 x ``width``, the first conv
     of stages 2-4 with stride 2: 24 -> 12 -> 6 -> 3, flattened or upsampled like small_cnn's map.
-    At depth 2 and width 1 it trains at about the seconds per epoch of small_cnn depth 2 with
-    twice its FLOPs (bench/results/precision.md).
+    At depth 2 and width 1 it does twice the FLOPs of small_cnn depth 2 at 0.94x its seconds per
+    epoch on fkd-yt15, at 0.55 of the bf16 matmul rate against 0.31 (bench/results/
+    recipe-speed.md, precision.md).
     """
     if pretrained:
         raise WeightsUnavailable("s2d_cnn has no ImageNet weights; set pretrained=False")
