@@ -16,15 +16,10 @@ PY=${PY:-.venv/bin/python}
 OUT=${1:-${TMPDIR:-/tmp}/fkd-accuracy}
 EPOCHS=40
 
-if ! git diff --quiet || ! git diff --cached --quiet; then
-    echo "accuracy.sh: the working tree has uncommitted changes; commit them so that git_commit is clean" >&2
-    exit 2
-fi
-if [ -e "$OUT" ]; then
-    echo "accuracy.sh: $OUT exists; give a new folder (results are never overwritten)" >&2
-    exit 2
-fi
-mkdir -p "$OUT"
+SCRIPT=accuracy.sh
+# shellcheck source=bench/clean_run.sh
+source bench/clean_run.sh
+start_clean_run "$OUT"
 
 run() {   # name, threads, overrides...
     local name=$1 threads=$2
@@ -45,10 +40,6 @@ wait $lane1
 wait $lane2   # each `wait PID` returns that lane's status: set -e stops on a failed run
 # The recipe as `python -m fkd_core.train --recipe best-cpu` runs it: torch's default threads.
 run best-cpu "$("$PY" -c 'import torch; print(torch.get_num_threads())')"
-# Each run took git_commit when it started: a tracked file edited meanwhile marks it "-dirty".
-if grep -l '"git_commit": ".*-dirty"' "$OUT"/*/result.json; then
-    echo "accuracy.sh: the runs above started from a modified tree; commit, and run again into a new folder" >&2
-    exit 2
-fi
+refuse_dirty_runs "$OUT"
 "$PY" -m bench.accuracy report "$OUT" --json bench/results/accuracy.json > bench/results/accuracy-table.md
 echo "wrote bench/results/accuracy-table.md and bench/results/accuracy.json from $OUT"

@@ -18,15 +18,10 @@ PY=${PY:-.venv/bin/python}
 OUT=${1:-${TMPDIR:-/tmp}/fkd-recipe-speed}
 SEEDS=${SEEDS:-"0 1 2"}
 
-if ! git diff --quiet || ! git diff --cached --quiet; then
-    echo "recipe_speed.sh: the working tree has uncommitted changes; commit them so that git_commit is clean" >&2
-    exit 2
-fi
-if [ -e "$OUT" ]; then
-    echo "recipe_speed.sh: $OUT exists; give a new folder (results are never overwritten)" >&2
-    exit 2
-fi
-mkdir -p "$OUT"
+SCRIPT=recipe_speed.sh
+# shellcheck source=bench/clean_run.sh
+source bench/clean_run.sh
+start_clean_run "$OUT"
 THREADS=$("$PY" -c 'import torch; print(torch.get_num_threads())')
 
 run() {   # name, recipe, overrides...
@@ -48,9 +43,6 @@ done
 for seed in $SEEDS; do
     run "fast-cpu-fp32-seed$seed" fast-cpu --set precision=fp32 --set seed="$seed"
 done
-if grep -l '"git_commit": ".*-dirty"' "$OUT"/*/result.json; then
-    echo "recipe_speed.sh: the runs above started from a modified tree; commit, and run again into a new folder" >&2
-    exit 2
-fi
+refuse_dirty_runs "$OUT"
 "$PY" -m bench.recipe_speed "$OUT" --full-epochs best-cpu-issue20-20ep=240
 echo "wrote bench/results/recipe-speed-table.md and bench/results/recipe-speed.json from $OUT"
