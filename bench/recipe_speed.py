@@ -20,7 +20,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from scipy import stats
+import pandas as pd
+
+from sweep.stats import paired_difference
 
 RESULTS = Path("bench/results")
 TARGET_PX = 1.6
@@ -50,16 +52,17 @@ def seed_rows(runs: dict[str, dict], arm: str) -> list[dict]:
 
 
 def paired(arm: list[dict], reference: list[dict]) -> dict | None:
-    """arm - reference test RMSE (flip avg), paired by seed: mean, sd, 95% t interval."""
-    ref = {s["seed"]: s["test_flip_rmse_px"] for s in reference}
-    diffs = [s["test_flip_rmse_px"] - ref[s["seed"]] for s in arm if s["seed"] in ref]
-    if len(diffs) < 2:
+    """arm - reference test RMSE (flip avg), paired by seed (sweep.stats.paired_difference): mean,
+    sd, 95% t interval, and the reference's own seed sd."""
+    by_seed = lambda rows: pd.Series({s["seed"]: s["test_flip_rmse_px"] for s in rows}, dtype=float)
+    ref, ours = by_seed(reference), by_seed(arm)
+    ci = paired_difference(ref, ours)
+    if ci.n < 2:
         return None
-    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    half = stats.t.ppf(0.975, len(diffs) - 1) * sd / len(diffs) ** 0.5
-    ref_sd = statistics.stdev(ref.values())
-    return {"n": len(diffs), "mean_px": mean, "sd_px": sd, "ci95_px": [mean - half, mean + half],
-            "reference_seed_sd_px": ref_sd, "within_reference_seed_sd": abs(mean) <= ref_sd}
+    sd = float((ours - ref).dropna().std(ddof=1))
+    ref_sd = float(ref.std(ddof=1))
+    return {"n": ci.n, "mean_px": ci.mean, "sd_px": sd, "ci95_px": [ci.low, ci.high],
+            "reference_seed_sd_px": ref_sd, "within_reference_seed_sd": abs(ci.mean) <= ref_sd}
 
 
 def summarize(runs: dict[str, dict], full_epochs: dict[str, int]) -> dict:
